@@ -1,0 +1,1 @@
+"""Pure maths on tensors: adjoint recursions, cell linearisations, log-space norms."""

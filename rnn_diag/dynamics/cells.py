@@ -1,0 +1,249 @@
+"""Per-step linearisations of the standard recurrent cells along a recorded trajectory.
+
+Each class is built once from the weights and the whole trajectory (time-major tensors) and
+precomputes, vectorised over time, every factor of the step Jacobian that does not depend on the
+adjoint, so that applying ``J_tᵀ`` inside the sequential adjoint loop costs a handful of fused
+tensor operations. Notation (PyTorch's): gate rows of ``weight_hh`` are (r, z, n) for GRU and
+(i, f, g, o) for LSTM; ``x`` is the layer input, ``h_prev[t] = h_{t-1}``.
+
+All classes expose:
+    state_size              size S of the adjoint state
+    vjp_into(t, v, add, out)  ``out = add + J_tᵀ v`` for a batch ``v`` of shape [B, S]
+    input_grads(scaled)     ``∂L/∂x_t`` for every t, [T, B, I], given the adjoint in scaled
+                            units [T, B, S] (same per-step scale as the input)
+
+The LSTM adjoint state is ``[a_t | e_t]`` (size 2H): a_t = ∂L/∂h_t and e_t the gradient reaching
+c_t from outside the step that produced it (from c_{t+1} and from direct uses of c_t). The total
+∂L/∂c_t, which also counts the path through h_t = o_t ⊙ tanh(c_t), is ``cell_grads``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class CellWeights:
+    """Weights of one layer and direction of a recurrent module (PyTorch's layout).
+
+    Attributes:
+        kind: "rnn_tanh", "rnn_relu", "gru" or "lstm".
+        weight_ih: ``[G*H, I]``; weight_hh: ``[G*H, H]``; biases ``[G*H]`` or None
+            (G = 1, 3, 4 for RNN, GRU, LSTM).
+    """
+
+    kind: str
+    weight_ih: Tensor
+    weight_hh: Tensor
+    bias_ih: Tensor | None
+    bias_hh: Tensor | None
+
+    def input_part(self, x: Tensor) -> Tensor:
+        """``x W_ihᵀ + b_ih`` for a ``[T, B, I]`` input: ``[T, B, G*H]``."""
+        return _affine(x, self.weight_ih, self.bias_ih)
+
+    def hidden_part(self, h: Tensor) -> Tensor:
+        """``h W_hhᵀ + b_hh`` for ``[T, B, H]`` states: ``[T, B, G*H]``."""
+        return _affine(h, self.weight_hh, self.bias_hh)
+
+
+def _affine(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    out = torch.matmul(x, weight.t())
+    return out if bias is None else out.add_(bias)
+
+
+class RNNSteps:
+    """Elman RNN h_t = φ(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh); J_t = diag(φ'_t) W_hh.
+
+    φ'_t needs only the outputs: 1 - h_t² for tanh, 1[h_t > 0] for relu (PyTorch's relu
+    backward also gives 0 at exactly 0).
+    """
+
+    def __init__(self, w: CellWeights, h: Tensor):
+        self.w = w
+        self.state_size = h.shape[-1]
+        if w.kind == "rnn_tanh":
+            self.deriv = 1 - h * h
+        elif w.kind == "rnn_relu":
+            self.deriv = (h > 0).to(h.dtype)
+        else:
+            raise ValueError(f"RNNSteps needs kind rnn_tanh or rnn_relu, got {w.kind!r}")
+
+    def vjp_into(self, t: int, v: Tensor, add: Tensor, out: Tensor) -> None:
+        torch.addmm(add, self.deriv[t] * v, self.w.weight_hh, out=out)
+
+    def vjp_all(self, v: Tensor) -> Tensor:
+        return torch.matmul(self.deriv * v, self.w.weight_hh)
+
+    def input_grads(self, scaled: Tensor) -> Tensor:
+        return torch.matmul(self.deriv * scaled, self.w.weight_ih)
+
+
+class GRUSteps:
+    """GRU: r, z = σ(·), n = tanh(W_in x + b_in + r ⊙ (W_hn h + b_hn)), h = (1-z) n + z h_prev.
+
+    J_tᵀ a = W_hhᵀ [a⊙P_r, a⊙P_z, a⊙P_n⊙r] + a ⊙ z with P_n = (1-z)(1-n²),
+    P_z = (h_prev - n) z(1-z), P_r = P_n ⊙ (W_hn h_prev + b_hn) ⊙ r(1-r).
+    """
+
+    def __init__(self, w: CellWeights, x: Tensor, h_prev: Tensor):
+        self.w = w
+        H = h_prev.shape[-1]
+        self.state_size = H
+        gi = w.input_part(x)
+        gh = w.hidden_part(h_prev)
+        r = torch.sigmoid(gi[..., :H] + gh[..., :H])
+        z = torch.sigmoid(gi[..., H : 2 * H] + gh[..., H : 2 * H])
+        hn = gh[..., 2 * H :]
+        n = torch.tanh(gi[..., 2 * H :] + r * hn)
+        T, B = h_prev.shape[:2]
+        self.p_n = (1 - z) * (1 - n * n)
+        hidden = torch.empty(T, B, 3, H, dtype=h_prev.dtype, device=h_prev.device)
+        torch.mul(self.p_n * hn, r * (1 - r), out=hidden[:, :, 0])
+        torch.mul(h_prev - n, z * (1 - z), out=hidden[:, :, 1])
+        torch.mul(self.p_n, r, out=hidden[:, :, 2])
+        self.hidden = hidden
+        self.z = z
+
+    def vjp_into(self, t: int, v: Tensor, add: Tensor, out: Tensor) -> None:
+        dpre = (self.hidden[t] * v.unsqueeze(1)).flatten(1)
+        torch.addmm(add, dpre, self.w.weight_hh, out=out)
+        out.addcmul_(v, self.z[t])
+
+    def vjp_all(self, v: Tensor) -> Tensor:
+        dpre = (self.hidden * v.unsqueeze(2)).flatten(2)
+        return torch.matmul(dpre, self.w.weight_hh).addcmul_(v, self.z)
+
+    def input_grads(self, scaled: Tensor) -> Tensor:
+        dpre = self.hidden * scaled.unsqueeze(2)
+        dpre[:, :, 2] = self.p_n * scaled  # the input projection of n is not gated by r
+        return torch.matmul(dpre.flatten(2), self.w.weight_ih)
+
+
+class LSTMSteps:
+    """LSTM: i, f, o = σ(·), g = tanh(·), c_t = f c_{t-1} + i g, h_t = o tanh(c_t).
+
+    The adjoint state is [a | e] (see the module docstring). With δc = e + a ⊙ k, k = o(1-tanh²c):
+    pre-activation gradients are [δc⊙g i(1-i), δc⊙c_prev f(1-f), δc⊙i(1-g²), a⊙tanh(c) o(1-o)];
+    a_{t-1} = W_hhᵀ (those) and e_{t-1} = f_t ⊙ δc_t.
+    """
+
+    def __init__(self, w: CellWeights, x: Tensor, h_prev: Tensor, c0: Tensor):
+        self.w = w
+        H = h_prev.shape[-1]
+        self.hidden_size = H
+        self.state_size = 2 * H
+        gates = w.input_part(x).add_(w.hidden_part(h_prev))
+        T, B = h_prev.shape[:2]
+        gates = gates.view(T, B, 4, H)
+        gates[:, :, (0, 1, 3)] = torch.sigmoid(gates[:, :, (0, 1, 3)])
+        gates[:, :, 2] = torch.tanh(gates[:, :, 2])
+        i, f, g, o = gates.unbind(2)
+        ig = i * g
+        c = torch.empty_like(ig)
+        prev = c0
+        for t in range(T):  # elementwise linear recurrence; one fused op per step
+            prev = torch.addcmul(ig[t], f[t], prev, out=c[t])
+        c_prev = torch.cat([c0.unsqueeze(0), c[:-1]])
+        tanh_c = torch.tanh(c)
+        self.k = o * (1 - tanh_c * tanh_c)
+        factors = torch.empty(T, B, 4, H, dtype=x.dtype, device=x.device)
+        torch.mul(g, i * (1 - i), out=factors[:, :, 0])
+        torch.mul(c_prev, f * (1 - f), out=factors[:, :, 1])
+        torch.mul(i, 1 - g * g, out=factors[:, :, 2])
+        torch.mul(tanh_c, o * (1 - o), out=factors[:, :, 3])
+        self.factors = factors
+        self.forget = f
+        self.c = c
+
+    def vjp_into(self, t: int, v: Tensor, add: Tensor, out: Tensor) -> None:
+        H = self.hidden_size
+        a, e = v[:, :H], v[:, H:]
+        dc = torch.addcmul(e, a, self.k[t])
+        dpre = torch.empty_like(self.factors[t])
+        torch.mul(self.factors[t, :, :3], dc.unsqueeze(1), out=dpre[:, :3])
+        torch.mul(self.factors[t, :, 3], a, out=dpre[:, 3])
+        torch.addmm(add[:, :H], dpre.flatten(1), self.w.weight_hh, out=out[:, :H])
+        torch.addcmul(add[:, H:], self.forget[t], dc, out=out[:, H:])
+
+    def vjp_all(self, v: Tensor) -> Tensor:
+        dc = self.cell_grads(v)
+        a = torch.matmul(self._pre_activation_grads(v, dc).flatten(2), self.w.weight_hh)
+        return torch.cat([a, self.forget * dc], dim=-1)
+
+    def pair_from_total(self, h_grads: Tensor, c_grads: Tensor) -> Tensor:
+        """The adjoint state [a | e] from the total ∂L/∂h_t and ∂L/∂c_t (inverse of
+        :meth:`cell_grads`), ``[T, B, 2H]``."""
+        return torch.cat([h_grads, c_grads - h_grads * self.k], dim=-1)
+
+    def cell_grads(self, scaled: Tensor) -> Tensor:
+        """Total ∂L/∂c_t (path through h_t included), [T, B, H], in the adjoint's scaled units."""
+        H = self.hidden_size
+        return torch.addcmul(scaled[..., H:], scaled[..., :H], self.k)
+
+    def _pre_activation_grads(self, scaled: Tensor, dc: Tensor) -> Tensor:
+        H = self.hidden_size
+        dpre = torch.empty_like(self.factors)
+        torch.mul(self.factors[:, :, :3], dc.unsqueeze(2), out=dpre[:, :, :3])
+        torch.mul(self.factors[:, :, 3], scaled[..., :H], out=dpre[:, :, 3])
+        return dpre
+
+    def input_grads(self, scaled: Tensor) -> Tensor:
+        dpre = self._pre_activation_grads(scaled, self.cell_grads(scaled))
+        return torch.matmul(dpre.flatten(2), self.w.weight_ih)
+
+
+def linearise(w: CellWeights, x: Tensor, h_prev: Tensor, h: Tensor, c0: Tensor | None = None):
+    """Build the step linearisation of a standard cell along a recorded trajectory.
+
+    Args:
+        w: the cell's weights.
+        x: ``[T, B, I]`` inputs; h_prev: ``[T, B, H]`` states h_{t-1}; h: ``[T, B, H]`` states h_t.
+        c0: ``[B, H]`` initial cell state (LSTM only).
+    """
+    if w.kind in ("rnn_tanh", "rnn_relu"):
+        return RNNSteps(w, h)
+    if w.kind == "gru":
+        return GRUSteps(w, x, h_prev)
+    if w.kind == "lstm":
+        if c0 is None:
+            raise ValueError("an LSTM linearisation needs the initial cell state c0")
+        return LSTMSteps(w, x, h_prev, c0)
+    raise ValueError(f"unknown cell kind {w.kind!r}")
+
+
+class CallableSteps:
+    """Any cell ``fn(x_t, state) -> state`` linearised with ``torch.func.vjp`` at each step.
+
+    Args:
+        fn: the cell; ``state`` is one tensor, or a tuple of tensors when ``tuple_state``.
+        x: ``[T, B, I]`` inputs.
+        prev_states: one ``[T, B, S_i]`` tensor per state component, the state entering step t.
+        tuple_state: whether ``fn`` takes and returns a tuple.
+
+    The adjoint state is the concatenation of the components (e.g. [h | c]).
+    """
+
+    def __init__(self, fn, x: Tensor, prev_states: list[Tensor], tuple_state: bool):
+        self.fn = fn
+        self.x = x
+        self.prev_states = prev_states
+        self.tuple_state = tuple_state
+        self.sizes = [p.shape[-1] for p in prev_states]
+        self.state_size = sum(self.sizes)
+
+    def vjp_into(self, t: int, v: Tensor, add: Tensor, out: Tensor) -> None:
+        x_t = self.x[t]
+
+        def step(*state):
+            new = self.fn(x_t, state if self.tuple_state else state[0])
+            return tuple(new) if self.tuple_state else new
+
+        with torch.enable_grad():
+            _, pullback = torch.func.vjp(step, *(p[t] for p in self.prev_states))
+            parts = torch.split(v, self.sizes, dim=-1)
+            grads = pullback(tuple(parts) if self.tuple_state else parts[0])
+        torch.add(add, torch.cat(grads, dim=-1), out=out)

@@ -1,0 +1,55 @@
+"""Finding the recurrent modules of a model and resolving the user's ``modules=`` argument."""
+
+from __future__ import annotations
+
+from torch import nn
+
+#: Module types found automatically; anything else must be named in ``modules=``.
+RECURRENT_TYPES = (nn.RNN, nn.GRU, nn.LSTM, nn.RNNCell, nn.GRUCell, nn.LSTMCell)
+
+
+def find_recurrent(model: nn.Module, modules=None) -> dict[str, nn.Module]:
+    """``{qualified name: module}`` of the modules to probe, in ``named_modules`` order.
+
+    Args:
+        model: the user's model (may itself be a recurrent module; its name is then "").
+        modules: None to find every built-in recurrent module, or an iterable of qualified
+            names and/or module objects inside ``model`` (custom cells are allowed here).
+
+    Raises:
+        ValueError: nothing recurrent found, a name that does not exist, or a module object
+            that is not part of ``model``.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"attach() needs an nn.Module, got {type(model).__name__}")
+    named = dict(model.named_modules())
+    if modules is None:
+        found = {name: m for name, m in named.items() if isinstance(m, RECURRENT_TYPES)}
+        if not found:
+            raise ValueError(
+                f"no recurrent module found in {type(model).__name__}: rnn_diag looks for "
+                "nn.RNN, nn.GRU, nn.LSTM, nn.RNNCell, nn.GRUCell and nn.LSTMCell; name a custom "
+                "cell with attach(model, modules=['name'])"
+            )
+        return found
+    if isinstance(modules, (str, nn.Module)):
+        modules = [modules]
+    by_id = {id(m): name for name, m in named.items()}
+    found = {}
+    for item in modules:
+        if isinstance(item, str):
+            if item not in named:
+                raise ValueError(
+                    f"no module named {item!r} in {type(model).__name__}; "
+                    f"known names: {sorted(n for n in named if n)}"
+                )
+            found[item] = named[item]
+        elif isinstance(item, nn.Module):
+            if id(item) not in by_id:
+                raise ValueError(f"{type(item).__name__} passed in modules= is not part of model")
+            found[by_id[id(item)]] = item
+        else:
+            raise TypeError(f"modules= takes names or nn.Module objects, got {item!r}")
+    if not found:
+        raise ValueError("modules= is empty: name at least one module to probe")
+    return found

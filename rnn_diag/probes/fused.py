@@ -1,0 +1,299 @@
+"""Total gradients for PyTorch's fused recurrent modules (nn.RNN, nn.GRU, nn.LSTM).
+
+The user's forward runs untouched. A forward hook keeps references to the input, the initial
+state and the output; a multi-gradient hook on (output, h_n[, c_n]) receives the immediate
+gradients. After backward, :func:`analyse` recomputes what the fused kernel does not expose (the
+lower layers' outputs, gate activations, LSTM cell states — all without grad, from the same
+weights) and runs the log-space adjoint recursion layer by layer, from the top layer down.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
+
+from ..dynamics.adjoint import adjoint_scan
+from ..dynamics.cells import CellWeights, linearise
+from ..dynamics.lognorm import add_scaled, log_norm
+from .result import LayerResult, ScaledSeries
+
+FUSED_TYPES = (nn.RNN, nn.GRU, nn.LSTM)
+
+
+def module_kind(module: nn.RNNBase) -> str:
+    """"rnn_tanh", "rnn_relu", "gru" or "lstm"."""
+    if isinstance(module, nn.LSTM):
+        return "lstm"
+    if isinstance(module, nn.GRU):
+        return "gru"
+    return "rnn_relu" if module.nonlinearity == "relu" else "rnn_tanh"
+
+
+def check_supported(module: nn.RNNBase, name: str) -> None:
+    """Refuse, at attach time, settings whose total gradients we cannot compute exactly."""
+    if getattr(module, "proj_size", 0) > 0:
+        raise ValueError(
+            f"rnn_diag cannot probe {name or 'the model'!r}: nn.LSTM with proj_size="
+            f"{module.proj_size} is not supported (its hidden state is a projection of the "
+            "cell output). Exclude it with attach(..., modules=[...])."
+        )
+
+
+def check_forward(module: nn.RNNBase, name: str) -> None:
+    """Refuse a forward whose lower-layer states cannot be reproduced (random dropout masks)."""
+    if module.training and module.dropout > 0 and module.num_layers > 1:
+        raise RuntimeError(
+            f"rnn_diag cannot probe {name or 'the model'!r} in training mode: it has "
+            f"dropout={module.dropout} between its {module.num_layers} layers, and the fused "
+            "kernel's dropout masks are not observable, so the lower layers' gradients would be "
+            "wrong. Call model.eval(), set dropout=0, or exclude this module from attach()."
+        )
+
+
+def layer_weights(module: nn.RNNBase, layer: int, direction: int) -> CellWeights:
+    """The weights of one layer and direction, named as PyTorch names them."""
+    suffix = f"_l{layer}" + ("_reverse" if direction == 1 else "")
+    bias = module.bias
+    return CellWeights(
+        kind=module_kind(module),
+        weight_ih=getattr(module, "weight_ih" + suffix),
+        weight_hh=getattr(module, "weight_hh" + suffix),
+        bias_ih=getattr(module, "bias_ih" + suffix) if bias else None,
+        bias_hh=getattr(module, "bias_hh" + suffix) if bias else None,
+    )
+
+
+def make_shadows(module: nn.RNNBase) -> list[nn.RNNBase]:
+    """Single-layer copies (on the meta device, no memory, no RNG draws) used to recompute the
+    lower layers' outputs with the real weights through ``functional_call``."""
+    if module.num_layers == 1:
+        return []
+    directions = 2 if module.bidirectional else 1
+    kwargs = dict(
+        num_layers=1,
+        bias=module.bias,
+        batch_first=module.batch_first,
+        bidirectional=module.bidirectional,
+        device="meta",
+    )
+    if isinstance(module, nn.RNN):
+        kwargs["nonlinearity"] = module.nonlinearity
+    sizes = [module.input_size] + [directions * module.hidden_size] * (module.num_layers - 2)
+    with torch.random.fork_rng(devices=[]):
+        return [type(module)(size, module.hidden_size, **kwargs) for size in sizes]
+
+
+@dataclass
+class FusedCall:
+    """What a forward hook captured from one call of a fused module (references, no copies)."""
+
+    module: nn.RNNBase
+    shadows: list[nn.RNNBase]
+    input: Tensor | PackedSequence
+    hx: Tensor | tuple[Tensor, Tensor] | None
+    output: Tensor | PackedSequence
+
+    @property
+    def unbatched(self) -> bool:
+        return not isinstance(self.input, PackedSequence) and self.input.dim() == 2
+
+    def time_major(self, x: Tensor | PackedSequence) -> tuple[Tensor, Tensor | None]:
+        """``[T, B, F]`` padded view of an input/output in the original batch order, and the
+        lengths (None unless packed)."""
+        if isinstance(x, PackedSequence):
+            padded, lengths = pad_packed_sequence(x)
+            return padded, lengths.to(padded.device)
+        if self.unbatched:
+            return x.unsqueeze(1), None
+        return (x.transpose(0, 1) if self.module.batch_first else x), None
+
+    def grad_time_major(self, grad: Tensor) -> Tensor:
+        """The gradient of the output tensor (packed data or plain) in ``[T, B, F]`` layout."""
+        out = self.output
+        if isinstance(out, PackedSequence):
+            grad = PackedSequence(grad, out.batch_sizes, out.sorted_indices, out.unsorted_indices)
+        return self.time_major(grad)[0]
+
+    def initial_states(self, B: int, dtype, device) -> tuple[Tensor, Tensor | None]:
+        """h0 and c0 (None unless LSTM) as ``[L*D, B, H]``; zeros when not given."""
+        m = self.module
+        shape = (m.num_layers * (2 if m.bidirectional else 1), B, m.hidden_size)
+        hx = self.hx
+        h0, c0 = (hx if isinstance(hx, tuple) else (hx, None)) if hx is not None else (None, None)
+        if h0 is not None and self.unbatched:
+            h0 = h0.unsqueeze(1)
+            c0 = c0.unsqueeze(1) if c0 is not None else None
+        if h0 is None:
+            h0 = torch.zeros(shape, dtype=dtype, device=device)
+        if isinstance(m, nn.LSTM) and c0 is None:
+            c0 = torch.zeros(shape, dtype=dtype, device=device)
+        return h0, c0
+
+    def lower_layer_outputs(self) -> list[Tensor]:
+        """Outputs of layers 0..L-2, recomputed with the module's weights, ``[T, B, D*H]``."""
+        m = self.module
+        D = 2 if m.bidirectional else 1
+        outputs, inp = [], self.input
+        for layer, shadow in enumerate(self.shadows):
+            params = {}
+            for direction in range(D):
+                w = layer_weights(m, layer, direction)
+                sfx = "_l0" + ("_reverse" if direction else "")
+                params["weight_ih" + sfx], params["weight_hh" + sfx] = w.weight_ih, w.weight_hh
+                if m.bias:
+                    params["bias_ih" + sfx], params["bias_hh" + sfx] = w.bias_ih, w.bias_hh
+            hx = self.hx
+            if hx is not None:
+                rows = slice(layer * D, (layer + 1) * D)
+                hx = tuple(s[rows] for s in hx) if isinstance(hx, tuple) else hx[rows]
+            inp, _ = functional_call(shadow, params, (inp, hx))
+            outputs.append(self.time_major(inp)[0])
+        return outputs
+
+
+def _reverse_order(T: int, B: int, lengths: Tensor | None, device) -> Tensor:
+    """``[T, B]`` index mapping processing order of the reverse direction to input order
+    (an involution): step j of sample b is input time len_b - 1 - j; padding stays put."""
+    j = torch.arange(T, device=device).unsqueeze(1).expand(T, B)
+    if lengths is None:
+        return (T - 1 - j).contiguous()
+    last = (lengths - 1).unsqueeze(0)
+    return torch.where(j <= last, last - j, j)
+
+
+def _gather_time(x: Tensor, order: Tensor | None) -> Tensor:
+    if order is None:
+        return x
+    index = order if x.dim() == 2 else order.unsqueeze(-1).expand_as(x)
+    return torch.gather(x, 0, index)
+
+
+def _at_last_step(final: Tensor, last: Tensor, T: int) -> Tensor:
+    """A ``[T, B, S]`` zero tensor holding ``final[b]`` at step ``last[b]``."""
+    out = final.new_zeros((T,) + tuple(final.shape))
+    out.scatter_(0, last.view(1, -1, 1).expand(1, *final.shape), final.unsqueeze(0))
+    return out
+
+
+def _normalised(scaled: Tensor, log_scale: Tensor) -> tuple[Tensor, Tensor]:
+    """Unit vectors and float64 log norms of ``scaled * exp(log_scale)``."""
+    ln = log_norm(scaled)
+    norm = (ln.exp()).to(scaled.dtype).unsqueeze(-1)
+    unit = torch.where(norm > 0, scaled / norm, torch.zeros_like(scaled))
+    return unit, ln + log_scale
+
+
+def analyse(
+    call: FusedCall,
+    grad_output: Tensor | None,
+    grad_h_n: Tensor | None,
+    grad_c_n: Tensor | None,
+) -> dict[tuple[int, int], LayerResult]:
+    """Total and immediate gradients of every layer and direction of one fused call.
+
+    Args:
+        call: the captured forward.
+        grad_output, grad_h_n, grad_c_n: immediate gradients on the module's outputs as
+            autograd delivered them (None where the loss did not use that output).
+
+    Returns:
+        ``{(layer, direction): LayerResult}``.
+    """
+    m = call.module
+    L, D, H = m.num_layers, (2 if m.bidirectional else 1), m.hidden_size
+    x0, lengths = call.time_major(call.input)
+    top, _ = call.time_major(call.output)
+    T, B = top.shape[:2]
+    dtype, device = top.dtype, top.device
+    lstm = isinstance(m, nn.LSTM)
+
+    h0, c0 = call.initial_states(B, dtype, device)
+    outputs = call.lower_layer_outputs() + [top]
+    inputs = [x0] + outputs[:-1]
+    last = (lengths - 1) if lengths is not None else torch.full((B,), T - 1, device=device)
+    valid = None
+    if lengths is not None:
+        valid = torch.arange(T, device=device).unsqueeze(1) < lengths.unsqueeze(0)
+    orders = [None, _reverse_order(T, B, lengths, device)][:D]
+    grad_h_n = _batched_final(grad_h_n, call.unbatched)
+    grad_c_n = _batched_final(grad_c_n, call.unbatched)
+
+    # Immediate gradient of the current layer's output, [T, B, D*H], input order, scaled form.
+    if grad_output is not None:
+        above = call.grad_time_major(grad_output)
+        above_scale = torch.zeros(T, B, dtype=torch.float64, device=device)
+    else:
+        above, above_scale = None, None
+
+    results: dict[tuple[int, int], LayerResult] = {}
+    for layer in range(L - 1, -1, -1):
+        below, below_scale = None, None
+        for d in range(D):
+            order = orders[d]
+            idx = layer * D + d
+            # Immediate gradient in processing order: from the output/the layer above ...
+            if above is not None:
+                g_h = _gather_time(above[..., d * H : (d + 1) * H], order)
+                g_scale = _gather_time(above_scale, order)
+            else:
+                g_h = top.new_zeros(T, B, H)
+                g_scale = torch.zeros(T, B, dtype=torch.float64, device=device)
+            # ... plus the final state's gradient at each sample's last step.
+            if grad_h_n is not None:
+                g_h, g_scale = add_scaled(
+                    g_h, g_scale, _at_last_step(grad_h_n[idx], last, T), torch.zeros_like(g_scale)
+                )
+            x = _gather_time(inputs[layer], order)
+            h = _gather_time(outputs[layer][..., d * H : (d + 1) * H], order)
+            h_prev = torch.cat([h0[idx].unsqueeze(0), h[:-1]])
+            w = layer_weights(m, layer, d)
+            steps = linearise(w, x, h_prev, h, c0[idx] if lstm else None)
+            immediate = {"h": ScaledSeries(g_h, g_scale, log_norm(g_h) + g_scale)}
+            g_state = g_h
+            if lstm:
+                g_c = (
+                    _at_last_step(grad_c_n[idx], last, T)
+                    if grad_c_n is not None
+                    else torch.zeros_like(g_h)
+                )
+                g_c_scale = torch.zeros_like(g_scale)
+                immediate["c"] = ScaledSeries(g_c, g_c_scale, log_norm(g_c))
+                both, g_scale = add_scaled(
+                    torch.cat([g_h, torch.zeros_like(g_c)], -1),
+                    g_scale,
+                    torch.cat([torch.zeros_like(g_h), g_c], -1),
+                    g_c_scale,
+                )
+                g_state = both
+            unit, g_log_norm = _normalised(g_state, g_scale)
+            adj = adjoint_scan(steps, unit, g_log_norm)
+            if lstm:
+                h_part = adj.scaled[..., :H]
+                c_part = steps.cell_grads(adj.scaled)
+                total = {
+                    "h": ScaledSeries(h_part, adj.log_scale, log_norm(h_part) + adj.log_scale),
+                    "c": ScaledSeries(c_part, adj.log_scale, log_norm(c_part) + adj.log_scale),
+                }
+            else:
+                total = {"h": ScaledSeries(adj.scaled, adj.log_scale, adj.log_norm)}
+            results[(layer, d)] = LayerResult(total, immediate, order, valid, dtype)
+            if layer > 0:
+                dx = _gather_time(steps.input_grads(adj.scaled), order)
+                scale = _gather_time(adj.log_scale, order)
+                if below is None:
+                    below, below_scale = dx, scale
+                else:
+                    below, below_scale = add_scaled(below, below_scale, dx, scale)
+        above, above_scale = below, below_scale
+    return results
+
+
+def _batched_final(grad: Tensor | None, unbatched: bool) -> Tensor | None:
+    if grad is None or not unbatched:
+        return grad
+    return grad.unsqueeze(1)
+

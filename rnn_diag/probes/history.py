@@ -1,0 +1,64 @@
+"""Per-timestep aggregates of every recorded backward, kept compact and turned into a tidy table."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .result import METRICS
+
+COLUMNS = ("iteration", "module", "layer", "direction", "state", "t", "metric", "value")
+
+
+class History:
+    """Appends one block per (iteration, module, layer, direction): ``{state: {metric: [T]}}``."""
+
+    def __init__(self):
+        self._blocks: list[tuple[int, str, int, int, dict[str, dict[str, np.ndarray]]]] = []
+        self._iterations: set[int] = set()
+
+    @property
+    def iterations(self) -> int:
+        """Number of distinct recorded backward passes."""
+        return len(self._iterations)
+
+    def add(self, iteration: int, module: str, layer: int, direction: int, summary) -> None:
+        self._blocks.append((iteration, module, layer, direction, summary))
+        self._iterations.add(iteration)
+
+    def frame(self) -> pd.DataFrame:
+        """The tidy table (see ``Probe.frame``); empty with the right columns if nothing yet."""
+        parts = []
+        for iteration, module, layer, direction, summary in self._blocks:
+            for state, metrics in summary.items():
+                T = len(metrics[METRICS[0]])
+                values = np.concatenate([metrics[m] for m in METRICS])
+                n = values.size
+                parts.append(
+                    pd.DataFrame(
+                        {
+                            "iteration": np.full(n, iteration, dtype=np.int64),
+                            "module": module,
+                            "layer": np.full(n, layer, dtype=np.int64),
+                            "direction": np.full(n, direction, dtype=np.int64),
+                            "state": state,
+                            "t": np.tile(np.arange(T, dtype=np.int64), len(METRICS)),
+                            "metric": np.repeat(np.array(METRICS, dtype=object), T),
+                            "value": values.astype(np.float64),
+                        }
+                    )
+                )
+        if not parts:
+            return pd.DataFrame(
+                {
+                    "iteration": pd.Series(dtype=np.int64),
+                    "module": pd.Series(dtype=object),
+                    "layer": pd.Series(dtype=np.int64),
+                    "direction": pd.Series(dtype=np.int64),
+                    "state": pd.Series(dtype=object),
+                    "t": pd.Series(dtype=np.int64),
+                    "metric": pd.Series(dtype=object),
+                    "value": pd.Series(dtype=np.float64),
+                }
+            )
+        return pd.concat(parts, ignore_index=True)

@@ -1,0 +1,318 @@
+"""The Probe: attach to a model's recurrent modules and record ∂L/∂h_t after every backward."""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
+
+from .cell_chain import CellChain, components
+from .discovery import find_recurrent
+from .fused import FUSED_TYPES, FusedCall, analyse, check_forward, check_supported, make_shadows
+from .history import History
+from .result import LayerResult
+
+
+def attach(model: nn.Module, modules=None, every: int = 1) -> Probe:
+    """Attach a :class:`Probe` to the recurrent modules of ``model``.
+
+    Args:
+        model: any ``nn.Module``; may itself be an nn.RNN/GRU/LSTM or a cell.
+        modules: None to probe every nn.RNN, nn.GRU, nn.LSTM, nn.RNNCell, nn.GRUCell and
+            nn.LSTMCell inside ``model``; or names / module objects, which may include custom
+            cells (modules called once per step as ``cell(x_t, state) -> state``).
+        every: record every ``every``-th backward pass (the 1st, the every+1-th, ...).
+
+    Returns:
+        The attached Probe; use it as a context manager to detach automatically.
+
+    Example:
+        >>> import torch, rnn_diag as rd
+        >>> rnn = torch.nn.RNN(3, 8)
+        >>> with rd.attach(rnn) as probe:
+        ...     out, h_n = rnn(torch.randn(50, 4, 3))
+        ...     out[-1].sum().backward()
+        >>> probe.hidden_grads().shape
+        torch.Size([50, 4, 8])
+    """
+    return Probe(model, modules=modules, every=every)
+
+
+class Probe:
+    """Records total and immediate gradients w.r.t. every hidden state of recurrent modules.
+
+    Create it with :func:`attach`. After each recorded backward pass, the full tensors of that
+    pass are readable through :meth:`hidden_grads`, :meth:`immediate_grads` and
+    :meth:`hidden_grad_log10_norms`; per-timestep batch aggregates of every recorded pass are
+    kept in :meth:`frame`. The probe never changes what the model computes.
+    """
+
+    def __init__(self, model: nn.Module, modules=None, every: int = 1):
+        if not isinstance(every, int) or isinstance(every, bool) or every < 1:
+            raise ValueError(f"every must be a positive int, got {every!r}")
+        targets = find_recurrent(model, modules)
+        for name, module in targets.items():
+            if isinstance(module, FUSED_TYPES):
+                check_supported(module, name)
+        self.modules: list[str] = list(targets)
+        self._every = every
+        self._names_by_id = {id(m): name for name, m in targets.items()}
+        self._shadows = {
+            name: make_shadows(m) for name, m in targets.items() if isinstance(m, FUSED_TYPES)
+        }
+        self._chains: dict[str, CellChain | None] = {}
+        self._seq = itertools.count()
+        self._backwards = 0
+        self._in_backward = False
+        self._pending_calls: dict[str, tuple[int, FusedCall, tuple]] = {}
+        self._pending_chains: dict[str, CellChain] = {}
+        self._latest: dict[str, dict[tuple[int, int], LayerResult]] = {}
+        self._history = History()
+        self._handles = []
+        self._attached = True
+        try:
+            for name, module in targets.items():
+                self._install(name, module)
+        except BaseException:
+            self.detach()
+            raise
+
+    # ---------------------------------------------------------------- lifecycle
+    def __enter__(self) -> Probe:
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        self.detach()
+        return False
+
+    def detach(self) -> None:
+        """Remove every hook and drop every reference to the model. Recorded gradients stay."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self._shadows.clear()
+        self._chains.clear()
+        self._pending_calls.clear()
+        self._pending_chains.clear()
+        self._attached = False
+
+    def __repr__(self) -> str:
+        state = "attached" if self._attached else "detached"
+        return f"Probe({state}, modules={self.modules}, recorded={self._history.iterations})"
+
+    # ---------------------------------------------------------------- results
+    def hidden_grads(
+        self, module=None, *, layer: int = 0, direction: int = 0, state: str = "h"
+    ) -> Tensor:
+        """Total ∂L/∂h_t (or ∂L/∂c_t with ``state="c"``) of the most recent recorded backward.
+
+        Args:
+            module: qualified name or module object; None when only one module is probed.
+            layer: layer of a multi-layer module. direction: 1 for the reverse direction.
+            state: "h", or "c" for LSTM (the total ∂L/∂c_t, including the path through h_t).
+
+        Returns:
+            ``[T, B, H]`` in the model's dtype, time-major, in input time order for both
+            directions; zero past each sample's length for PackedSequence inputs. Values below
+            the dtype's range are 0 here; :meth:`hidden_grad_log10_norms` keeps them.
+        """
+        return self._result(module, layer, direction).values("total", state)
+
+    def immediate_grads(
+        self, module=None, *, layer: int = 0, direction: int = 0, state: str = "h"
+    ) -> Tensor:
+        """The direct part g_t of the gradient: what reaches h_t from outside the recurrence
+        (for the top layer: the gradient on the module's output at t, plus the gradient on h_n
+        at each sample's last step; for lower layers: what the layer above's input projection
+        sends back). Same shape and conventions as :meth:`hidden_grads`."""
+        return self._result(module, layer, direction).values("immediate", state)
+
+    def hidden_grad_log10_norms(
+        self, module=None, *, layer: int = 0, direction: int = 0, state: str = "h"
+    ) -> Tensor:
+        """``[T, B]`` float64 log10 of the per-sample L2 norm of the total gradient.
+
+        Computed in log space: finite wherever the true gradient is non-zero, however small
+        (e.g. -812.4 where float32 and float64 both hold 0); ``-inf`` only for an exactly zero
+        gradient, such as past a sample's length.
+        """
+        return self._result(module, layer, direction).log10_norms("total", state)
+
+    def immediate_grad_log10_norms(
+        self, module=None, *, layer: int = 0, direction: int = 0, state: str = "h"
+    ) -> Tensor:
+        """``[T, B]`` float64 log10 of the per-sample L2 norm of the immediate gradient."""
+        return self._result(module, layer, direction).log10_norms("immediate", state)
+
+    def frame(self):
+        """Every recorded backward as a tidy ``pandas.DataFrame``, one row per observation.
+
+        Columns:
+            iteration (int): index of the backward pass among all backward passes that reached
+                the probed modules (0-based; with ``every=N`` only multiples of N appear).
+            module (str), layer (int), direction (int: 0 forward, 1 reverse),
+            state (str: "h", or "c" for LSTM), t (int: input time step),
+            metric (str), value (float64).
+        Metrics (log10 of per-sample L2 norms, aggregated over the samples valid at t):
+            total_mean, total_min, total_max: of the total gradient ∂L/∂h_t;
+            immediate_mean, immediate_min, immediate_max: of the immediate gradient g_t;
+            nonfinite_fraction: fraction of samples whose total gradient is inf or NaN at t.
+        """
+        return self._history.frame()
+
+    def _result(self, module, layer: int, direction: int) -> LayerResult:
+        name = self._resolve(module)
+        if not self._latest:
+            raise RuntimeError(
+                "no backward pass has been recorded yet: run forward and loss.backward() with "
+                "the probe attached first"
+            )
+        if name not in self._latest:
+            raise RuntimeError(f"no recorded backward pass has reached module {name!r} yet")
+        layers = self._latest[name]
+        if (layer, direction) not in layers:
+            raise ValueError(
+                f"module {name!r} has no layer={layer}, direction={direction}; "
+                f"available (layer, direction): {sorted(layers)}"
+            )
+        return layers[(layer, direction)]
+
+    def _resolve(self, module) -> str:
+        if module is None:
+            if len(self.modules) != 1:
+                raise ValueError(
+                    f"this probe watches {len(self.modules)} modules; pass module= one of "
+                    f"{self.modules}"
+                )
+            return self.modules[0]
+        if isinstance(module, nn.Module):
+            if id(module) not in self._names_by_id:
+                raise ValueError(f"{type(module).__name__} is not probed; probed: {self.modules}")
+            return self._names_by_id[id(module)]
+        if module not in self.modules:
+            raise ValueError(f"no probed module named {module!r}; probed: {self.modules}")
+        return module
+
+    # ---------------------------------------------------------------- hooks
+    def _install(self, name: str, module: nn.Module) -> None:
+        if isinstance(module, FUSED_TYPES):
+            hook = self._fused_hook(name)
+            self._handles.append(module.register_forward_hook(hook, with_kwargs=True))
+        else:
+            self._chains[name] = None
+            pre, post = self._cell_hooks(name)
+            self._handles.append(module.register_forward_pre_hook(pre, with_kwargs=True))
+            self._handles.append(module.register_forward_hook(post))
+
+    def _fused_hook(self, name: str):
+        def hook(module, args, kwargs, output):
+            out, final = output
+            data = out.data if isinstance(out, PackedSequence) else out
+            if not (self._attached and torch.is_grad_enabled() and data.requires_grad):
+                return None
+            check_forward(module, name)
+            inp = args[0] if args else kwargs["input"]
+            hx = args[1] if len(args) > 1 else kwargs.get("hx")
+            call = FusedCall(module, self._shadows[name], inp, hx, out)
+            seq = next(self._seq)
+            finals = final if isinstance(final, tuple) else (final,)
+
+            def on_grads(grads):
+                if self._begin_backward():
+                    current = self._pending_calls.get(name)
+                    if current is None or current[0] < seq:
+                        self._pending_calls[name] = (seq, call, tuple(grads))
+
+            torch.autograd.graph.register_multi_grad_hook((data, *finals), on_grads)
+            return None
+
+        return hook
+
+    def _cell_hooks(self, name: str):
+        def pre(module, args, kwargs):
+            if not (self._attached and torch.is_grad_enabled()):
+                return None
+            in_args = len(args) > 1
+            state = args[1] if in_args else kwargs.get("hx")
+            chain = self._chains.get(name)
+            if chain is not None and chain.continues_with(state):
+                if chain.aliased:  # the recurrence reads the raw output, the user the alias
+                    state = chain.raw_last()
+                    if in_args:
+                        args = (args[0], state, *args[2:])
+                    else:
+                        kwargs = {**kwargs, "hx": state}
+            else:
+                chain = CellChain(module, state, next(self._seq))
+                self._chains[name] = chain
+            chain.inputs.append(args[0] if args else kwargs["input"])
+            return args, kwargs
+
+        def post(module, args, output):
+            chain = self._chains.get(name)
+            if not (self._attached and torch.is_grad_enabled()) or chain is None:
+                return None
+            parts = components(output)
+            chain.tuple_state = isinstance(output, (tuple, list))
+            chain.outputs.append(parts)
+            watched = tuple(p.view_as(p) for p in parts) if chain.aliased else parts
+            if parts[0].requires_grad:
+                step = len(chain.outputs) - 1
+                for i, tensor in enumerate(watched):
+                    tensor.register_hook(self._cell_grad_hook(name, chain, step, i, len(parts)))
+            chain.handed = watched
+            if not chain.aliased:
+                return None
+            return watched if chain.tuple_state else watched[0]
+
+        return pre, post
+
+    def _cell_grad_hook(self, name: str, chain: CellChain, step: int, i: int, n: int):
+        def hook(grad):
+            if self._begin_backward():
+                chain.grads.setdefault(step, [None] * n)[i] = grad
+                current = self._pending_chains.get(name)
+                if current is None or current.seq <= chain.seq:
+                    self._pending_chains[name] = chain
+            return None
+
+        return hook
+
+    # ---------------------------------------------------------------- backward bookkeeping
+    def _begin_backward(self) -> bool:
+        """Called from every gradient hook; the first call of a backward pass schedules the
+        analysis for the end of that pass. Returns whether this pass is recorded."""
+        if not self._attached:
+            return False
+        if not self._in_backward:
+            self._in_backward = True
+            torch.autograd.Variable._execution_engine.queue_callback(self._end_backward)
+        return self._backwards % self._every == 0
+
+    def _end_backward(self) -> None:
+        iteration = self._backwards
+        self._backwards += 1
+        self._in_backward = False
+        calls, self._pending_calls = self._pending_calls, {}
+        chains, self._pending_chains = self._pending_chains, {}
+        if not (calls or chains):
+            return
+        with torch.no_grad():
+            for name, (_, call, grads) in calls.items():
+                self._store(iteration, name, analyse(call, *_three(grads)))
+            for name, chain in chains.items():
+                result = chain.analyse()
+                chain.grads.clear()
+                self._store(iteration, name, {(0, 0): result})
+
+    def _store(self, iteration: int, name: str, results: dict[tuple[int, int], LayerResult]):
+        self._latest[name] = results
+        for (layer, direction), result in sorted(results.items()):
+            self._history.add(iteration, name, layer, direction, result.summary())
+
+
+def _three(grads: tuple) -> tuple:
+    """(grad_output, grad_h_n, grad_c_n) from the multi-grad hook's tuple."""
+    return tuple(grads) + (None,) * (3 - len(grads))

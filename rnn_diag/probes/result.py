@@ -1,0 +1,124 @@
+"""What one recorded backward leaves behind for one layer and direction of one module."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..dynamics.lognorm import LN10, log_norm, scale_by_exp
+
+#: Metrics stored per (iteration, module, layer, direction, state, t) in ``Probe.frame()``.
+METRICS = (
+    "total_mean",
+    "total_min",
+    "total_max",
+    "immediate_mean",
+    "immediate_min",
+    "immediate_max",
+    "nonfinite_fraction",
+)
+
+
+@dataclass
+class ScaledSeries:
+    """A gradient series stored as ``scaled * exp(log_scale)`` in *processing* order.
+
+    Attributes:
+        scaled: ``[T, B, H]`` in the model's dtype.
+        log_scale: ``[T, B]`` float64 natural-log scale.
+        log_norm: ``[T, B]`` float64 ``ln ‖·‖₂`` of the true vectors.
+    """
+
+    scaled: Tensor
+    log_scale: Tensor
+    log_norm: Tensor
+
+    @staticmethod
+    def from_values(values: Tensor) -> ScaledSeries:
+        """Wrap plain (unscaled) vectors ``[T, B, H]``."""
+        zeros = torch.zeros(values.shape[:2], dtype=torch.float64, device=values.device)
+        return ScaledSeries(values, zeros, log_norm(values))
+
+
+@dataclass
+class LayerResult:
+    """Total and immediate gradients of one layer/direction, for one backward.
+
+    ``order`` maps processing order back to input time order: ``None`` when they coincide,
+    otherwise a ``[T, B]`` index (the reverse direction, per sample when lengths differ).
+    ``valid`` is a ``[T, B]`` bool mask of the steps inside each sample's length.
+    """
+
+    total: dict[str, ScaledSeries]
+    immediate: dict[str, ScaledSeries]
+    order: Tensor | None
+    valid: Tensor | None
+    dtype: torch.dtype
+
+    def _to_input_order(self, x: Tensor) -> Tensor:
+        if self.order is None:
+            return x
+        index = self.order if x.dim() == 2 else self.order.unsqueeze(-1).expand_as(x)
+        return torch.gather(x, 0, index)
+
+    def values(self, which: str, state: str) -> Tensor:
+        """``[T, B, H]`` gradient in input time order, in the model's dtype."""
+        series = self._series(which, state)
+        return self._to_input_order(scale_by_exp(series.scaled, series.log_scale, self.dtype))
+
+    def log10_norms(self, which: str, state: str) -> Tensor:
+        """``[T, B]`` float64 log10 of the per-sample L2 norms, input time order."""
+        return self._to_input_order(self._series(which, state).log_norm / LN10)
+
+    def _series(self, which: str, state: str) -> ScaledSeries:
+        table = self.total if which == "total" else self.immediate
+        if state not in table:
+            raise ValueError(f"state={state!r} is not recorded here; choose from {sorted(table)}")
+        return table[state]
+
+    def summary(self) -> dict[str, dict[str, np.ndarray]]:
+        """Per state, each metric of :data:`METRICS` as a float64 array over t (input order).
+
+        Aggregates run over the samples valid at t; a t with no valid sample gives NaN.
+        """
+        out = {}
+        for state in self.total:
+            rows = []
+            for which in ("total", "immediate"):
+                logs = self.log10_norms(which, state)
+                rows.extend(_batch_stats(logs, self.valid))
+            total = self.log10_norms("total", state)
+            nonfinite = torch.isnan(total) | torch.isposinf(total)
+            rows.append(_masked_mean(nonfinite.double(), self.valid))
+            stacked = torch.stack(rows).cpu().numpy()
+            out[state] = dict(zip(METRICS, stacked, strict=True))
+        return out
+
+
+def _batch_stats(logs: Tensor, valid: Tensor | None) -> list[Tensor]:
+    """Mean, min and max over the batch of ``[T, B]`` log norms, valid samples only."""
+    if valid is None:
+        return [logs.mean(1), logs.amin(1), logs.amax(1)]
+    nan = torch.tensor(float("nan"), dtype=logs.dtype, device=logs.device)
+    low = torch.where(valid, logs, torch.full_like(logs, float("inf"))).amin(1)
+    high = torch.where(valid, logs, torch.full_like(logs, float("-inf"))).amax(1)
+    any_valid = valid.any(1)
+    return [
+        _masked_mean(logs, valid),
+        torch.where(any_valid, low, nan),
+        torch.where(any_valid, high, nan),
+    ]
+
+
+def _masked_mean(x: Tensor, valid: Tensor | None) -> Tensor:
+    if valid is None:
+        return x.mean(1)
+    count = valid.sum(1)
+    # -inf entries outside the mask must not poison the sum: replace them before summing.
+    total = torch.where(valid, x, torch.zeros_like(x)).sum(1)
+    return total / count.clamp(min=1).to(x.dtype) + torch.where(
+        count > 0, torch.zeros_like(total), torch.full_like(total, float("nan"))
+    )

@@ -1,0 +1,49 @@
+"""The command-line entry point: version, help, and a light import."""
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+import rnn_diag
+from rnn_diag.cli import main
+
+
+def test_version_matches_package():
+    result = CliRunner().invoke(main, ["--version"])
+    assert result.exit_code == 0
+    assert result.output.strip() == f"rnn-diag, version {rnn_diag.__version__}"
+
+
+@pytest.mark.parametrize("args", [["--help"], ["-h"], []], ids=["help", "h", "bare"])
+def test_help_explains_the_tool(args):
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0
+    assert "gradient" in result.output and "--version" in result.output
+
+
+def test_console_script_is_installed():
+    exe = shutil.which("rnn-diag")
+    if exe is None:
+        pytest.skip("package not installed with its console script")
+    out = subprocess.run([exe, "--version"], capture_output=True, text=True, check=True)
+    assert rnn_diag.__version__ in out.stdout
+
+
+def test_cli_import_does_not_load_torch():
+    """`rnn-diag --help` must stay instant: the package imports torch only when used."""
+    code = "import sys, rnn_diag.cli; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_ci_runs_the_readme_test_command():
+    """README's second set-up command and .ci/run must run the same checks."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    readme, ci = (root / "README.md").read_text(), (root / ".ci/run").read_text()
+    assert "ruff check . && python -m pytest" in readme
+    assert "\nruff check .\n" in ci and "python -m pytest" in ci
+    assert "pip install torch==2.13.0" in readme and "pip install torch==2.13.0" in ci

@@ -19,17 +19,19 @@ import math
 from dataclasses import dataclass
 from typing import Protocol
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from .lognorm import log_norm
+from .lognorm import direct_norm_range, log_norm
 
 
 class StepVJP(Protocol):
     """Transposed per-step Jacobian of a recurrence, applied to a batch of vectors."""
 
-    def vjp_into(self, t: int, v: Tensor, add: Tensor, out: Tensor) -> None:
-        """Write ``add + J_tᵀ v`` into ``out`` (all ``[B, S]``), for ``1 <= t < T``."""
+    def vjp_into(self, t: int, v: Tensor, add: Tensor | None, out: Tensor) -> None:
+        """Write ``add + J_tᵀ v`` (or ``J_tᵀ v`` when add is None) into ``out``, all
+        ``[B, S]``, for ``1 <= t < T``."""
 
 
 @dataclass
@@ -47,27 +49,21 @@ class AdjointResult:
     log_norm: Tensor
 
 
-def _safe_range(dtype: torch.dtype) -> tuple[float, float]:
-    """Natural-log bounds inside which a block may keep its values without renormalising."""
-    info = torch.finfo(dtype)
-    low, high = math.log(info.tiny), math.log(info.max)
-    margin = 0.2 * (high - low)
-    return low + margin, high - margin
-
-
 def adjoint_scan(
     steps: StepVJP,
-    g_unit: Tensor,
+    g: Tensor,
+    g_log_scale: Tensor | None,
     g_log_norm: Tensor,
     *,
-    block: int = 16,
+    block: int = 32,
 ) -> AdjointResult:
     """Run λ_{t-1} = g_{t-1} + J_tᵀ λ_t from t = T-1 down to 0, in log space.
 
     Args:
         steps: supplies ``J_tᵀ v`` (see :class:`StepVJP`).
-        g_unit: ``[T, B, S]`` immediate gradients divided by their norm (zero where g_t = 0).
-        g_log_norm: ``[T, B]`` float64 ``ln ‖g_t‖`` (``-inf`` where g_t = 0).
+        g: ``[T, B, S]`` immediate gradients, stored as ``g * exp(g_log_scale)``.
+        g_log_scale: ``[T, B]`` float64 natural-log scale of ``g``; None means 0.
+        g_log_norm: ``[T, B]`` float64 ``ln ‖g_t‖`` of the true vectors (``-inf`` where zero).
         block: steps between renormalisations of the carried vector.
 
     Returns:
@@ -76,54 +72,88 @@ def adjoint_scan(
     Example (a scalar recurrence λ_{t-1} = 0.5 λ_t with λ_{T-1} = 1):
         >>> class Half:
         ...     def vjp_into(self, t, v, add, out):
-        ...         torch.add(add, v, alpha=0.5, out=out)
+        ...         torch.mul(v, 0.5, out=out)
+        ...         if add is not None:
+        ...             out.add_(add)
         >>> g = torch.zeros(2000, 1, 1); g[-1] = 1.0
-        >>> res = adjoint_scan(Half(), g, log_norm(g))
+        >>> res = adjoint_scan(Half(), g, None, log_norm(g))
         >>> round(float(res.log_norm[0, 0] / math.log(10)), 3)   # 0.5**1999 = 10**-601.77
         -601.767
     """
-    T, B, S = g_unit.shape
-    low, high = _safe_range(g_unit.dtype)
-    scaled = torch.empty_like(g_unit)
-    log_scale = torch.empty(T, B, dtype=torch.float64, device=g_unit.device)
+    T, B, S = g.shape
+    dtype = g.dtype
+    # A block keeps one scale while its norms stay inside [low, high] (natural log, relative to
+    # the scale): there a plain vector_norm is accurate (the largest entry is at least
+    # norm / sqrt(S)) and no value comes near the subnormal numbers, whose arithmetic is very
+    # slow on CPUs. Blocks start with norms <= 1 and their length follows the observed rate of
+    # change; a block that drifts out anyway is redone with renormalisation at every step.
+    low, high = (math.log(v) for v in direct_norm_range(dtype))
+    low += 0.5 * math.log(S)
+    budget = 0.8 * min(high, -low)
+    max_coef = torch.finfo(dtype).max
+    g_present = (~torch.isneginf(g_log_norm)).any(1).tolist()
+    scaled = torch.empty_like(g)
+    rows = scaled.unbind(0)  # list indexing is much cheaper than tensor indexing per step
+    log_scale = torch.empty(T, B, dtype=torch.float64, device=g.device)
     out_log_norm = torch.empty_like(log_scale)
 
-    def run(t0: int, t1: int, carry: _Carry | None) -> bool:
-        """Fill steps t1 down to t0 with one fixed scale; False if the block is unsafe."""
-        ref = g_log_norm[t0 : t1 + 1].amax(0)
-        if carry is not None:
-            ref = torch.maximum(ref, carry.log_norm)
-        ref = torch.where(torch.isneginf(ref), torch.zeros_like(ref), ref)
-        coef = (g_log_norm[t0 : t1 + 1] - ref).exp().to(g_unit.dtype).unsqueeze(-1)
-        g_block = g_unit[t0 : t1 + 1] * coef
-        if carry is None:
-            scaled[t1] = g_block[-1]
+    def run(t0: int, t1: int, carry: _Carry | None) -> tuple[bool, float, Tensor]:
+        """Fill steps t1 down to t0 with one fixed scale. Returns whether the block stayed
+        safe, the largest change of ln‖λ‖ per step in it, and the norms of the last row."""
+        has_g = any(g_present[t0 : t1 + 1])
+        if carry is None or has_g:
+            ref = g_log_norm[t0 : t1 + 1].amax(0)
+            if carry is not None:
+                ref = torch.maximum(ref, carry.log_norm)
+            ref = torch.where(torch.isneginf(ref), torch.zeros_like(ref), ref)
         else:
-            incoming = carry.unit * (carry.log_norm - ref).exp().to(g_unit.dtype).unsqueeze(-1)
-            steps.vjp_into(t1 + 1, incoming, g_block[-1], scaled[t1])
+            ref = carry.ref
+        g_rows = [None] * (t1 - t0 + 1)
+        if has_g:
+            shift = -ref if g_log_scale is None else g_log_scale[t0 : t1 + 1] - ref
+            g_block = g[t0 : t1 + 1] * shift.exp().clamp(max=max_coef).to(dtype).unsqueeze(-1)
+            g_rows = g_block.unbind(0)
+        if carry is not None:
+            incoming = carry.unit
+            if has_g:
+                incoming = incoming * (carry.log_norm - ref).exp().to(dtype).unsqueeze(-1)
+            steps.vjp_into(t1 + 1, incoming, g_rows[-1], rows[t1])
+        elif has_g:
+            rows[t1].copy_(g_rows[-1])
+        else:
+            rows[t1].zero_()
+        vjp_into = steps.vjp_into
         for t in range(t1 - 1, t0 - 1, -1):
-            steps.vjp_into(t + 1, scaled[t + 1], g_block[t - t0], scaled[t])
-        ln = log_norm(scaled[t0 : t1 + 1])
+            vjp_into(t + 1, rows[t + 1], g_rows[t - t0], rows[t])
+        norms = torch.linalg.vector_norm(scaled[t0 : t1 + 1], dim=-1)
+        ln = norms.double().log()
+        later = None if carry is None else (carry.log_norm - ref)
+        safe, rate = _check_block(ln, later, low, high)
+        if not safe and t0 == t1:  # a single step: measure it robustly and accept it
+            ln = log_norm(scaled[t0 : t1 + 1])
+            norms = ln.exp().to(dtype)
         log_scale[t0 : t1 + 1] = ref
-        out_log_norm[t0 : t1 + 1] = ref + ln
-        return _block_is_safe(ln, None if carry is None else carry.log_norm, low, high)
+        torch.add(ln, ref, out=out_log_norm[t0 : t1 + 1])
+        return safe, rate, norms[0]
 
-    def carry_at(t: int) -> _Carry:
-        norm = (out_log_norm[t] - log_scale[t]).exp().to(scaled.dtype).unsqueeze(-1)
-        unit = torch.where(norm > 0, scaled[t] / norm, torch.zeros_like(scaled[t]))
-        return _Carry(unit, out_log_norm[t])
+    def carry_at(t: int, norm: Tensor) -> _Carry:
+        unit = rows[t] / norm.clamp_min(torch.finfo(dtype).tiny).unsqueeze(-1)
+        log = out_log_norm[t]
+        return _Carry(unit, log, torch.where(torch.isneginf(log), torch.zeros_like(log), log))
 
-    carry: _Carry | None = None
-    t1 = T - 1
-    while t1 >= 0:
-        t0 = max(0, t1 - block + 1)
-        if not run(t0, t1, carry) and t1 > t0:
-            # Too much growth or decay for one fixed scale: renormalise at every step instead.
-            for t in range(t1, t0 - 1, -1):
-                run(t, t, carry)
-                carry = carry_at(t)
-        carry = carry_at(t0)
-        t1 = t0 - 1
+    size, carry, hi = block, None, T - 1
+    while hi >= 0:
+        lo = max(0, hi - size + 1)
+        safe, rate, norm = run(lo, hi, carry)
+        if safe or lo == hi:
+            carry = carry_at(lo, norm)
+        else:
+            for t in range(hi, lo - 1, -1):
+                step_rate, norm = run(t, t, carry)[1:]
+                rate = max(rate, step_rate)
+                carry = carry_at(t, norm)
+        size = block if not rate > 0 else int(min(block, max(1.0, budget / rate)))
+        hi = lo - 1
     return AdjointResult(scaled, log_scale, out_log_norm)
 
 
@@ -148,20 +178,37 @@ def immediate_from_total(steps, total: Tensor) -> tuple[Tensor, Tensor]:
 
 @dataclass
 class _Carry:
-    """λ at the step just after the current block: a unit vector and its float64 log norm."""
+    """λ at the step just after the current block: a unit vector, its float64 log norm, and
+    that log norm with -inf (a zero vector) replaced by 0, usable as a scale."""
 
     unit: Tensor
     log_norm: Tensor
+    ref: Tensor
 
 
-def _block_is_safe(ln: Tensor, incoming: Tensor | None, low: float, high: float) -> bool:
-    """A block is safe when every non-zero norm (``ln``, relative to the block's scale) stays
-    well inside the dtype's range and no vector became exactly zero right after a non-zero one
-    (a possible underflow). ``incoming`` is the log norm of λ just after the block."""
-    nonzero = ~torch.isneginf(ln)
-    if bool((nonzero & ((ln < low) | ~(ln < high))).any()):
-        return False
-    later = torch.cat([ln[1:], incoming.unsqueeze(0)]) if incoming is not None else ln[1:]
-    earlier = ln if incoming is not None else ln[:-1]
-    underflow = torch.isneginf(earlier) & ~torch.isneginf(later)
-    return not bool(underflow.any())
+def _check_block(
+    ln: Tensor, later: Tensor | None, low: float, high: float
+) -> tuple[bool, float]:
+    """Whether a block is safe, and the largest per-step change of ``ln`` in it.
+
+    Args:
+        ln: ``[K, B]`` log norms relative to the block's scale, in time order.
+        later: ``[B]`` relative log norm of λ just after the block (None at the end).
+
+    Safe means every non-zero norm stays inside ``[low, high]`` and no vector became exactly
+    zero right after a non-zero one (a possible underflow). The check runs in NumPy on the
+    host: it is a few small reductions, far cheaper there than as device kernels.
+    """
+    a = ln.cpu().numpy()
+    zero = np.isneginf(a)
+    with np.errstate(invalid="ignore"):
+        out_of_range = ~zero & ~((a >= low) & (a <= high))  # NaN fails both comparisons
+    if later is not None:
+        after = np.isneginf(later.cpu().numpy())
+        nonzero_after = np.concatenate([~zero[1:], ~after[None]])
+    else:
+        nonzero_after = ~zero[1:]
+    underflow = zero[: len(nonzero_after)] & nonzero_after
+    finite = np.where(np.isfinite(a), a, 0.0)
+    rate = float((finite.max(0) - finite.min(0)).max()) / max(1, a.shape[0] - 1)
+    return not (out_of_range.any() or underflow.any()), rate

@@ -9,6 +9,8 @@ tensor operations. Notation (PyTorch's): gate rows of ``weight_hh`` are (r, z, n
 All classes expose:
     state_size              size S of the adjoint state
     vjp_into(t, v, add, out)  ``out = add + J_tᵀ v`` for a batch ``v`` of shape [B, S]
+                            (``out = J_tᵀ v`` when add is None)
+    vjp_all(v)              ``J_tᵀ v[t]`` for every t at once, [T, B, S]
     input_grads(scaled)     ``∂L/∂x_t`` for every t, [T, B, I], given the adjoint in scaled
                             units [T, B, S] (same per-step scale as the input)
 
@@ -50,9 +52,27 @@ class CellWeights:
         return _affine(h, self.weight_hh, self.bias_hh)
 
 
+def _gate_pre_activations(w: CellWeights, x: Tensor, h_prev: Tensor) -> Tensor:
+    """``x W_ihᵀ + h_prev W_hhᵀ + b_ih + b_hh`` for all steps at once, ``[T, B, G*H]``."""
+    T, B, H = h_prev.shape
+    out = torch.matmul(x, w.weight_ih.t())
+    if w.bias_ih is not None:
+        out.add_(w.bias_ih + w.bias_hh)
+    out.view(T * B, -1).addmm_(h_prev.reshape(T * B, H), w.weight_hh.t())
+    return out
+
+
 def _affine(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     out = torch.matmul(x, weight.t())
     return out if bias is None else out.add_(bias)
+
+
+def _matmul_into(add: Tensor | None, a: Tensor, b: Tensor, out: Tensor) -> None:
+    """``out = add + a @ b`` (or ``a @ b`` when add is None)."""
+    if add is None:
+        torch.mm(a, b, out=out)
+    else:
+        torch.addmm(add, a, b, out=out)
 
 
 class RNNSteps:
@@ -66,14 +86,19 @@ class RNNSteps:
         self.w = w
         self.state_size = h.shape[-1]
         if w.kind == "rnn_tanh":
-            self.deriv = 1 - h * h
+            self.deriv = (h * h).neg_().add_(1)
         elif w.kind == "rnn_relu":
             self.deriv = (h > 0).to(h.dtype)
         else:
             raise ValueError(f"RNNSteps needs kind rnn_tanh or rnn_relu, got {w.kind!r}")
+        self._deriv_rows = self.deriv.unbind(0)
+        self._w = w.weight_hh.detach()
 
-    def vjp_into(self, t: int, v: Tensor, add: Tensor, out: Tensor) -> None:
-        torch.addmm(add, self.deriv[t] * v, self.w.weight_hh, out=out)
+    def vjp_into(self, t: int, v: Tensor, add: Tensor | None, out: Tensor) -> None:
+        if add is None:
+            torch.mm(self._deriv_rows[t] * v, self._w, out=out)
+        else:
+            torch.addmm(add, self._deriv_rows[t] * v, self._w, out=out)
 
     def vjp_all(self, v: Tensor) -> Tensor:
         return torch.matmul(self.deriv * v, self.w.weight_hh)
@@ -108,9 +133,9 @@ class GRUSteps:
         self.hidden = hidden
         self.z = z
 
-    def vjp_into(self, t: int, v: Tensor, add: Tensor, out: Tensor) -> None:
+    def vjp_into(self, t: int, v: Tensor, add: Tensor | None, out: Tensor) -> None:
         dpre = (self.hidden[t] * v.unsqueeze(1)).flatten(1)
-        torch.addmm(add, dpre, self.w.weight_hh, out=out)
+        _matmul_into(add, dpre, self.w.weight_hh, out)
         out.addcmul_(v, self.z[t])
 
     def vjp_all(self, v: Tensor) -> Tensor:
@@ -131,43 +156,50 @@ class LSTMSteps:
     a_{t-1} = W_hhᵀ (those) and e_{t-1} = f_t ⊙ δc_t.
     """
 
-    def __init__(self, w: CellWeights, x: Tensor, h_prev: Tensor, c0: Tensor):
+    def __init__(self, w: CellWeights, x: Tensor, h_prev: Tensor, h: Tensor, c0: Tensor):
         self.w = w
-        H = h_prev.shape[-1]
+        T, B, H = h_prev.shape
         self.hidden_size = H
         self.state_size = 2 * H
-        gates = w.input_part(x).add_(w.hidden_part(h_prev))
-        T, B = h_prev.shape[:2]
-        gates = gates.view(T, B, 4, H)
-        gates[:, :, (0, 1, 3)] = torch.sigmoid(gates[:, :, (0, 1, 3)])
-        gates[:, :, 2] = torch.tanh(gates[:, :, 2])
+        # Every [T, B, 4H] pass is memory-bound, so the gate buffer is reused for the factors.
+        gates = _gate_pre_activations(w, x, h_prev).view(T, B, 4, H)
+        gates[:, :, :2].sigmoid_()
+        gates[:, :, 3].sigmoid_()
+        gates[:, :, 2].tanh_()
         i, f, g, o = gates.unbind(2)
         ig = i * g
         c = torch.empty_like(ig)
         prev = c0
         for t in range(T):  # elementwise linear recurrence; one fused op per step
             prev = torch.addcmul(ig[t], f[t], prev, out=c[t])
-        c_prev = torch.cat([c0.unsqueeze(0), c[:-1]])
         tanh_c = torch.tanh(c)
-        self.k = o * (1 - tanh_c * tanh_c)
-        factors = torch.empty(T, B, 4, H, dtype=x.dtype, device=x.device)
-        torch.mul(g, i * (1 - i), out=factors[:, :, 0])
-        torch.mul(c_prev, f * (1 - f), out=factors[:, :, 1])
-        torch.mul(i, 1 - g * g, out=factors[:, :, 2])
-        torch.mul(tanh_c, o * (1 - o), out=factors[:, :, 3])
-        self.factors = factors
-        self.forget = f
+        self.k = torch.addcmul(o, h, tanh_c, value=-1)  # o (1 - tanh² c), as h = o tanh c
+        self.forget = f.clone()
+        input_factor = torch.addcmul(i, ig, g, value=-1)  # i (1 - g²)
+        del ig
+        i.addcmul_(i, i, value=-1).mul_(g)  # g i (1 - i)
+        g.copy_(input_factor)
+        f.addcmul_(f, f, value=-1)  # c_prev f (1 - f)
+        f[0].mul_(c0)
+        f[1:].mul_(c[:-1])
+        o.addcmul_(o, o, value=-1).mul_(tanh_c)  # tanh(c) o (1 - o)
+        self.factors = gates
         self.c = c
 
-    def vjp_into(self, t: int, v: Tensor, add: Tensor, out: Tensor) -> None:
+    def vjp_into(self, t: int, v: Tensor, add: Tensor | None, out: Tensor) -> None:
         H = self.hidden_size
         a, e = v[:, :H], v[:, H:]
         dc = torch.addcmul(e, a, self.k[t])
         dpre = torch.empty_like(self.factors[t])
         torch.mul(self.factors[t, :, :3], dc.unsqueeze(1), out=dpre[:, :3])
         torch.mul(self.factors[t, :, 3], a, out=dpre[:, 3])
-        torch.addmm(add[:, :H], dpre.flatten(1), self.w.weight_hh, out=out[:, :H])
-        torch.addcmul(add[:, H:], self.forget[t], dc, out=out[:, H:])
+        # Matmul into a strided slice of ``out`` is very slow on CPU: form it, then copy.
+        if add is None:
+            out[:, :H] = torch.mm(dpre.flatten(1), self.w.weight_hh)
+            torch.mul(self.forget[t], dc, out=out[:, H:])
+        else:
+            out[:, :H] = torch.addmm(add[:, :H], dpre.flatten(1), self.w.weight_hh)
+            torch.addcmul(add[:, H:], self.forget[t], dc, out=out[:, H:])
 
     def vjp_all(self, v: Tensor) -> Tensor:
         dc = self.cell_grads(v)
@@ -211,7 +243,7 @@ def linearise(w: CellWeights, x: Tensor, h_prev: Tensor, h: Tensor, c0: Tensor |
     if w.kind == "lstm":
         if c0 is None:
             raise ValueError("an LSTM linearisation needs the initial cell state c0")
-        return LSTMSteps(w, x, h_prev, c0)
+        return LSTMSteps(w, x, h_prev, h, c0)
     raise ValueError(f"unknown cell kind {w.kind!r}")
 
 
@@ -246,4 +278,7 @@ class CallableSteps:
             _, pullback = torch.func.vjp(step, *(p[t] for p in self.prev_states))
             parts = torch.split(v, self.sizes, dim=-1)
             grads = pullback(tuple(parts) if self.tuple_state else parts[0])
-        torch.add(add, torch.cat(grads, dim=-1), out=out)
+        if add is None:
+            torch.cat(grads, dim=-1, out=out)
+        else:
+            torch.add(add, torch.cat(grads, dim=-1), out=out)

@@ -15,6 +15,17 @@ from torch import Tensor
 LN10 = math.log(10.0)
 
 
+def direct_norm_range(dtype: torch.dtype) -> tuple[float, float]:
+    """Magnitudes ``(low, high)`` inside which ``torch.linalg.vector_norm`` is accurate.
+
+    With the largest entry in ``[low, high] = [tiny**0.4, max**0.4]`` its square is a normal
+    number and a sum of up to 10^7 squares cannot overflow; entries whose squares underflow are
+    then below eps relative to the norm.
+    """
+    info = torch.finfo(dtype)
+    return info.tiny**0.4, info.max**0.4
+
+
 def log_norm(x: Tensor, dim: int = -1) -> Tensor:
     """Natural log of the L2 norm of ``x`` along ``dim``, in float64.
 
@@ -31,14 +42,24 @@ def log_norm(x: Tensor, dim: int = -1) -> Tensor:
         >>> round(float(log_norm(x)) / LN10, 4)   # log10(sqrt(3) * 1e-30)
         -29.7614
     """
-    magnitude = x.abs().amax(dim=dim, keepdim=True)
+    low, high = direct_norm_range(x.dtype)
+    norm = torch.linalg.vector_norm(x, dim=dim)
+    # The largest entry m satisfies norm / sqrt(n) <= m <= norm, so this range guarantees
+    # low <= m <= high without computing m.
+    low_norm = low * math.sqrt(x.shape[dim])
+    if bool(((norm >= low_norm) & (norm <= high)).all()):
+        return norm.double().log()
+    magnitude = x.abs().amax(dim=dim)
+    direct_ok = (magnitude == 0) | ((magnitude >= low) & (magnitude <= high))
+    if bool(direct_ok.all()):
+        return norm.double().log()
+    # Some vectors are too small or too large for the sum of squares: divide by the largest
+    # magnitude first (NaN and inf entries propagate through amax unchanged).
+    magnitude = magnitude.unsqueeze(dim)
     finite_nonzero = torch.isfinite(magnitude) & (magnitude > 0)
     safe = torch.where(finite_nonzero, magnitude, torch.ones_like(magnitude))
     unit_norm = torch.linalg.vector_norm(x / safe, dim=dim, keepdim=True)
     log = magnitude.double().log() + unit_norm.double().log()
-    # A NaN entry makes amax NaN (propagates); an inf entry makes amax inf: both are what we want,
-    # but inf / 1 then gives an inf unit norm whose log is inf, also right. Zero vectors give
-    # log(0) + log(0) = -inf.
     log = torch.where(finite_nonzero, log, magnitude.double().log())
     return log.squeeze(dim)
 

@@ -141,10 +141,7 @@ class CellChain:
             g_state, recurrent = immediate_from_total(steps, total)
             immediate_parts = _zero_rounding_level(g_state, total, recurrent, sizes, dtype)
 
-        ln = log_norm(g_state)
-        norm = ln.exp().to(g_state.dtype).unsqueeze(-1)
-        unit = torch.where(norm > 0, g_state / norm, torch.zeros_like(g_state))
-        adj = adjoint_scan(steps, unit, ln)
+        adj = adjoint_scan(steps, g_state, None, log_norm(g_state))
 
         parts = list(torch.split(adj.scaled, sizes, dim=-1))
         if self.kind == "lstm":

@@ -172,21 +172,6 @@ def _gather_time(x: Tensor, order: Tensor | None) -> Tensor:
     return torch.gather(x, 0, index)
 
 
-def _at_last_step(final: Tensor, last: Tensor, T: int) -> Tensor:
-    """A ``[T, B, S]`` zero tensor holding ``final[b]`` at step ``last[b]``."""
-    out = final.new_zeros((T,) + tuple(final.shape))
-    out.scatter_(0, last.view(1, -1, 1).expand(1, *final.shape), final.unsqueeze(0))
-    return out
-
-
-def _normalised(scaled: Tensor, log_scale: Tensor) -> tuple[Tensor, Tensor]:
-    """Unit vectors and float64 log norms of ``scaled * exp(log_scale)``."""
-    ln = log_norm(scaled)
-    norm = (ln.exp()).to(scaled.dtype).unsqueeze(-1)
-    unit = torch.where(norm > 0, scaled / norm, torch.zeros_like(scaled))
-    return unit, ln + log_scale
-
-
 def analyse(
     call: FusedCall,
     grad_output: Tensor | None,
@@ -222,12 +207,11 @@ def analyse(
     grad_h_n = _batched_final(grad_h_n, call.unbatched)
     grad_c_n = _batched_final(grad_c_n, call.unbatched)
 
-    # Immediate gradient of the current layer's output, [T, B, D*H], input order, scaled form.
-    if grad_output is not None:
-        above = call.grad_time_major(grad_output)
-        above_scale = torch.zeros(T, B, dtype=torch.float64, device=device)
-    else:
-        above, above_scale = None, None
+    # Immediate gradient of the current layer's output, [T, B, D*H], input order. Scale None
+    # means plain values (the top layer); lower layers receive scaled values.
+    above = call.grad_time_major(grad_output) if grad_output is not None else None
+    above_scale: Tensor | None = None
+    zero_scale = torch.zeros(T, B, dtype=torch.float64, device=device)
 
     results: dict[tuple[int, int], LayerResult] = {}
     for layer in range(L - 1, -1, -1):
@@ -235,42 +219,38 @@ def analyse(
         for d in range(D):
             order = orders[d]
             idx = layer * D + d
-            # Immediate gradient in processing order: from the output/the layer above ...
+            # Immediate gradient in processing order: from the output or the layer above, plus
+            # the final state's gradient at each sample's last step.
             if above is not None:
                 g_h = _gather_time(above[..., d * H : (d + 1) * H], order)
-                g_scale = _gather_time(above_scale, order)
+                g_scale = None if above_scale is None else _gather_time(above_scale, order)
             else:
-                g_h = top.new_zeros(T, B, H)
-                g_scale = torch.zeros(T, B, dtype=torch.float64, device=device)
-            # ... plus the final state's gradient at each sample's last step.
+                g_h, g_scale = top.new_zeros(T, B, H), None
             if grad_h_n is not None:
-                g_h, g_scale = add_scaled(
-                    g_h, g_scale, _at_last_step(grad_h_n[idx], last, T), torch.zeros_like(g_scale)
-                )
+                g_h, g_scale = _add_at_last_step(g_h, g_scale, grad_h_n[idx], last)
+            g_h_ln = log_norm(g_h) if g_scale is None else log_norm(g_h) + g_scale
+            immediate = {"h": ScaledSeries(g_h, _or(g_scale, zero_scale), g_h_ln)}
+            g_state, g_state_ln = g_h, g_h_ln
+            if lstm:
+                g_c = g_h.new_zeros(T, B, H)
+                if grad_c_n is not None:
+                    g_c = _add_at_last_step(g_c, None, grad_c_n[idx], last)[0]
+                g_c_ln = log_norm(g_c)
+                immediate["c"] = ScaledSeries(g_c, zero_scale, g_c_ln)
+                g_state_ln = 0.5 * torch.logaddexp(2 * g_h_ln, 2 * g_c_ln)
+                if g_scale is None:
+                    g_state = torch.cat([g_h, g_c], -1)
+                else:
+                    g_state = torch.cat([g_h, torch.zeros_like(g_c)], -1)
+                    if grad_c_n is not None:
+                        c_only = torch.cat([torch.zeros_like(grad_c_n[idx]), grad_c_n[idx]], -1)
+                        g_state, g_scale = _add_at_last_step(g_state, g_scale, c_only, last)
+
             x = _gather_time(inputs[layer], order)
             h = _gather_time(outputs[layer][..., d * H : (d + 1) * H], order)
             h_prev = torch.cat([h0[idx].unsqueeze(0), h[:-1]])
-            w = layer_weights(m, layer, d)
-            steps = linearise(w, x, h_prev, h, c0[idx] if lstm else None)
-            immediate = {"h": ScaledSeries(g_h, g_scale, log_norm(g_h) + g_scale)}
-            g_state = g_h
-            if lstm:
-                g_c = (
-                    _at_last_step(grad_c_n[idx], last, T)
-                    if grad_c_n is not None
-                    else torch.zeros_like(g_h)
-                )
-                g_c_scale = torch.zeros_like(g_scale)
-                immediate["c"] = ScaledSeries(g_c, g_c_scale, log_norm(g_c))
-                both, g_scale = add_scaled(
-                    torch.cat([g_h, torch.zeros_like(g_c)], -1),
-                    g_scale,
-                    torch.cat([torch.zeros_like(g_h), g_c], -1),
-                    g_c_scale,
-                )
-                g_state = both
-            unit, g_log_norm = _normalised(g_state, g_scale)
-            adj = adjoint_scan(steps, unit, g_log_norm)
+            steps = linearise(layer_weights(m, layer, d), x, h_prev, h, c0[idx] if lstm else None)
+            adj = adjoint_scan(steps, g_state, g_scale, g_state_ln)
             if lstm:
                 h_part = adj.scaled[..., :H]
                 c_part = steps.cell_grads(adj.scaled)
@@ -290,6 +270,27 @@ def analyse(
                     below, below_scale = add_scaled(below, below_scale, dx, scale)
         above, above_scale = below, below_scale
     return results
+
+
+def _or(x: Tensor | None, default: Tensor) -> Tensor:
+    return default if x is None else x
+
+
+def _add_at_last_step(
+    g: Tensor, g_scale: Tensor | None, final: Tensor, last: Tensor
+) -> tuple[Tensor, Tensor | None]:
+    """Add the plain ``[B, S]`` gradient ``final`` at step ``last[b]`` of ``g`` (``[T, B, S]``,
+    scaled by ``exp(g_scale)`` unless g_scale is None). Returns new tensors; the inputs, which
+    may be autograd's own gradient buffers, are not modified."""
+    B, S = final.shape
+    index = last.view(1, B, 1).expand(1, B, S)
+    if g_scale is None:
+        return g.scatter_add(0, index, final.unsqueeze(0)), None
+    current = g.gather(0, index)[0]
+    current_scale = g_scale.gather(0, last.view(1, B))[0]
+    new, new_scale = add_scaled(current, current_scale, final, torch.zeros_like(current_scale))
+    g = g.scatter(0, index, new.unsqueeze(0))
+    return g, g_scale.scatter(0, last.view(1, B), new_scale.unsqueeze(0))
 
 
 def _batched_final(grad: Tensor | None, unbatched: bool) -> Tensor | None:

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
+from ..dynamics.denormals import flush_denormals
 from .cell_chain import CellChain, components
 from .discovery import find_recurrent
 from .fused import FUSED_TYPES, FusedCall, analyse, check_forward, check_supported, make_shadows
@@ -299,7 +300,7 @@ class Probe:
         chains, self._pending_chains = self._pending_chains, {}
         if not (calls or chains):
             return
-        with torch.no_grad():
+        with torch.no_grad(), flush_denormals():
             for name, (_, call, grads) in calls.items():
                 self._store(iteration, name, analyse(call, *_three(grads)))
             for name, chain in chains.items():

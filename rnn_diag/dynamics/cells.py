@@ -103,6 +103,10 @@ class RNNSteps:
     def vjp_all(self, v: Tensor) -> Tensor:
         return torch.matmul(self.deriv * v, self.w.weight_hh)
 
+    def jacobian(self, t: int) -> Tensor:
+        """``J_t = diag(φ'_t) W_hh`` as ``[B, H, H]``."""
+        return self.deriv[t].unsqueeze(-1) * self.w.weight_hh
+
     def input_grads(self, scaled: Tensor) -> Tensor:
         return torch.matmul(self.deriv * scaled, self.w.weight_ih)
 
@@ -141,6 +145,14 @@ class GRUSteps:
     def vjp_all(self, v: Tensor) -> Tensor:
         dpre = (self.hidden * v.unsqueeze(2)).flatten(2)
         return torch.matmul(dpre, self.w.weight_hh).addcmul_(v, self.z)
+
+    def jacobian(self, t: int) -> Tensor:
+        """``J_t = diag(z) + Σ_gates diag(P_gate) W_h,gate`` as ``[B, H, H]``."""
+        B, _, H = self.hidden[t].shape
+        blocks = self.w.weight_hh.view(3, H, H)
+        J = torch.einsum("bgi,gij->bij", self.hidden[t], blocks)
+        J.diagonal(dim1=1, dim2=2).add_(self.z[t])
+        return J
 
     def input_grads(self, scaled: Tensor) -> Tensor:
         dpre = self.hidden * scaled.unsqueeze(2)
@@ -205,6 +217,21 @@ class LSTMSteps:
         dc = self.cell_grads(v)
         a = torch.matmul(self._pre_activation_grads(v, dc).flatten(2), self.w.weight_hh)
         return torch.cat([a, self.forget * dc], dim=-1)
+
+    def jacobian(self, t: int) -> Tensor:
+        """The joint ``∂(h_t, c_t)/∂(h_{t-1}, c_{t-1})`` as ``[B, 2H, 2H]`` (h first)."""
+        H = self.hidden_size
+        blocks = self.w.weight_hh.view(4, H, H)
+        F = self.factors[t]  # [B, 4, H]
+        dc_dh = torch.einsum("bgi,gij->bij", F[:, :3], blocks[:3])
+        B = F.shape[0]
+        J = F.new_zeros(B, 2 * H, 2 * H)
+        k = self.k[t].unsqueeze(-1)
+        J[:, :H, :H] = F[:, 3].unsqueeze(-1) * blocks[3] + k * dc_dh
+        J[:, H:, :H] = dc_dh
+        J[:, :H, H:] = torch.diag_embed(self.k[t] * self.forget[t])
+        J[:, H:, H:] = torch.diag_embed(self.forget[t])
+        return J
 
     def pair_from_total(self, h_grads: Tensor, c_grads: Tensor) -> Tensor:
         """The adjoint state [a | e] from the total ∂L/∂h_t and ∂L/∂c_t (inverse of

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .workspace import Workspace
+
 
 @dataclass
 class CellWeights:
@@ -43,28 +45,19 @@ class CellWeights:
     bias_ih: Tensor | None
     bias_hh: Tensor | None
 
-    def input_part(self, x: Tensor) -> Tensor:
-        """``x W_ihᵀ + b_ih`` for a ``[T, B, I]`` input: ``[T, B, G*H]``."""
-        return _affine(x, self.weight_ih, self.bias_ih)
 
-    def hidden_part(self, h: Tensor) -> Tensor:
-        """``h W_hhᵀ + b_hh`` for ``[T, B, H]`` states: ``[T, B, G*H]``."""
-        return _affine(h, self.weight_hh, self.bias_hh)
-
-
-def _gate_pre_activations(w: CellWeights, x: Tensor, h_prev: Tensor) -> Tensor:
-    """``x W_ihᵀ + h_prev W_hhᵀ + b_ih + b_hh`` for all steps at once, ``[T, B, G*H]``."""
-    T, B, H = h_prev.shape
-    out = torch.matmul(x, w.weight_ih.t())
-    if w.bias_ih is not None:
-        out.add_(w.bias_ih + w.bias_hh)
-    out.view(T * B, -1).addmm_(h_prev.reshape(T * B, H), w.weight_hh.t())
+def _affine_into(
+    out: Tensor, x: Tensor, weight: Tensor, bias: Tensor | None, bias2: Tensor | None = None
+) -> Tensor:
+    """``out = x Wᵀ + bias (+ bias2)`` for ``[T, B, F]`` inputs, written into ``out``."""
+    T, B, F = x.shape
+    flat = out.view(T * B, -1)
+    if bias is None:
+        torch.mm(x.reshape(T * B, F), weight.t(), out=flat)
+    else:
+        torch.addmm(bias if bias2 is None else bias + bias2, x.reshape(T * B, F), weight.t(),
+                    out=flat)
     return out
-
-
-def _affine(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    out = torch.matmul(x, weight.t())
-    return out if bias is None else out.add_(bias)
 
 
 def _matmul_into(add: Tensor | None, a: Tensor, b: Tensor, out: Tensor) -> None:
@@ -88,7 +81,8 @@ class RNNSteps:
         if w.kind == "rnn_tanh":
             self.deriv = (h * h).neg_().add_(1)
         elif w.kind == "rnn_relu":
-            self.deriv = (h > 0).to(h.dtype)
+            # A NaN state has no derivative: keep it NaN so the gradient is flagged, not cut.
+            self.deriv = torch.where(torch.isnan(h), h, (h > 0).to(h.dtype))
         else:
             raise ValueError(f"RNNSteps needs kind rnn_tanh or rnn_relu, got {w.kind!r}")
         self._deriv_rows = self.deriv.unbind(0)
@@ -118,24 +112,30 @@ class GRUSteps:
     P_z = (h_prev - n) z(1-z), P_r = P_n ⊙ (W_hn h_prev + b_hn) ⊙ r(1-r).
     """
 
-    def __init__(self, w: CellWeights, x: Tensor, h_prev: Tensor):
+    def __init__(self, w: CellWeights, x: Tensor, h_prev: Tensor, ws: Workspace | None = None):
         self.w = w
-        H = h_prev.shape[-1]
+        ws = ws or Workspace()
+        T, B, H = h_prev.shape
         self.state_size = H
-        gi = w.input_part(x)
-        gh = w.hidden_part(h_prev)
-        r = torch.sigmoid(gi[..., :H] + gh[..., :H])
-        z = torch.sigmoid(gi[..., H : 2 * H] + gh[..., H : 2 * H])
+        like = dict(dtype=h_prev.dtype, device=h_prev.device)
+        gi = _affine_into(ws.empty("gru.gi", (T, B, 3 * H), **like), x, w.weight_ih, w.bias_ih)
+        gh = _affine_into(
+            ws.empty("gru.gh", (T, B, 3 * H), **like), h_prev, w.weight_hh, w.bias_hh
+        )
+        rz = gi[..., : 2 * H].add_(gh[..., : 2 * H]).sigmoid_()
+        r, z = rz[..., :H], rz[..., H:]
         hn = gh[..., 2 * H :]
-        n = torch.tanh(gi[..., 2 * H :] + r * hn)
-        T, B = h_prev.shape[:2]
-        self.p_n = (1 - z) * (1 - n * n)
-        hidden = torch.empty(T, B, 3, H, dtype=h_prev.dtype, device=h_prev.device)
-        torch.mul(self.p_n * hn, r * (1 - r), out=hidden[:, :, 0])
-        torch.mul(h_prev - n, z * (1 - z), out=hidden[:, :, 1])
-        torch.mul(self.p_n, r, out=hidden[:, :, 2])
-        self.hidden = hidden
-        self.z = z
+        n = gi[..., 2 * H :].addcmul_(r, hn).tanh_()
+        p_n = ws.empty("gru.p_n", (T, B, H), **like)
+        torch.mul(n, n, out=p_n).neg_().add_(1)
+        p_n.addcmul_(p_n, z, value=-1)  # (1 - n²)(1 - z)
+        hidden = ws.empty("gru.hidden", (T, B, 3, H), **like)
+        h_r, h_z, h_n = hidden.unbind(2)
+        torch.addcmul(r, r, r, value=-1, out=h_r).mul_(p_n).mul_(hn)  # P_n hn r(1-r)
+        torch.sub(h_prev, n, out=h_n)
+        torch.addcmul(z, z, z, value=-1, out=h_z).mul_(h_n)  # (h_prev - n) z(1-z)
+        torch.mul(p_n, r, out=h_n)  # P_n r
+        self.p_n, self.hidden, self.z = p_n, hidden, z
 
     def vjp_into(self, t: int, v: Tensor, add: Tensor | None, out: Tensor) -> None:
         dpre = (self.hidden[t] * v.unsqueeze(1)).flatten(1)
@@ -168,35 +168,47 @@ class LSTMSteps:
     a_{t-1} = W_hhᵀ (those) and e_{t-1} = f_t ⊙ δc_t.
     """
 
-    def __init__(self, w: CellWeights, x: Tensor, h_prev: Tensor, h: Tensor, c0: Tensor):
+    def __init__(
+        self,
+        w: CellWeights,
+        x: Tensor,
+        h_prev: Tensor,
+        h: Tensor,
+        c0: Tensor,
+        ws: Workspace | None = None,
+    ):
         self.w = w
+        ws = ws or Workspace()
         T, B, H = h_prev.shape
         self.hidden_size = H
         self.state_size = 2 * H
+        like = dict(dtype=h_prev.dtype, device=h_prev.device)
         # Every [T, B, 4H] pass is memory-bound, so the gate buffer is reused for the factors.
-        gates = _gate_pre_activations(w, x, h_prev).view(T, B, 4, H)
+        gates = ws.empty("lstm.gates", (T, B, 4 * H), **like)
+        _affine_into(gates, x, w.weight_ih, w.bias_ih, w.bias_hh)
+        gates.view(T * B, 4 * H).addmm_(h_prev.reshape(T * B, H), w.weight_hh.t())
+        gates = gates.view(T, B, 4, H)
         gates[:, :, :2].sigmoid_()
         gates[:, :, 3].sigmoid_()
         gates[:, :, 2].tanh_()
         i, f, g, o = gates.unbind(2)
-        ig = i * g
-        c = torch.empty_like(ig)
+        ig = torch.mul(i, g, out=ws.empty("lstm.ig", (T, B, H), **like))
+        c = ws.empty("lstm.c", (T, B, H), **like)
         prev = c0
         for t in range(T):  # elementwise linear recurrence; one fused op per step
             prev = torch.addcmul(ig[t], f[t], prev, out=c[t])
-        tanh_c = torch.tanh(c)
-        self.k = torch.addcmul(o, h, tanh_c, value=-1)  # o (1 - tanh² c), as h = o tanh c
-        self.forget = f.clone()
-        input_factor = torch.addcmul(i, ig, g, value=-1)  # i (1 - g²)
-        del ig
+        tanh_c = torch.tanh(c, out=ws.empty("lstm.tanh_c", (T, B, H), **like))
+        # o (1 - tanh² c) = o - h tanh c, as h = o tanh c
+        self.k = torch.addcmul(o, h, tanh_c, value=-1, out=ws.empty("lstm.k", (T, B, H), **like))
+        self.forget = ws.empty("lstm.forget", (T, B, H), **like).copy_(f)
+        ig.mul_(g).neg_().add_(i)  # i (1 - g²) = i - (i g) g
         i.addcmul_(i, i, value=-1).mul_(g)  # g i (1 - i)
-        g.copy_(input_factor)
+        g.copy_(ig)
         f.addcmul_(f, f, value=-1)  # c_prev f (1 - f)
         f[0].mul_(c0)
         f[1:].mul_(c[:-1])
         o.addcmul_(o, o, value=-1).mul_(tanh_c)  # tanh(c) o (1 - o)
         self.factors = gates
-        self.c = c
 
     def vjp_into(self, t: int, v: Tensor, add: Tensor | None, out: Tensor) -> None:
         H = self.hidden_size
@@ -255,22 +267,33 @@ class LSTMSteps:
         return torch.matmul(dpre.flatten(2), self.w.weight_ih)
 
 
-def linearise(w: CellWeights, x: Tensor, h_prev: Tensor, h: Tensor, c0: Tensor | None = None):
+def linearise(
+    w: CellWeights,
+    x: Tensor,
+    h_prev: Tensor,
+    h: Tensor,
+    c0: Tensor | None = None,
+    workspace: Workspace | None = None,
+):
     """Build the step linearisation of a standard cell along a recorded trajectory.
+
+    Call it under ``torch.no_grad()`` (the factors are written in place).
 
     Args:
         w: the cell's weights.
         x: ``[T, B, I]`` inputs; h_prev: ``[T, B, H]`` states h_{t-1}; h: ``[T, B, H]`` states h_t.
         c0: ``[B, H]`` initial cell state (LSTM only).
+        workspace: reuse its buffers for the large factors (the returned object is then valid
+            until the next call with the same workspace).
     """
     if w.kind in ("rnn_tanh", "rnn_relu"):
         return RNNSteps(w, h)
     if w.kind == "gru":
-        return GRUSteps(w, x, h_prev)
+        return GRUSteps(w, x, h_prev, workspace)
     if w.kind == "lstm":
         if c0 is None:
             raise ValueError("an LSTM linearisation needs the initial cell state c0")
-        return LSTMSteps(w, x, h_prev, h, c0)
+        return LSTMSteps(w, x, h_prev, h, c0, workspace)
     raise ValueError(f"unknown cell kind {w.kind!r}")
 
 

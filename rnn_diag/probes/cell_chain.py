@@ -137,9 +137,15 @@ class CellChain:
                   for p in (m.weight_ih, m.weight_hh, m.bias_ih, m.bias_hh)),
             )
             steps = linearise(w, x, prev[0], states[0], prev[1][0] if self.kind == "lstm" else None)
-            total = steps.pair_from_total(*grads) if self.kind == "lstm" else grads[0]
+            if self.kind == "lstm":
+                total = steps.pair_from_total(*grads)
+                # e = ∂L/∂c - a k is itself a difference: its rounding scales with both terms
+                h_grads, c_grads = grads
+                magnitude = torch.cat([h_grads, c_grads.abs() + (h_grads * steps.k).abs()], -1)
+            else:
+                total = magnitude = grads[0]
             g_state, recurrent = immediate_from_total(steps, total)
-            immediate_parts = _zero_rounding_level(g_state, total, recurrent, sizes, dtype)
+            immediate_parts = _zero_rounding_level(g_state, magnitude, recurrent, sizes, dtype)
 
         adj = adjoint_scan(steps, g_state, None, log_norm(g_state))
 
@@ -165,13 +171,15 @@ class CellChain:
 
 
 def _zero_rounding_level(
-    g: Tensor, total: Tensor, recurrent: Tensor, sizes: list[int], dtype: torch.dtype
+    g: Tensor, magnitude: Tensor, recurrent: Tensor, sizes: list[int], dtype: torch.dtype
 ) -> list[Tensor]:
-    """Split ``g`` into state components and zero each vector that is at rounding level."""
+    """Split ``g`` into state components and zero each vector that is at rounding level, i.e.
+    no larger than the tolerance times the terms it was computed from (``magnitude``, the
+    total gradient or the parts it was formed from, and the recurrent part)."""
     tol = ROUNDING_TOLERANCE * torch.finfo(dtype).eps
     out = []
     for gi, li, ri in zip(
-        *(torch.split(a, sizes, dim=-1) for a in (g, total, recurrent)), strict=True
+        *(torch.split(a, sizes, dim=-1) for a in (g, magnitude, recurrent)), strict=True
     ):
         level = tol * (torch.linalg.vector_norm(li, dim=-1) + torch.linalg.vector_norm(ri, dim=-1))
         keep = torch.linalg.vector_norm(gi, dim=-1) > level

@@ -166,6 +166,9 @@ class LSTMSteps:
     The adjoint state is [a | e] (see the module docstring). With δc = e + a ⊙ k, k = o(1-tanh²c):
     pre-activation gradients are [δc⊙g i(1-i), δc⊙c_prev f(1-f), δc⊙i(1-g²), a⊙tanh(c) o(1-o)];
     a_{t-1} = W_hhᵀ (those) and e_{t-1} = f_t ⊙ δc_t.
+
+    The four factors are stored gate-major, ``[4, T, B, H]``: each gate's block is contiguous, so
+    the vectorised passes and the per-step products run on dense memory.
     """
 
     def __init__(
@@ -183,15 +186,22 @@ class LSTMSteps:
         self.hidden_size = H
         self.state_size = 2 * H
         like = dict(dtype=h_prev.dtype, device=h_prev.device)
-        # Every [T, B, 4H] pass is memory-bound, so the gate buffer is reused for the factors.
-        gates = ws.empty("lstm.gates", (T, B, 4 * H), **like)
-        _affine_into(gates, x, w.weight_ih, w.bias_ih, w.bias_hh)
-        gates.view(T * B, 4 * H).addmm_(h_prev.reshape(T * B, H), w.weight_hh.t())
-        gates = gates.view(T, B, 4, H)
-        gates[:, :, :2].sigmoid_()
-        gates[:, :, 3].sigmoid_()
-        gates[:, :, 2].tanh_()
-        i, f, g, o = gates.unbind(2)
+        # The gate buffer is reused for the factors: every [4, T, B, H] pass is memory-bound.
+        gates = ws.empty("lstm.gates", (4, T, B, H), **like)
+        x_flat, h_flat = x.reshape(T * B, -1), h_prev.reshape(T * B, H)
+        w_ih, w_hh = w.weight_ih.view(4, H, -1), w.weight_hh.view(4, H, H)
+        bias = None if w.bias_ih is None else (w.bias_ih + w.bias_hh).view(4, H)
+        for gate in range(4):
+            flat = gates[gate].view(T * B, H)
+            if bias is None:
+                torch.mm(x_flat, w_ih[gate].t(), out=flat)
+            else:
+                torch.addmm(bias[gate], x_flat, w_ih[gate].t(), out=flat)
+            flat.addmm_(h_flat, w_hh[gate].t())
+        i, f, g, o = gates.unbind(0)
+        gates[:2].sigmoid_()
+        o.sigmoid_()
+        g.tanh_()
         ig = torch.mul(i, g, out=ws.empty("lstm.ig", (T, B, H), **like))
         c = ws.empty("lstm.c", (T, B, H), **like)
         prev = c0
@@ -209,37 +219,40 @@ class LSTMSteps:
         f[1:].mul_(c[:-1])
         o.addcmul_(o, o, value=-1).mul_(tanh_c)  # tanh(c) o (1 - o)
         self.factors = gates
+        self._dpre = torch.empty(B, 4, H, **like)  # per-step scratch, batch-major for the mm
+        self._dpre_gates = self._dpre.transpose(0, 1)  # the same memory, gate-major view
 
     def vjp_into(self, t: int, v: Tensor, add: Tensor | None, out: Tensor) -> None:
         H = self.hidden_size
         a, e = v[:, :H], v[:, H:]
         dc = torch.addcmul(e, a, self.k[t])
-        dpre = torch.empty_like(self.factors[t])
-        torch.mul(self.factors[t, :, :3], dc.unsqueeze(1), out=dpre[:, :3])
-        torch.mul(self.factors[t, :, 3], a, out=dpre[:, 3])
+        F = self.factors[:, t]
+        torch.mul(F[:3], dc, out=self._dpre_gates[:3])
+        torch.mul(F[3], a, out=self._dpre_gates[3])
+        dpre = self._dpre.view(-1, 4 * H)
         # Matmul into a strided slice of ``out`` is very slow on CPU: form it, then copy.
         if add is None:
-            out[:, :H] = torch.mm(dpre.flatten(1), self.w.weight_hh)
+            out[:, :H] = torch.mm(dpre, self.w.weight_hh)
             torch.mul(self.forget[t], dc, out=out[:, H:])
         else:
-            out[:, :H] = torch.addmm(add[:, :H], dpre.flatten(1), self.w.weight_hh)
+            out[:, :H] = torch.addmm(add[:, :H], dpre, self.w.weight_hh)
             torch.addcmul(add[:, H:], self.forget[t], dc, out=out[:, H:])
 
     def vjp_all(self, v: Tensor) -> Tensor:
         dc = self.cell_grads(v)
-        a = torch.matmul(self._pre_activation_grads(v, dc).flatten(2), self.w.weight_hh)
+        a = torch.matmul(self._pre_activation_grads(v, dc), self.w.weight_hh)
         return torch.cat([a, self.forget * dc], dim=-1)
 
     def jacobian(self, t: int) -> Tensor:
         """The joint ``∂(h_t, c_t)/∂(h_{t-1}, c_{t-1})`` as ``[B, 2H, 2H]`` (h first)."""
         H = self.hidden_size
         blocks = self.w.weight_hh.view(4, H, H)
-        F = self.factors[t]  # [B, 4, H]
-        dc_dh = torch.einsum("bgi,gij->bij", F[:, :3], blocks[:3])
-        B = F.shape[0]
+        F = self.factors[:, t]  # [4, B, H]
+        dc_dh = torch.einsum("gbi,gij->bij", F[:3], blocks[:3])
+        B = F.shape[1]
         J = F.new_zeros(B, 2 * H, 2 * H)
         k = self.k[t].unsqueeze(-1)
-        J[:, :H, :H] = F[:, 3].unsqueeze(-1) * blocks[3] + k * dc_dh
+        J[:, :H, :H] = F[3].unsqueeze(-1) * blocks[3] + k * dc_dh
         J[:, H:, :H] = dc_dh
         J[:, :H, H:] = torch.diag_embed(self.k[t] * self.forget[t])
         J[:, H:, H:] = torch.diag_embed(self.forget[t])
@@ -256,15 +269,18 @@ class LSTMSteps:
         return torch.addcmul(scaled[..., H:], scaled[..., :H], self.k)
 
     def _pre_activation_grads(self, scaled: Tensor, dc: Tensor) -> Tensor:
+        """``[T, B, 4H]`` gradients w.r.t. the gate pre-activations, batch-major."""
         H = self.hidden_size
-        dpre = torch.empty_like(self.factors)
-        torch.mul(self.factors[:, :, :3], dc.unsqueeze(2), out=dpre[:, :, :3])
-        torch.mul(self.factors[:, :, 3], scaled[..., :H], out=dpre[:, :, 3])
-        return dpre
+        T, B = dc.shape[:2]
+        dpre = torch.empty(T, B, 4, H, dtype=dc.dtype, device=dc.device)
+        gate_major = dpre.permute(2, 0, 1, 3)
+        torch.mul(self.factors[:3], dc, out=gate_major[:3])
+        torch.mul(self.factors[3], scaled[..., :H], out=gate_major[3])
+        return dpre.view(T, B, 4 * H)
 
     def input_grads(self, scaled: Tensor) -> Tensor:
         dpre = self._pre_activation_grads(scaled, self.cell_grads(scaled))
-        return torch.matmul(dpre.flatten(2), self.w.weight_ih)
+        return torch.matmul(dpre, self.w.weight_ih)
 
 
 def linearise(

@@ -19,6 +19,7 @@ from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 from ..dynamics.adjoint import adjoint_scan
 from ..dynamics.cells import CellWeights, linearise
 from ..dynamics.lognorm import add_scaled, log_norm
+from ..dynamics.workspace import Workspace
 from .result import LayerResult, ScaledSeries
 
 FUSED_TYPES = (nn.RNN, nn.GRU, nn.LSTM)
@@ -177,6 +178,7 @@ def analyse(
     grad_output: Tensor | None,
     grad_h_n: Tensor | None,
     grad_c_n: Tensor | None,
+    workspace: Workspace | None = None,
 ) -> dict[tuple[int, int], LayerResult]:
     """Total and immediate gradients of every layer and direction of one fused call.
 
@@ -184,6 +186,7 @@ def analyse(
         call: the captured forward.
         grad_output, grad_h_n, grad_c_n: immediate gradients on the module's outputs as
             autograd delivered them (None where the loss did not use that output).
+        workspace: scratch buffers reused from one call to the next.
 
     Returns:
         ``{(layer, direction): LayerResult}``.
@@ -249,7 +252,8 @@ def analyse(
             x = _gather_time(inputs[layer], order)
             h = _gather_time(outputs[layer][..., d * H : (d + 1) * H], order)
             h_prev = torch.cat([h0[idx].unsqueeze(0), h[:-1]])
-            steps = linearise(layer_weights(m, layer, d), x, h_prev, h, c0[idx] if lstm else None)
+            w = layer_weights(m, layer, d)
+            steps = linearise(w, x, h_prev, h, c0[idx] if lstm else None, workspace)
             adj = adjoint_scan(steps, g_state, g_scale, g_state_ln)
             if lstm:
                 h_part = adj.scaled[..., :H]

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from ..dynamics.denormals import flush_denormals
+from ..dynamics.workspace import Workspace
 from .cell_chain import CellChain, components
 from .discovery import find_recurrent
 from .fused import FUSED_TYPES, FusedCall, analyse, check_forward, check_supported, make_shadows
@@ -71,6 +72,7 @@ class Probe:
         self._pending_chains: dict[str, CellChain] = {}
         self._latest: dict[str, dict[tuple[int, int], LayerResult]] = {}
         self._history = History()
+        self._workspace = Workspace()
         self._handles = []
         self._attached = True
         try:
@@ -97,6 +99,7 @@ class Probe:
         self._chains.clear()
         self._pending_calls.clear()
         self._pending_chains.clear()
+        self._workspace.clear()
         self._attached = False
 
     def __repr__(self) -> str:
@@ -302,7 +305,7 @@ class Probe:
             return
         with torch.no_grad(), flush_denormals():
             for name, (_, call, grads) in calls.items():
-                self._store(iteration, name, analyse(call, *_three(grads)))
+                self._store(iteration, name, analyse(call, *_three(grads), self._workspace))
             for name, chain in chains.items():
                 result = chain.analyse()
                 chain.grads.clear()

@@ -46,6 +46,34 @@ class CellWeights:
     bias_hh: Tensor | None
 
 
+#: A unit counts as saturated where the derivative of its nonlinearity is below this.
+SATURATION_THRESHOLD = 0.01
+
+
+def saturated_fraction(values: Tensor, of: str | None = None) -> Tensor:
+    """Fraction of units, per ``[T, B]``, whose nonlinearity has derivative below
+    :data:`SATURATION_THRESHOLD`.
+
+    Args:
+        values: ``[T, B, H]``: activations (``of="tanh"`` or ``"sigmoid"``: tanh' = 1 - y²,
+            σ' = y (1 - y)) or the derivatives themselves (``of=None``).
+
+    Example:
+        >>> y = torch.tensor([[[0.0, 0.999, -0.9999, 0.5]]])
+        >>> saturated_fraction(y, "tanh")
+        tensor([[0.5000]])
+    """
+    if of == "tanh":
+        derivative = 1 - values * values
+    elif of == "sigmoid":
+        derivative = values * (1 - values)
+    elif of is None:
+        derivative = values
+    else:
+        raise ValueError(f"of must be 'tanh', 'sigmoid' or None, got {of!r}")
+    return (derivative.abs() < SATURATION_THRESHOLD).to(values.dtype).mean(-1)
+
+
 def _affine_into(
     out: Tensor, x: Tensor, weight: Tensor, bias: Tensor | None, bias2: Tensor | None = None
 ) -> Tensor:
@@ -86,6 +114,7 @@ class RNNSteps:
         else:
             raise ValueError(f"RNNSteps needs kind rnn_tanh or rnn_relu, got {w.kind!r}")
         self._deriv_rows = self.deriv.unbind(0)
+        self.saturation = {"h": saturated_fraction(self.deriv)}
         self._w = w.weight_hh.detach()
 
     def vjp_into(self, t: int, v: Tensor, add: Tensor | None, out: Tensor) -> None:
@@ -136,6 +165,11 @@ class GRUSteps:
         torch.addcmul(z, z, z, value=-1, out=h_z).mul_(h_n)  # (h_prev - n) z(1-z)
         torch.mul(p_n, r, out=h_n)  # P_n r
         self.p_n, self.hidden, self.z = p_n, hidden, z
+        self.saturation = {
+            "r": saturated_fraction(r, "sigmoid"),
+            "z": saturated_fraction(z, "sigmoid"),
+            "n": saturated_fraction(n, "tanh"),
+        }
 
     def vjp_into(self, t: int, v: Tensor, add: Tensor | None, out: Tensor) -> None:
         dpre = (self.hidden[t] * v.unsqueeze(1)).flatten(1)
@@ -202,12 +236,17 @@ class LSTMSteps:
         gates[:2].sigmoid_()
         o.sigmoid_()
         g.tanh_()
+        self.saturation = {
+            name: saturated_fraction(gate, "tanh" if name == "g" else "sigmoid")
+            for name, gate in zip("ifgo", (i, f, g, o), strict=True)
+        }
         ig = torch.mul(i, g, out=ws.empty("lstm.ig", (T, B, H), **like))
         c = ws.empty("lstm.c", (T, B, H), **like)
         prev = c0
         for t in range(T):  # elementwise linear recurrence; one fused op per step
             prev = torch.addcmul(ig[t], f[t], prev, out=c[t])
         tanh_c = torch.tanh(c, out=ws.empty("lstm.tanh_c", (T, B, H), **like))
+        self.saturation["c"] = saturated_fraction(tanh_c, "tanh")
         # o (1 - tanh² c) = o - h tanh c, as h = o tanh c
         self.k = torch.addcmul(o, h, tanh_c, value=-1, out=ws.empty("lstm.k", (T, B, H), **like))
         self.forget = ws.empty("lstm.forget", (T, B, H), **like).copy_(f)

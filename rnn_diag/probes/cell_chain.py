@@ -162,7 +162,8 @@ class CellChain:
             name: ScaledSeries(g, zero, log_norm(g))
             for name, g in zip(names, immediate_parts, strict=True)
         }
-        return LayerResult(total_series, immediate, None, None, dtype)
+        saturation = getattr(steps, "saturation", {})
+        return LayerResult(total_series, immediate, None, None, dtype, saturation)
 
     def _grad(self, t: int, i: int, like: Tensor) -> Tensor:
         got = self.grads.get(t)

@@ -264,7 +264,9 @@ def analyse(
                 }
             else:
                 total = {"h": ScaledSeries(adj.scaled, adj.log_scale, adj.log_norm)}
-            results[(layer, d)] = LayerResult(total, immediate, order, valid, dtype)
+            results[(layer, d)] = LayerResult(
+                total, immediate, order, valid, dtype, steps.saturation
+            )
             if layer > 0:
                 dx = _gather_time(steps.input_grads(adj.scaled), order)
                 scale = _gather_time(adj.log_scale, order)

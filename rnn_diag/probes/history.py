@@ -5,8 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .result import METRICS
-
 COLUMNS = ("iteration", "module", "layer", "direction", "state", "t", "metric", "value")
 
 
@@ -31,8 +29,9 @@ class History:
         parts = []
         for iteration, module, layer, direction, summary in self._blocks:
             for state, metrics in summary.items():
-                T = len(metrics[METRICS[0]])
-                values = np.concatenate([metrics[m] for m in METRICS])
+                names = list(metrics)
+                T = len(metrics[names[0]])
+                values = np.concatenate([metrics[m] for m in names])
                 n = values.size
                 parts.append(
                     pd.DataFrame(
@@ -42,8 +41,8 @@ class History:
                             "layer": np.full(n, layer, dtype=np.int64),
                             "direction": np.full(n, direction, dtype=np.int64),
                             "state": state,
-                            "t": np.tile(np.arange(T, dtype=np.int64), len(METRICS)),
-                            "metric": np.repeat(np.array(METRICS, dtype=object), T),
+                            "t": np.tile(np.arange(T, dtype=np.int64), len(names)),
+                            "metric": np.repeat(np.array(names, dtype=object), T),
                             "value": values.astype(np.float64),
                         }
                     )

@@ -163,6 +163,10 @@ class Probe:
             total_mean, total_min, total_max: of the total gradient ∂L/∂h_t;
             immediate_mean, immediate_min, immediate_max: of the immediate gradient g_t;
             nonfinite_fraction: fraction of samples whose total gradient is inf or NaN at t.
+        On state "h" rows, for PyTorch's cells and modules, also the batch mean fraction of
+        saturated units, whose nonlinearity has derivative below 0.01: saturation_h (Elman
+        RNN; relu units count when inactive), saturation_r/_z/_n (GRU gates),
+        saturation_i/_f/_g/_o and saturation_c (LSTM gates and tanh of the cell state).
         """
         return self._history.frame()
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -50,6 +50,8 @@ class LayerResult:
     ``order`` maps processing order back to input time order: ``None`` when they coincide,
     otherwise a ``[T, B]`` index (the reverse direction, per sample when lengths differ).
     ``valid`` is a ``[T, B]`` bool mask of the steps inside each sample's length.
+    ``saturation`` maps each nonlinearity of the cell (h for an Elman RNN; r, z, n for GRU;
+    i, f, g, o, c for LSTM) to the ``[T, B]`` fraction of saturated units, processing order.
     """
 
     total: dict[str, ScaledSeries]
@@ -57,6 +59,7 @@ class LayerResult:
     order: Tensor | None
     valid: Tensor | None
     dtype: torch.dtype
+    saturation: dict[str, Tensor] = field(default_factory=dict)
 
     def _to_input_order(self, x: Tensor) -> Tensor:
         if self.order is None:
@@ -80,7 +83,8 @@ class LayerResult:
         return table[state]
 
     def summary(self) -> dict[str, dict[str, np.ndarray]]:
-        """Per state, each metric of :data:`METRICS` as a float64 array over t (input order).
+        """Per state, each metric of :data:`METRICS` as a float64 array over t (input order);
+        state "h" also carries ``saturation_<gate>`` (batch mean of the saturated fraction).
 
         Aggregates run over the samples valid at t; a t with no valid sample gives NaN.
         """
@@ -93,8 +97,13 @@ class LayerResult:
             total = self.log10_norms("total", state)
             nonfinite = torch.isnan(total) | torch.isposinf(total)
             rows.append(_masked_mean(nonfinite.double(), self.valid))
+            names = list(METRICS)
+            if state == "h":
+                for gate, fraction in self.saturation.items():
+                    names.append(f"saturation_{gate}")
+                    rows.append(_masked_mean(self._to_input_order(fraction.double()), self.valid))
             stacked = torch.stack(rows).cpu().numpy()
-            out[state] = dict(zip(METRICS, stacked, strict=True))
+            out[state] = dict(zip(names, stacked, strict=True))
         return out
 
 

@@ -118,7 +118,10 @@ def test_frame_schema_and_dtypes(lstm_gru):
     for col in ("module", "state", "metric"):
         assert pd.api.types.is_string_dtype(frame[col]) or frame[col].dtype == object, col
     assert frame["value"].dtype == np.float64
-    assert set(frame["metric"]) == METRICS
+    gradient_metrics = set(frame.loc[frame.state == "c", "metric"])
+    assert gradient_metrics == METRICS
+    saturation = {f"saturation_{g}" for g in "ifgoc"} | {f"saturation_{g}" for g in "rzn"}
+    assert set(frame["metric"]) == METRICS | saturation
     assert set(frame["state"]) == {"h", "c"}
 
 
@@ -146,7 +149,8 @@ def test_frame_covers_every_module_layer_direction_and_state(lstm_gru):
     expected |= {("gru", 0, 0, "h")}
     assert combos == expected
     assert frame["iteration"].nunique() == 2
-    assert len(frame) == 2 * len(expected) * T * len(METRICS)
+    gradient_rows = frame[frame.metric.isin(METRICS)]
+    assert len(gradient_rows) == 2 * len(expected) * T * len(METRICS)
     assert set(frame["t"]) == set(range(T))
 
 
@@ -284,3 +288,37 @@ def test_empty_frame_before_any_backward_has_the_schema():
     frame = probe.frame()
     assert len(frame) == 0
     assert list(frame.columns) == COLUMNS
+
+
+def test_saturation_fraction_matches_the_activations():
+    """saturation_h of a tanh RNN equals the fraction of units with 1 - h² < 0.01, computed here
+    from the module's own outputs; saturation_f of an LSTM equals the fraction of forget gates
+    with f(1 - f) < 0.01, from gates recomputed here with the documented equations."""
+    torch.manual_seed(3)
+    T, B, H = 6, 4, 5
+    rnn = nn.RNN(2, H).double()
+    with torch.no_grad():
+        rnn.weight_ih_l0.mul_(8)  # push units into saturation
+    x = torch.randn(T, B, 2, dtype=torch.float64)
+    with rd.attach(rnn) as probe:
+        out, _ = rnn(x)
+        out.sum().backward()
+    frame = probe.frame()
+    want = ((1 - out.detach() ** 2) < 0.01).double().mean(-1).mean(-1).numpy()
+    got = _series(frame, "saturation_h", module="", layer=0, direction=0, state="h")
+    assert want.max() > 0
+    np.testing.assert_allclose(got, want)
+
+    lstm = nn.LSTM(2, H).double()
+    with torch.no_grad():
+        lstm.weight_ih_l0.mul_(8)
+    with rd.attach(lstm) as probe:
+        out, _ = lstm(x)
+        out.sum().backward()
+    h_prev = torch.cat([torch.zeros(1, B, H, dtype=torch.float64), out.detach()[:-1]])
+    pre = x @ lstm.weight_ih_l0.detach().T + h_prev @ lstm.weight_hh_l0.detach().T
+    pre = pre + lstm.bias_ih_l0.detach() + lstm.bias_hh_l0.detach()
+    f = torch.sigmoid(pre[..., H : 2 * H])
+    want = ((f * (1 - f)) < 0.01).double().mean(-1).mean(-1).numpy()
+    got = _series(probe.frame(), "saturation_f", module="", layer=0, direction=0, state="h")
+    np.testing.assert_allclose(got, want)

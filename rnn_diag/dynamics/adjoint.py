@@ -27,7 +27,11 @@ from .lognorm import direct_norm_range, log_norm
 
 
 class StepVJP(Protocol):
-    """Transposed per-step Jacobian of a recurrence, applied to a batch of vectors."""
+    """Transposed per-step Jacobian of a recurrence, applied to a batch of vectors.
+
+    Optionally also ``fill_block(X, g_block, t0, t1)``: the whole inner loop at once, filling
+    ``X[t] = g_block[t - t0] + J_{t+1}ᵀ X[t + 1]`` for t = t1 - 1 down to t0.
+    """
 
     def vjp_into(self, t: int, v: Tensor, add: Tensor | None, out: Tensor) -> None:
         """Write ``add + J_tᵀ v`` (or ``J_tᵀ v`` when add is None) into ``out``, all
@@ -108,7 +112,7 @@ def adjoint_scan(
             ref = torch.where(torch.isneginf(ref), torch.zeros_like(ref), ref)
         else:
             ref = carry.ref
-        g_rows = [None] * (t1 - t0 + 1)
+        g_rows, g_block = [None] * (t1 - t0 + 1), None
         if has_g:
             shift = -ref if g_log_scale is None else g_log_scale[t0 : t1 + 1] - ref
             g_block = g[t0 : t1 + 1] * shift.exp().clamp(max=max_coef).to(dtype).unsqueeze(-1)
@@ -122,9 +126,12 @@ def adjoint_scan(
             rows[t1].copy_(g_rows[-1])
         else:
             rows[t1].zero_()
-        vjp_into = steps.vjp_into
-        for t in range(t1 - 1, t0 - 1, -1):
-            vjp_into(t + 1, rows[t + 1], g_rows[t - t0], rows[t])
+        if hasattr(steps, "fill_block"):
+            steps.fill_block(scaled, g_block, t0, t1)
+        else:
+            vjp_into = steps.vjp_into
+            for t in range(t1 - 1, t0 - 1, -1):
+                vjp_into(t + 1, rows[t + 1], g_rows[t - t0], rows[t])
         norms = torch.linalg.vector_norm(scaled[t0 : t1 + 1], dim=-1)
         ln = norms.double().log()
         later = None if carry is None else (carry.log_norm - ref)

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from . import scan_kernels
 from .workspace import Workspace
 
 
@@ -71,7 +72,8 @@ def saturated_fraction(values: Tensor, of: str | None = None) -> Tensor:
         derivative = values
     else:
         raise ValueError(f"of must be 'tanh', 'sigmoid' or None, got {of!r}")
-    return (derivative.abs() < SATURATION_THRESHOLD).to(values.dtype).mean(-1)
+    saturated = torch.count_nonzero(derivative.abs() < SATURATION_THRESHOLD, dim=-1)
+    return saturated.to(values.dtype) / values.shape[-1]
 
 
 def _affine_into(
@@ -103,7 +105,7 @@ class RNNSteps:
     backward also gives 0 at exactly 0).
     """
 
-    def __init__(self, w: CellWeights, h: Tensor):
+    def __init__(self, w: CellWeights, h: Tensor, saturation: bool = False):
         self.w = w
         self.state_size = h.shape[-1]
         if w.kind == "rnn_tanh":
@@ -114,7 +116,7 @@ class RNNSteps:
         else:
             raise ValueError(f"RNNSteps needs kind rnn_tanh or rnn_relu, got {w.kind!r}")
         self._deriv_rows = self.deriv.unbind(0)
-        self.saturation = {"h": saturated_fraction(self.deriv)}
+        self.saturation = {"h": saturated_fraction(self.deriv)} if saturation else {}
         self._w = w.weight_hh.detach()
 
     def vjp_into(self, t: int, v: Tensor, add: Tensor | None, out: Tensor) -> None:
@@ -122,6 +124,9 @@ class RNNSteps:
             torch.mm(self._deriv_rows[t] * v, self._w, out=out)
         else:
             torch.addmm(add, self._deriv_rows[t] * v, self._w, out=out)
+
+    def fill_block(self, X: Tensor, g: Tensor | None, t0: int, t1: int) -> None:
+        scan_kernels.rnn_block_compiled(self.deriv, self._w, X, g, t0, t1)
 
     def vjp_all(self, v: Tensor) -> Tensor:
         return torch.matmul(self.deriv * v, self.w.weight_hh)
@@ -141,7 +146,14 @@ class GRUSteps:
     P_z = (h_prev - n) z(1-z), P_r = P_n ⊙ (W_hn h_prev + b_hn) ⊙ r(1-r).
     """
 
-    def __init__(self, w: CellWeights, x: Tensor, h_prev: Tensor, ws: Workspace | None = None):
+    def __init__(
+        self,
+        w: CellWeights,
+        x: Tensor,
+        h_prev: Tensor,
+        ws: Workspace | None = None,
+        saturation: bool = False,
+    ):
         self.w = w
         ws = ws or Workspace()
         T, B, H = h_prev.shape
@@ -165,16 +177,21 @@ class GRUSteps:
         torch.addcmul(z, z, z, value=-1, out=h_z).mul_(h_n)  # (h_prev - n) z(1-z)
         torch.mul(p_n, r, out=h_n)  # P_n r
         self.p_n, self.hidden, self.z = p_n, hidden, z
-        self.saturation = {
-            "r": saturated_fraction(r, "sigmoid"),
-            "z": saturated_fraction(z, "sigmoid"),
-            "n": saturated_fraction(n, "tanh"),
-        }
+        self.saturation = {}
+        if saturation:
+            self.saturation = {
+                "r": saturated_fraction(r, "sigmoid"),
+                "z": saturated_fraction(z, "sigmoid"),
+                "n": saturated_fraction(n, "tanh"),
+            }
 
     def vjp_into(self, t: int, v: Tensor, add: Tensor | None, out: Tensor) -> None:
         dpre = (self.hidden[t] * v.unsqueeze(1)).flatten(1)
         _matmul_into(add, dpre, self.w.weight_hh, out)
         out.addcmul_(v, self.z[t])
+
+    def fill_block(self, X: Tensor, g: Tensor | None, t0: int, t1: int) -> None:
+        scan_kernels.gru_block_compiled(self.hidden, self.z, self.w.weight_hh, X, g, t0, t1)
 
     def vjp_all(self, v: Tensor) -> Tensor:
         dpre = (self.hidden * v.unsqueeze(2)).flatten(2)
@@ -213,6 +230,7 @@ class LSTMSteps:
         h: Tensor,
         c0: Tensor,
         ws: Workspace | None = None,
+        saturation: bool = False,
     ):
         self.w = w
         ws = ws or Workspace()
@@ -236,17 +254,20 @@ class LSTMSteps:
         gates[:2].sigmoid_()
         o.sigmoid_()
         g.tanh_()
-        self.saturation = {
-            name: saturated_fraction(gate, "tanh" if name == "g" else "sigmoid")
-            for name, gate in zip("ifgo", (i, f, g, o), strict=True)
-        }
+        self.saturation = {}
+        if saturation:
+            self.saturation = {
+                name: saturated_fraction(gate, "tanh" if name == "g" else "sigmoid")
+                for name, gate in zip("ifgo", (i, f, g, o), strict=True)
+            }
         ig = torch.mul(i, g, out=ws.empty("lstm.ig", (T, B, H), **like))
         c = ws.empty("lstm.c", (T, B, H), **like)
         prev = c0
         for t in range(T):  # elementwise linear recurrence; one fused op per step
             prev = torch.addcmul(ig[t], f[t], prev, out=c[t])
         tanh_c = torch.tanh(c, out=ws.empty("lstm.tanh_c", (T, B, H), **like))
-        self.saturation["c"] = saturated_fraction(tanh_c, "tanh")
+        if saturation:
+            self.saturation["c"] = saturated_fraction(tanh_c, "tanh")
         # o (1 - tanh² c) = o - h tanh c, as h = o tanh c
         self.k = torch.addcmul(o, h, tanh_c, value=-1, out=ws.empty("lstm.k", (T, B, H), **like))
         self.forget = ws.empty("lstm.forget", (T, B, H), **like).copy_(f)
@@ -276,6 +297,11 @@ class LSTMSteps:
         else:
             out[:, :H] = torch.addmm(add[:, :H], dpre, self.w.weight_hh)
             torch.addcmul(add[:, H:], self.forget[t], dc, out=out[:, H:])
+
+    def fill_block(self, X: Tensor, g: Tensor | None, t0: int, t1: int) -> None:
+        scan_kernels.lstm_block_compiled(
+            self.factors, self.k, self.forget, self.w.weight_hh, X, g, t0, t1
+        )
 
     def vjp_all(self, v: Tensor) -> Tensor:
         dc = self.cell_grads(v)
@@ -329,6 +355,7 @@ def linearise(
     h: Tensor,
     c0: Tensor | None = None,
     workspace: Workspace | None = None,
+    saturation: bool = False,
 ):
     """Build the step linearisation of a standard cell along a recorded trajectory.
 
@@ -340,15 +367,17 @@ def linearise(
         c0: ``[B, H]`` initial cell state (LSTM only).
         workspace: reuse its buffers for the large factors (the returned object is then valid
             until the next call with the same workspace).
+        saturation: also measure the fraction of saturated units per gate (``.saturation``,
+            ``{gate: [T, B]}``; empty when False).
     """
     if w.kind in ("rnn_tanh", "rnn_relu"):
-        return RNNSteps(w, h)
+        return RNNSteps(w, h, saturation)
     if w.kind == "gru":
-        return GRUSteps(w, x, h_prev, workspace)
+        return GRUSteps(w, x, h_prev, workspace, saturation)
     if w.kind == "lstm":
         if c0 is None:
             raise ValueError("an LSTM linearisation needs the initial cell state c0")
-        return LSTMSteps(w, x, h_prev, h, c0, workspace)
+        return LSTMSteps(w, x, h_prev, h, c0, workspace, saturation)
     raise ValueError(f"unknown cell kind {w.kind!r}")
 
 

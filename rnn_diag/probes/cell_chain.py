@@ -102,7 +102,7 @@ class CellChain:
         parts = self.outputs[-1]
         return parts if self.tuple_state else parts[0]
 
-    def analyse(self) -> LayerResult:
+    def analyse(self, saturation: bool = False) -> LayerResult:
         """Total and immediate gradients over the chain, for the gradients of this backward."""
         dtype = self.outputs[0][0].dtype
         if self.aliased:
@@ -136,7 +136,8 @@ class CellChain:
                 *(p.detach().to(work) if p is not None else None
                   for p in (m.weight_ih, m.weight_hh, m.bias_ih, m.bias_hh)),
             )
-            steps = linearise(w, x, prev[0], states[0], prev[1][0] if self.kind == "lstm" else None)
+            c0 = prev[1][0] if self.kind == "lstm" else None
+            steps = linearise(w, x, prev[0], states[0], c0, saturation=saturation)
             if self.kind == "lstm":
                 total = steps.pair_from_total(*grads)
                 # e = ∂L/∂c - a k is itself a difference: its rounding scales with both terms

@@ -179,6 +179,7 @@ def analyse(
     grad_h_n: Tensor | None,
     grad_c_n: Tensor | None,
     workspace: Workspace | None = None,
+    saturation: bool = False,
 ) -> dict[tuple[int, int], LayerResult]:
     """Total and immediate gradients of every layer and direction of one fused call.
 
@@ -187,6 +188,7 @@ def analyse(
         grad_output, grad_h_n, grad_c_n: immediate gradients on the module's outputs as
             autograd delivered them (None where the loss did not use that output).
         workspace: scratch buffers reused from one call to the next.
+        saturation: also record the fraction of saturated units per gate.
 
     Returns:
         ``{(layer, direction): LayerResult}``.
@@ -253,7 +255,7 @@ def analyse(
             h = _gather_time(outputs[layer][..., d * H : (d + 1) * H], order)
             h_prev = torch.cat([h0[idx].unsqueeze(0), h[:-1]])
             w = layer_weights(m, layer, d)
-            steps = linearise(w, x, h_prev, h, c0[idx] if lstm else None, workspace)
+            steps = linearise(w, x, h_prev, h, c0[idx] if lstm else None, workspace, saturation)
             adj = adjoint_scan(steps, g_state, g_scale, g_state_ln)
             if lstm:
                 h_part = adj.scaled[..., :H]

@@ -17,7 +17,7 @@ from .history import History
 from .result import LayerResult
 
 
-def attach(model: nn.Module, modules=None, every: int = 1) -> Probe:
+def attach(model: nn.Module, modules=None, every: int = 1, *, saturation: bool = False) -> Probe:
     """Attach a :class:`Probe` to the recurrent modules of ``model``.
 
     Args:
@@ -26,6 +26,8 @@ def attach(model: nn.Module, modules=None, every: int = 1) -> Probe:
             nn.LSTMCell inside ``model``; or names / module objects, which may include custom
             cells (modules called once per step as ``cell(x_t, state) -> state``).
         every: record every ``every``-th backward pass (the 1st, the every+1-th, ...).
+        saturation: also record, per gate and timestep, the fraction of saturated units
+            (``saturation_*`` metrics in :meth:`Probe.frame`); costs one pass per gate.
 
     Returns:
         The attached Probe; use it as a context manager to detach automatically.
@@ -39,7 +41,7 @@ def attach(model: nn.Module, modules=None, every: int = 1) -> Probe:
         >>> probe.hidden_grads().shape
         torch.Size([50, 4, 8])
     """
-    return Probe(model, modules=modules, every=every)
+    return Probe(model, modules=modules, every=every, saturation=saturation)
 
 
 class Probe:
@@ -51,7 +53,9 @@ class Probe:
     kept in :meth:`frame`. The probe never changes what the model computes.
     """
 
-    def __init__(self, model: nn.Module, modules=None, every: int = 1):
+    def __init__(
+        self, model: nn.Module, modules=None, every: int = 1, *, saturation: bool = False
+    ):
         if not isinstance(every, int) or isinstance(every, bool) or every < 1:
             raise ValueError(f"every must be a positive int, got {every!r}")
         targets = find_recurrent(model, modules)
@@ -60,6 +64,7 @@ class Probe:
                 check_supported(module, name)
         self.modules: list[str] = list(targets)
         self._every = every
+        self._saturation = bool(saturation)
         self._names_by_id = {id(m): name for name, m in targets.items()}
         self._shadows = {
             name: make_shadows(m) for name, m in targets.items() if isinstance(m, FUSED_TYPES)
@@ -163,7 +168,8 @@ class Probe:
             total_mean, total_min, total_max: of the total gradient ∂L/∂h_t;
             immediate_mean, immediate_min, immediate_max: of the immediate gradient g_t;
             nonfinite_fraction: fraction of samples whose total gradient is inf or NaN at t.
-        On state "h" rows, for PyTorch's cells and modules, also the batch mean fraction of
+        With ``attach(..., saturation=True)``, on state "h" rows of PyTorch's cells and
+        modules, also the batch mean fraction of
         saturated units, whose nonlinearity has derivative below 0.01: saturation_h (Elman
         RNN; relu units count when inactive), saturation_r/_z/_n (GRU gates),
         saturation_i/_f/_g/_o and saturation_c (LSTM gates and tanh of the cell state).
@@ -309,9 +315,10 @@ class Probe:
             return
         with torch.no_grad(), flush_denormals():
             for name, (_, call, grads) in calls.items():
-                self._store(iteration, name, analyse(call, *_three(grads), self._workspace))
+                results = analyse(call, *_three(grads), self._workspace, self._saturation)
+                self._store(iteration, name, results)
             for name, chain in chains.items():
-                result = chain.analyse()
+                result = chain.analyse(self._saturation)
                 chain.grads.clear()
                 self._store(iteration, name, {(0, 0): result})
 

@@ -98,7 +98,7 @@ def lstm_gru():
 
     model = Model().double()
     T, B = 7, 3
-    with rd.attach(model) as probe:
+    with rd.attach(model, saturation=True) as probe:
         for _ in range(2):
             x = torch.randn(T, B, 3, dtype=torch.float64)
             coeff = torch.randn(T, B, 5, dtype=torch.float64)
@@ -300,7 +300,7 @@ def test_saturation_fraction_matches_the_activations():
     with torch.no_grad():
         rnn.weight_ih_l0.mul_(8)  # push units into saturation
     x = torch.randn(T, B, 2, dtype=torch.float64)
-    with rd.attach(rnn) as probe:
+    with rd.attach(rnn, saturation=True) as probe:
         out, _ = rnn(x)
         out.sum().backward()
     frame = probe.frame()
@@ -312,7 +312,7 @@ def test_saturation_fraction_matches_the_activations():
     lstm = nn.LSTM(2, H).double()
     with torch.no_grad():
         lstm.weight_ih_l0.mul_(8)
-    with rd.attach(lstm) as probe:
+    with rd.attach(lstm, saturation=True) as probe:
         out, _ = lstm(x)
         out.sum().backward()
     h_prev = torch.cat([torch.zeros(1, B, H, dtype=torch.float64), out.detach()[:-1]])
@@ -322,3 +322,12 @@ def test_saturation_fraction_matches_the_activations():
     want = ((f * (1 - f)) < 0.01).double().mean(-1).mean(-1).numpy()
     got = _series(probe.frame(), "saturation_f", module="", layer=0, direction=0, state="h")
     np.testing.assert_allclose(got, want)
+
+
+def test_saturation_is_off_by_default():
+    """Without saturation=True the frame holds only the gradient metrics."""
+    rnn = nn.GRU(2, 3)
+    with rd.attach(rnn) as probe:
+        out, _ = rnn(torch.randn(4, 2, 2))
+        out.sum().backward()
+    assert set(probe.frame()["metric"]) == METRICS

@@ -392,3 +392,21 @@ def unroll_cell_loop(cell: nn.Module, x: Tensor, state=None) -> Unrolled:
         x,
         list(state),
     )
+
+
+def unrolled_rnn_cell_grads(rnn: nn.RNN, x: Tensor, loss_of_states) -> Tensor:
+    """Plain autograd ``dL/dh_t`` on an nn.RNNCell loop with a single-layer ``rnn``'s weights,
+    in ``x``'s dtype: ``[T, B, H]``. ``loss_of_states`` maps the list of h_t to the loss."""
+    cell = nn.RNNCell(rnn.input_size, rnn.hidden_size, nonlinearity=rnn.nonlinearity)
+    cell = cell.to(x.dtype)
+    with torch.no_grad():
+        for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+            getattr(cell, n).copy_(getattr(rnn, n + "_l0"))
+    h = torch.zeros(x.shape[1], rnn.hidden_size, dtype=x.dtype)
+    hs = []
+    for t in range(x.shape[0]):
+        h = cell(x[t], h)
+        h.retain_grad()
+        hs.append(h)
+    loss_of_states(hs).backward()
+    return torch.stack([q.grad for q in hs])

@@ -20,6 +20,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from reference import unrolled_rnn_cell_grads
 from torch import nn
 
 import rnn_diag as rd
@@ -73,18 +74,7 @@ def _contractive_rnn(nonlinearity: str, dtype: torch.dtype, radius: float = 0.5,
 def _unrolled_autograd(rnn: nn.RNN, x: torch.Tensor, coeff: torch.Tensor) -> torch.Tensor:
     """Plain autograd dL/dh_t, L = <h_{T-1}, coeff>, on an unrolled nn.RNNCell with the same
     weights and dtype as ``rnn``: [T, B, H]."""
-    cell = nn.RNNCell(rnn.input_size, rnn.hidden_size, nonlinearity=rnn.nonlinearity).to(x.dtype)
-    with torch.no_grad():
-        for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
-            getattr(cell, n).copy_(getattr(rnn, n + "_l0"))
-    h = torch.zeros(x.shape[1], rnn.hidden_size, dtype=x.dtype)
-    hs = []
-    for t in range(x.shape[0]):
-        h = cell(x[t], h)
-        h.retain_grad()
-        hs.append(h)
-    (hs[-1] * coeff).sum().backward()
-    return torch.stack([q.grad for q in hs])
+    return unrolled_rnn_cell_grads(rnn, x, lambda hs: (hs[-1] * coeff).sum())
 
 
 def _safe_log10_norm(x: np.ndarray) -> np.ndarray:

@@ -16,6 +16,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from reference import unrolled_rnn_cell_grads
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
@@ -270,19 +271,7 @@ def test_pascanu_bound_holds_for_contractive_tanh_rnn(seed, H, T, B, sigma, inpu
 def _unrolled_tanh_grads(rnn: nn.RNN, x: torch.Tensor, coeff: torch.Tensor) -> torch.Tensor:
     """Plain autograd on an explicitly unrolled nn.RNNCell with the module's weights:
     ``dL/dh_t`` for ``L = sum_t <h_t, coeff_t>``, [T, B, H]."""
-    cell = nn.RNNCell(rnn.input_size, rnn.hidden_size, nonlinearity=rnn.nonlinearity)
-    cell = cell.to(x.dtype)
-    with torch.no_grad():
-        for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
-            getattr(cell, n).copy_(getattr(rnn, n + "_l0"))
-    h = torch.zeros(x.shape[1], rnn.hidden_size, dtype=x.dtype)
-    hs = []
-    for t in range(x.shape[0]):
-        h = cell(x[t], h)
-        h.retain_grad()
-        hs.append(h)
-    (torch.stack(hs) * coeff).sum().backward()
-    return torch.stack([q.grad for q in hs])
+    return unrolled_rnn_cell_grads(rnn, x, lambda hs: (torch.stack(hs) * coeff).sum())
 
 
 def test_inf_in_input_gives_nonfinite_gradients_for_that_sample_only():

@@ -401,6 +401,25 @@ class CallableSteps:
         self.sizes = [p.shape[-1] for p in prev_states]
         self.state_size = sum(self.sizes)
 
+    def _flat_step(self, t: int):
+        """The step as a function of the concatenated state ``[B, S] -> [B, S]``."""
+        x_t = self.x[t]
+
+        def step(flat: Tensor) -> Tensor:
+            parts = torch.split(flat, self.sizes, dim=-1)
+            new = self.fn(x_t, tuple(parts) if self.tuple_state else parts[0])
+            return torch.cat(tuple(new), dim=-1) if self.tuple_state else new
+
+        return step
+
+    def jacobian(self, t: int) -> Tensor:
+        """``J_t`` as ``[B, S, S]``, from ``torch.func.jacrev`` of the whole batch (the
+        cross-sample blocks, zero for a cell that treats samples independently, are dropped)."""
+        flat = torch.cat([p[t] for p in self.prev_states], dim=-1)
+        with torch.enable_grad():
+            full = torch.func.jacrev(self._flat_step(t))(flat)  # [B, S, B, S]
+        return torch.diagonal(full, dim1=0, dim2=2).permute(2, 0, 1)
+
     def vjp_into(self, t: int, v: Tensor, add: Tensor, out: Tensor) -> None:
         x_t = self.x[t]
 

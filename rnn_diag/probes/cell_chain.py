@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from ..dynamics.adjoint import adjoint_scan, immediate_from_total
 from ..dynamics.cells import CallableSteps, CellWeights, linearise
 from ..dynamics.lognorm import log_norm
+from .jacobians import product_log10_norms
 from .result import LayerResult, ScaledSeries
 
 #: An immediate gradient recovered by subtraction is 0 when its norm is below this many
@@ -102,7 +103,7 @@ class CellChain:
         parts = self.outputs[-1]
         return parts if self.tuple_state else parts[0]
 
-    def analyse(self, saturation: bool = False) -> LayerResult:
+    def analyse(self, saturation: bool = False, jacobians: str | None = None) -> LayerResult:
         """Total and immediate gradients over the chain, for the gradients of this backward."""
         dtype = self.outputs[0][0].dtype
         if self.aliased:
@@ -131,9 +132,9 @@ class CellChain:
             immediate_parts = grads
         else:
             m = self.module
-            w = CellWeights(
+            w = CellWeights(  # a snapshot: the optimizer may change the weights in place
                 self.kind,
-                *(p.detach().to(work) if p is not None else None
+                *(p.detach().to(work, copy=True) if p is not None else None
                   for p in (m.weight_ih, m.weight_hh, m.bias_ih, m.bias_hh)),
             )
             c0 = prev[1][0] if self.kind == "lstm" else None
@@ -164,7 +165,11 @@ class CellChain:
             for name, g in zip(names, immediate_parts, strict=True)
         }
         saturation = getattr(steps, "saturation", {})
-        return LayerResult(total_series, immediate, None, None, dtype, saturation)
+        result = LayerResult(total_series, immediate, None, None, dtype, saturation)
+        if jacobians is not None:
+            result.jacobian = product_log10_norms(steps, jacobians, T, None)
+            result.relinearise = lambda: steps
+        return result
 
     def _grad(self, t: int, i: int, like: Tensor) -> Tensor:
         got = self.grads.get(t)

@@ -20,6 +20,7 @@ from ..dynamics.adjoint import adjoint_scan
 from ..dynamics.cells import CellWeights, linearise
 from ..dynamics.lognorm import add_scaled, log_norm
 from ..dynamics.workspace import Workspace
+from .jacobians import product_log10_norms
 from .result import LayerResult, ScaledSeries
 
 FUSED_TYPES = (nn.RNN, nn.GRU, nn.LSTM)
@@ -180,6 +181,7 @@ def analyse(
     grad_c_n: Tensor | None,
     workspace: Workspace | None = None,
     saturation: bool = False,
+    jacobians: str | None = None,
 ) -> dict[tuple[int, int], LayerResult]:
     """Total and immediate gradients of every layer and direction of one fused call.
 
@@ -189,6 +191,8 @@ def analyse(
             autograd delivered them (None where the loss did not use that output).
         workspace: scratch buffers reused from one call to the next.
         saturation: also record the fraction of saturated units per gate.
+        jacobians: None, or "exact"/"estimate": also record log10 ‖∂s_last/∂s_k‖₂ of each
+            layer's own recurrence (see :mod:`rnn_diag.probes.jacobians`).
 
     Returns:
         ``{(layer, direction): LayerResult}``.
@@ -266,9 +270,11 @@ def analyse(
                 }
             else:
                 total = {"h": ScaledSeries(adj.scaled, adj.log_scale, adj.log_norm)}
-            results[(layer, d)] = LayerResult(
-                total, immediate, order, valid, dtype, steps.saturation
-            )
+            result = LayerResult(total, immediate, order, valid, dtype, steps.saturation)
+            if jacobians is not None:
+                result.jacobian = product_log10_norms(steps, jacobians, T, lengths)
+                result.relinearise = _relinearise(w, x, h_prev, h, c0[idx] if lstm else None)
+            results[(layer, d)] = result
             if layer > 0:
                 dx = _gather_time(steps.input_grads(adj.scaled), order)
                 scale = _gather_time(adj.log_scale, order)
@@ -278,6 +284,16 @@ def analyse(
                     below, below_scale = add_scaled(below, below_scale, dx, scale)
         above, above_scale = below, below_scale
     return results
+
+
+def _relinearise(w: CellWeights, x: Tensor, h_prev: Tensor, h: Tensor, c0: Tensor | None):
+    """A closure that rebuilds this layer's linearisation later, with a snapshot of the weights
+    as they were at this forward (the optimizer may change them in place)."""
+    snapshot = CellWeights(
+        w.kind, *(None if p is None else p.detach().clone() for p in (
+            w.weight_ih, w.weight_hh, w.bias_ih, w.bias_hh))
+    )
+    return lambda: linearise(snapshot, x, h_prev, h, c0)
 
 
 def _or(x: Tensor | None, default: Tensor) -> Tensor:

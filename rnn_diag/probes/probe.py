@@ -14,10 +14,18 @@ from .cell_chain import CellChain, components
 from .discovery import find_recurrent
 from .fused import FUSED_TYPES, FusedCall, analyse, check_forward, check_supported, make_shadows
 from .history import History
+from .jacobians import check_method, product_log10_norms
 from .result import LayerResult
 
 
-def attach(model: nn.Module, modules=None, every: int = 1, *, saturation: bool = False) -> Probe:
+def attach(
+    model: nn.Module,
+    modules=None,
+    every: int = 1,
+    *,
+    saturation: bool = False,
+    jacobians: str | None = None,
+) -> Probe:
     """Attach a :class:`Probe` to the recurrent modules of ``model``.
 
     Args:
@@ -28,6 +36,10 @@ def attach(model: nn.Module, modules=None, every: int = 1, *, saturation: bool =
         every: record every ``every``-th backward pass (the 1st, the every+1-th, ...).
         saturation: also record, per gate and timestep, the fraction of saturated units
             (``saturation_*`` metrics in :meth:`Probe.frame`); costs one pass per gate.
+        jacobians: None (default), "exact" or "estimate": also record the Jacobian-product
+            norms log10 ‖∂s_T/∂s_k‖₂ of each layer's recurrence (:meth:`Probe.jacobian_log10_norms`,
+            ``jacobian_*`` metrics in :meth:`Probe.frame`). "exact" forms every product (costly
+            for large H); "estimate" is the forward-backward probe, within 10% almost always.
 
     Returns:
         The attached Probe; use it as a context manager to detach automatically.
@@ -41,7 +53,9 @@ def attach(model: nn.Module, modules=None, every: int = 1, *, saturation: bool =
         >>> probe.hidden_grads().shape
         torch.Size([50, 4, 8])
     """
-    return Probe(model, modules=modules, every=every, saturation=saturation)
+    return Probe(
+        model, modules=modules, every=every, saturation=saturation, jacobians=jacobians
+    )
 
 
 class Probe:
@@ -54,7 +68,13 @@ class Probe:
     """
 
     def __init__(
-        self, model: nn.Module, modules=None, every: int = 1, *, saturation: bool = False
+        self,
+        model: nn.Module,
+        modules=None,
+        every: int = 1,
+        *,
+        saturation: bool = False,
+        jacobians: str | None = None,
     ):
         if not isinstance(every, int) or isinstance(every, bool) or every < 1:
             raise ValueError(f"every must be a positive int, got {every!r}")
@@ -65,6 +85,7 @@ class Probe:
         self.modules: list[str] = list(targets)
         self._every = every
         self._saturation = bool(saturation)
+        self._jacobians = check_method(jacobians)
         self._names_by_id = {id(m): name for name, m in targets.items()}
         self._shadows = {
             name: make_shadows(m) for name, m in targets.items() if isinstance(m, FUSED_TYPES)
@@ -155,6 +176,46 @@ class Probe:
         """``[T, B]`` float64 log10 of the per-sample L2 norm of the immediate gradient."""
         return self._result(module, layer, direction).log10_norms("immediate", state)
 
+    def jacobian_log10_norms(
+        self, module=None, *, layer: int = 0, direction: int = 0, target: int = -1
+    ) -> Tensor:
+        """``log10 ‖∂s_target/∂s_k‖₂`` (spectral norm) for every step k, on the trajectory of
+        the most recent recorded forward. Needs ``attach(..., jacobians="exact"|"estimate")``.
+
+        The Jacobian is the layer's own recurrence (its input from the layer below held
+        fixed); s = h, or the joint (h, c) of size 2H for LSTM.
+
+        Args:
+            module, layer, direction: as for :meth:`hidden_grads`.
+            target: the differentiated step, in input time; -1 (default) is the last step the
+                direction processes: T-1 forward, 0 for the reverse direction, and each
+                sample's own last step for PackedSequence inputs (other targets need equal
+                lengths). Other targets are recomputed from the recorded trajectory.
+
+        Returns:
+            float64 ``[T, B]`` in input time order, in decades: 0 at k = target, NaN for the
+            steps the direction processes after the target and past each sample's length.
+        """
+        result = self._result(module, layer, direction)
+        if result.jacobian is None:
+            raise RuntimeError(
+                "Jacobian-product norms were not recorded: attach with jacobians='exact' or "
+                "jacobians='estimate'"
+            )
+        if target == -1:
+            return result.in_input_order(result.jacobian)
+        T = result.jacobian.shape[0]
+        if not -T <= target < T:
+            raise ValueError(f"target={target} is outside the {T} steps")
+        target %= T
+        processing_target = target if direction == 0 else T - 1 - target
+        with torch.no_grad(), flush_denormals():
+            steps = result.relinearise()
+            norms = product_log10_norms(
+                steps, self._jacobians, T, _lengths(result.valid), processing_target
+            )
+        return result.in_input_order(norms)
+
     def frame(self):
         """Every recorded backward as a tidy ``pandas.DataFrame``, one row per observation.
 
@@ -168,6 +229,8 @@ class Probe:
             total_mean, total_min, total_max: of the total gradient ∂L/∂h_t;
             immediate_mean, immediate_min, immediate_max: of the immediate gradient g_t;
             nonfinite_fraction: fraction of samples whose total gradient is inf or NaN at t.
+        With ``attach(..., jacobians=...)``, on state "h" rows: jacobian_mean, jacobian_min,
+        jacobian_max, of log10 ‖∂s_last/∂s_t‖₂ (see :meth:`jacobian_log10_norms`).
         With ``attach(..., saturation=True)``, on state "h" rows of PyTorch's cells and
         modules, also the batch mean fraction of
         saturated units, whose nonlinearity has derivative below 0.01: saturation_h (Elman
@@ -315,10 +378,12 @@ class Probe:
             return
         with torch.no_grad(), flush_denormals():
             for name, (_, call, grads) in calls.items():
-                results = analyse(call, *_three(grads), self._workspace, self._saturation)
+                results = analyse(
+                    call, *_three(grads), self._workspace, self._saturation, self._jacobians
+                )
                 self._store(iteration, name, results)
             for name, chain in chains.items():
-                result = chain.analyse(self._saturation)
+                result = chain.analyse(self._saturation, self._jacobians)
                 chain.grads.clear()
                 self._store(iteration, name, {(0, 0): result})
 
@@ -326,6 +391,10 @@ class Probe:
         self._latest[name] = results
         for (layer, direction), result in sorted(results.items()):
             self._history.add(iteration, name, layer, direction, result.summary())
+
+
+def _lengths(valid: Tensor | None) -> Tensor | None:
+    return None if valid is None else valid.sum(0)
 
 
 def _three(grads: tuple) -> tuple:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -52,6 +53,8 @@ class LayerResult:
     ``valid`` is a ``[T, B]`` bool mask of the steps inside each sample's length.
     ``saturation`` maps each nonlinearity of the cell (h for an Elman RNN; r, z, n for GRU;
     i, f, g, o, c for LSTM) to the ``[T, B]`` fraction of saturated units, processing order.
+    ``jacobian``: ``[T, B]`` float64 log10 ‖∂s_last/∂s_k‖₂ (processing order), when recorded;
+    ``relinearise()`` rebuilds the layer's linearisation for other targets.
     """
 
     total: dict[str, ScaledSeries]
@@ -60,6 +63,8 @@ class LayerResult:
     valid: Tensor | None
     dtype: torch.dtype
     saturation: dict[str, Tensor] = field(default_factory=dict)
+    jacobian: Tensor | None = None
+    relinearise: Callable[[], object] | None = None
 
     def _to_input_order(self, x: Tensor) -> Tensor:
         if self.order is None:
@@ -71,6 +76,10 @@ class LayerResult:
         """``[T, B, H]`` gradient in input time order, in the model's dtype."""
         series = self._series(which, state)
         return self._to_input_order(scale_by_exp(series.scaled, series.log_scale, self.dtype))
+
+    def in_input_order(self, x: Tensor) -> Tensor:
+        """A processing-order ``[T, B]`` or ``[T, B, H]`` tensor in input time order."""
+        return self._to_input_order(x)
 
     def log10_norms(self, which: str, state: str) -> Tensor:
         """``[T, B]`` float64 log10 of the per-sample L2 norms, input time order."""
@@ -98,6 +107,9 @@ class LayerResult:
             nonfinite = torch.isnan(total) | torch.isposinf(total)
             rows.append(_masked_mean(nonfinite.double(), self.valid))
             names = list(METRICS)
+            if state == "h" and self.jacobian is not None:
+                names += ["jacobian_mean", "jacobian_min", "jacobian_max"]
+                rows.extend(_batch_stats(self._to_input_order(self.jacobian), self.valid))
             if state == "h":
                 for gate, fraction in self.saturation.items():
                     names.append(f"saturation_{gate}")

@@ -2,8 +2,12 @@
 
 Public API (imported lazily, so ``rnn-diag --help`` does not pay for importing torch):
 
-    attach(model, modules=None, every=1) -> Probe
+    attach(model, modules=None, every=1, *, saturation=False, jacobians=None) -> Probe
     Probe
+    spectrum(W) -> Spectrum                       eigen/singular values of one matrix
+    recurrent_spectra(model) -> DataFrame         every recurrent weight block of a model
+    lyapunov_spectrum(step, h0, inputs=None, ...) -> Tensor [k], nats per step
+    gradient_summary(log10_norms) -> dict | DataFrame
 """
 
 from __future__ import annotations
@@ -13,12 +17,32 @@ from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
-_EXPORTS = {"attach": ".probes", "Probe": ".probes"}
+_EXPORTS = {
+    "attach": ".probes",
+    "Probe": ".probes",
+    "spectrum": ".dynamics.spectrum",
+    "Spectrum": ".dynamics.spectrum",
+    "gradient_summary": ".dynamics.summary",
+    "recurrent_spectra": ".probes.model_dynamics",
+    "lyapunov_spectrum": ".probes.model_dynamics",
+}
 
-__all__ = ["Probe", "__version__", "attach"]
+__all__ = [
+    "Probe",
+    "Spectrum",
+    "__version__",
+    "attach",
+    "gradient_summary",
+    "lyapunov_spectrum",
+    "recurrent_spectra",
+    "spectrum",
+]
 
 if TYPE_CHECKING:
+    from .dynamics.spectrum import Spectrum, spectrum
+    from .dynamics.summary import gradient_summary
     from .probes import Probe, attach
+    from .probes.model_dynamics import lyapunov_spectrum, recurrent_spectra
 
 
 def __getattr__(name: str):

@@ -1,0 +1,431 @@
+"""Module-facing wrappers of the dynamics maths: spectra of a model's recurrent weights and
+Lyapunov exponents of a recurrent module along a trajectory.
+
+* :func:`recurrent_spectra` — one row per eigenvalue of every recurrent weight block.
+* :func:`lyapunov_spectrum` — dispatches on what it is given: a PyTorch recurrent module
+  (``nn.RNN``/``nn.GRU``/``nn.LSTM``, or ``nn.RNNCell``/``nn.GRUCell``/``nn.LSTMCell``) is run
+  without grad and linearised from the cell equations (:func:`rnn_diag.dynamics.cells.linearise`);
+  any other callable — including a custom ``nn.Module`` — is treated as ``step(h, x) -> h_next``
+  on one state vector and differentiated with ``torch.func``.
+* :func:`module_linearisation` — the per-step Jacobians of one layer/direction of a module along
+  the trajectory it computes from given inputs (what :func:`lyapunov_spectrum` uses).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from ..dynamics.cells import CellWeights, linearise
+from ..dynamics.lyapunov import lyapunov_exponents, lyapunov_spectrum_callable
+from ..dynamics.spectrum import spectrum
+from .cell_chain import cell_kind
+from .discovery import RECURRENT_TYPES
+from .fused import FUSED_TYPES, layer_weights, module_kind
+
+__all__ = ["lyapunov_spectrum", "module_linearisation", "recurrent_spectra"]
+
+#: Gate names of the row blocks of ``weight_hh``, in PyTorch's order.
+GATES = {
+    "rnn_tanh": ("hh",),
+    "rnn_relu": ("hh",),
+    "gru": ("r", "z", "n"),
+    "lstm": ("i", "f", "g", "o"),
+}
+
+SPECTRA_COLUMNS = [
+    "module", "layer", "direction", "gate", "index", "real", "imag", "modulus", "singular_value",
+]
+
+CELL_TYPES = (nn.RNNCell, nn.GRUCell, nn.LSTMCell)
+
+
+def _recurrent_matrices(name: str, module: nn.Module):
+    """``(layer, direction, kind, weight_hh)`` of every layer and direction of a module."""
+    if isinstance(module, FUSED_TYPES):
+        if getattr(module, "proj_size", 0) > 0:
+            warnings.warn(
+                f"recurrent_spectra skips {name or 'the model'!r}: nn.LSTM with proj_size > 0 "
+                "has a non-square weight_hh",
+                UserWarning,
+                stacklevel=3,
+            )
+            return
+        kind = module_kind(module)
+        for layer in range(module.num_layers):
+            for direction in range(2 if module.bidirectional else 1):
+                yield layer, direction, kind, layer_weights(module, layer, direction).weight_hh
+    else:
+        yield 0, 0, cell_kind(module), module.weight_hh
+
+
+def recurrent_spectra(model: nn.Module) -> pd.DataFrame:
+    """Eigenvalues and singular values of every recurrent weight block in a model.
+
+    Finds every ``nn.RNN``/``nn.GRU``/``nn.LSTM``/``nn.RNNCell``/``nn.GRUCell``/``nn.LSTMCell``
+    in ``model`` (``named_modules`` order). Each layer and direction of ``weight_hh`` is split
+    into its gate blocks ``[H, H]`` (rnn: "hh"; gru: "r", "z", "n"; lstm: "i", "f", "g", "o")
+    and each block's :func:`rnn_diag.dynamics.spectrum.spectrum` is taken (float64). Cells count
+    as layer 0, direction 0. ``nn.LSTM`` with ``proj_size > 0`` is skipped with a warning.
+
+    Args:
+        model: any ``nn.Module`` (may itself be the recurrent module; its name is then "").
+
+    Returns:
+        A tidy DataFrame, one row per eigenvalue (H rows per gate block), columns ``module``
+        (qualified name), ``layer``, ``direction``, ``gate``, ``index`` (rank, 0 = largest),
+        ``real``, ``imag``, ``modulus`` (eigenvalues sorted by modulus, descending) and
+        ``singular_value`` (the index-th largest singular value of the same block, so the
+        block's spectral radius is the modulus at index 0 and its spectral norm the
+        singular_value at index 0).
+
+    Raises:
+        ValueError: the model has no recurrent module.
+
+    Example:
+        >>> torch.manual_seed(0) and None
+        >>> df = recurrent_spectra(nn.GRU(3, 4))
+        >>> df.groupby("gate").size().to_dict()
+        {'n': 4, 'r': 4, 'z': 4}
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"recurrent_spectra needs an nn.Module, got {type(model).__name__}")
+    found = [(n, m) for n, m in model.named_modules() if isinstance(m, RECURRENT_TYPES)]
+    if not found:
+        raise ValueError(
+            f"no recurrent module found in {type(model).__name__}: recurrent_spectra looks for "
+            "nn.RNN, nn.GRU, nn.LSTM, nn.RNNCell, nn.GRUCell and nn.LSTMCell"
+        )
+    frames = []
+    for name, module in found:
+        for layer, direction, kind, W in _recurrent_matrices(name, module):
+            H = W.shape[1]
+            for g, gate in enumerate(GATES[kind]):
+                s = spectrum(W[g * H : (g + 1) * H])
+                ev = s.eigenvalues.numpy()
+                frames.append(
+                    pd.DataFrame(
+                        {
+                            "module": name,
+                            "layer": layer,
+                            "direction": direction,
+                            "gate": gate,
+                            "index": np.arange(H),
+                            "real": ev.real,
+                            "imag": ev.imag,
+                            "modulus": np.abs(ev),
+                            "singular_value": s.singular_values.numpy(),
+                        }
+                    )
+                )
+    if not frames:
+        return pd.DataFrame(columns=SPECTRA_COLUMNS)
+    return pd.concat(frames, ignore_index=True)[SPECTRA_COLUMNS]
+
+
+# --------------------------------------------------------------------------------------------
+# Trajectories of PyTorch's recurrent modules
+
+
+def _param_dtype(module: nn.Module) -> tuple[torch.dtype, torch.device]:
+    p = next(module.parameters())
+    return p.dtype, p.device
+
+
+def _inputs(module, inputs, steps, input_size: int, dtype, device) -> Tensor:
+    """Inputs as time-major ``[T, 1, I]`` in the module's dtype."""
+    if inputs is None:
+        if steps is None:
+            raise ValueError("pass inputs [T, I] (or steps= to run T steps with zero input)")
+        return torch.zeros(int(steps), 1, input_size, dtype=dtype, device=device)
+    x = torch.as_tensor(inputs).detach().to(dtype=dtype, device=device)
+    if x.dim() == 2:
+        x = x.unsqueeze(1)
+    if x.dim() != 3 or x.shape[1] != 1 or x.shape[2] != input_size:
+        raise ValueError(
+            f"inputs must be one time-major sequence [T, {input_size}] or [T, 1, {input_size}] "
+            f"for {type(module).__name__}, got shape {tuple(torch.as_tensor(inputs).shape)}"
+        )
+    if steps is not None:
+        if int(steps) > x.shape[0]:
+            raise ValueError(f"steps={steps} exceeds the {x.shape[0]} inputs given")
+        x = x[: int(steps)]
+    if x.shape[0] < 1:
+        raise ValueError("inputs hold no time step")
+    return x
+
+
+def _split_state(h0, lstm: bool, H: int, rows: int, name: str):
+    """``(h, c)`` as ``[rows, 1, H]`` tensors (c None unless LSTM; None where not given) from
+    the user's h0: ``[H]``/``[1, H]`` (LSTM: a ``(h, c)`` pair or ``[2H]``/``[1, 2H]``) for the
+    analysed layer, or the module's own ``[rows, H]``/``[rows, 1, H]`` layout."""
+    if h0 is None:
+        return None, None, False
+    if lstm:
+        if isinstance(h0, (tuple, list)):
+            if len(h0) != 2:
+                raise ValueError(f"h0 for {name} must be a (h, c) pair, got {len(h0)} tensors")
+            h, c = (torch.as_tensor(s) for s in h0)
+        else:
+            s = torch.as_tensor(h0)
+            if s.shape[-1] != 2 * H:
+                raise ValueError(
+                    f"h0 for {name} must be a (h, c) pair or a joint [2H] = [{2 * H}] vector "
+                    f"(h first), got shape {tuple(s.shape)}"
+                )
+            h, c = s[..., :H], s[..., H:]
+    else:
+        h, c = torch.as_tensor(h0), None
+    full = False
+    shaped = []
+    for s in (h, c):
+        if s is None:
+            shaped.append(None)
+            continue
+        if tuple(s.shape) in ((H,), (1, H)):
+            s = s.reshape(1, 1, H)
+        elif s.dim() == 2 and s.shape == (rows, H):
+            s, full = s.unsqueeze(1), True
+        elif s.dim() == 3 and s.shape == (rows, 1, H):
+            full = True
+        else:
+            raise ValueError(
+                f"h0 for {name}: expected [{H}], [1, {H}] or the module's [{rows}, 1, {H}], "
+                f"got shape {tuple(s.shape)}"
+            )
+        shaped.append(s)
+    return shaped[0], shaped[1], full and rows > 1
+
+
+def _single_layer(module: nn.RNNBase, layer: int, input_size: int):
+    """A function running layer ``layer`` (all directions) of a fused module on ``[T, 1, F]``
+    with the module's weights, through a single-layer meta copy and ``functional_call``."""
+    D = 2 if module.bidirectional else 1
+    kwargs = dict(num_layers=1, bias=module.bias, bidirectional=module.bidirectional,
+                  device="meta")
+    if isinstance(module, nn.RNN):
+        kwargs["nonlinearity"] = module.nonlinearity
+    with torch.random.fork_rng(devices=[]):
+        shadow = type(module)(input_size, module.hidden_size, **kwargs)
+    params = {}
+    for direction in range(D):
+        w = layer_weights(module, layer, direction)
+        sfx = "_l0" + ("_reverse" if direction else "")
+        params["weight_ih" + sfx], params["weight_hh" + sfx] = w.weight_ih, w.weight_hh
+        if module.bias:
+            params["bias_ih" + sfx], params["bias_hh" + sfx] = w.bias_ih, w.bias_hh
+    return lambda x, hx: functional_call(shadow, params, (x, hx))[0]
+
+
+def _fused_trajectory(module, x, h0, layer, direction):
+    name = type(module).__name__
+    if getattr(module, "proj_size", 0) > 0:
+        raise ValueError(f"{name} with proj_size > 0 is not supported")
+    L, D, H = module.num_layers, (2 if module.bidirectional else 1), module.hidden_size
+    if layer is None:
+        if L > 1:
+            raise ValueError(f"{name} has {L} layers: pass layer= (0..{L - 1})")
+        layer = 0
+    if not 0 <= layer < L:
+        raise ValueError(f"layer={layer} is out of range for {name} with {L} layers")
+    if not 0 <= direction < D:
+        raise ValueError(f"direction={direction} is out of range for {name} with {D} direction(s)")
+    lstm = isinstance(module, nn.LSTM)
+    h_init, c_init, full = _split_state(h0, lstm, H, L * D, name)
+    dtype, device = x.dtype, x.device
+    zeros = torch.zeros(L * D, 1, H, dtype=dtype, device=device)
+    hs = zeros.clone()
+    cs = zeros.clone()
+    idx = layer * D + direction
+    if full:
+        hs = h_init.to(dtype=dtype, device=device)
+        cs = c_init.to(dtype=dtype, device=device) if lstm else cs
+    elif h_init is not None:
+        hs[idx] = h_init[0].to(dtype=dtype, device=device)
+        if lstm:
+            cs[idx] = c_init[0].to(dtype=dtype, device=device)
+    inp = x
+    with torch.no_grad():
+        for l in range(layer + 1):
+            rows = slice(l * D, (l + 1) * D)
+            hx = (hs[rows], cs[rows]) if lstm else hs[rows]
+            out = _single_layer(module, l, inp.shape[-1])(inp, hx)
+            if l < layer:
+                inp = out
+    h = out[..., direction * H : (direction + 1) * H]
+    x_layer = inp
+    if direction == 1:  # processing order of the reverse direction
+        h, x_layer = h.flip(0), x_layer.flip(0)
+    w = layer_weights(module, layer, direction)
+    return w, x_layer, hs[idx], h, (cs[idx] if lstm else None)
+
+
+def _cell_trajectory(module, x, h0):
+    name = type(module).__name__
+    kind = cell_kind(module)
+    lstm = kind == "lstm"
+    H = module.hidden_size
+    h_init, c_init, _ = _split_state(h0, lstm, H, 1, name)
+    dtype, device = x.dtype, x.device
+    h = torch.zeros(1, H, dtype=dtype, device=device) if h_init is None else h_init[0]
+    c = torch.zeros(1, H, dtype=dtype, device=device) if c_init is None else c_init[0]
+    h, c = h.to(dtype=dtype, device=device), c.to(dtype=dtype, device=device)
+    h0_, c0_ = h, c
+    hs = []
+    with torch.no_grad():
+        state = (h, c) if lstm else h
+        for t in range(x.shape[0]):
+            state = module(x[t], state)
+            hs.append(state[0] if lstm else state)
+    w = CellWeights(kind, module.weight_ih, module.weight_hh, module.bias_ih, module.bias_hh)
+    return w, x, h0_, torch.stack(hs), (c0_ if lstm else None)
+
+
+def module_linearisation(
+    module: nn.Module,
+    inputs: Tensor | None = None,
+    h0=None,
+    *,
+    steps: int | None = None,
+    layer: int | None = None,
+    direction: int = 0,
+):
+    """Run a PyTorch recurrent module on one sequence (no grad) and linearise one of its
+    layers/directions along that trajectory.
+
+    Lower layers of a multi-layer ``nn.RNN``/``nn.GRU``/``nn.LSTM`` are recomputed with the
+    module's weights (single-layer functional copies, as the probes do); inter-layer dropout is
+    not applied (eval-mode semantics).
+
+    Args:
+        module: ``nn.RNN``/``nn.GRU``/``nn.LSTM`` (``proj_size`` 0) or
+            ``nn.RNNCell``/``nn.GRUCell``/``nn.LSTMCell``.
+        inputs: ``[T, I]`` or ``[T, 1, I]``, time-major whatever ``batch_first`` says; None for
+            ``steps`` steps of zero input.
+        h0: initial state: None (zeros); ``[H]`` or ``[1, H]`` for the analysed layer/direction
+            (other layers start at zero); or the module's own ``[L*D, H]``/``[L*D, 1, H]``.
+            LSTM: a pair ``(h, c)`` of those, or one joint ``[2H]``/``[1, 2H]`` vector, h first.
+        steps: number of steps (default: all inputs).
+        layer: which layer (default 0; required for multi-layer modules).
+        direction: 0 (forward) or 1 (reverse; its steps run backwards in input time, and the
+            returned linearisation is in that processing order).
+
+    Returns:
+        ``(steps_obj, h)``: the linearisation (``state_size``, ``jacobian(t) -> [1, S, S]``,
+        ``vjp_into``; S = H, or 2H for the joint LSTM state (h, c)) and the hidden states
+        ``[T, 1, H]`` of the trajectory in processing order.
+    """
+    if not isinstance(module, FUSED_TYPES + CELL_TYPES):
+        raise TypeError(
+            f"module_linearisation needs nn.RNN/GRU/LSTM or nn.RNNCell/GRUCell/LSTMCell, got "
+            f"{type(module).__name__}"
+        )
+    dtype, device = _param_dtype(module)
+    x = _inputs(module, inputs, steps, module.input_size, dtype, device)
+    if isinstance(module, FUSED_TYPES):
+        w, x_layer, h_start, h, c0 = _fused_trajectory(module, x, h0, layer, direction)
+    else:
+        if layer not in (None, 0) or direction != 0:
+            raise ValueError(f"{type(module).__name__} has a single layer and direction")
+        w, x_layer, h_start, h, c0 = _cell_trajectory(module, x, h0)
+    w = CellWeights(
+        w.kind,
+        *(None if p is None else p.detach() for p in (w.weight_ih, w.weight_hh, w.bias_ih,
+                                                      w.bias_hh)),
+    )
+    h_prev = torch.cat([h_start.reshape(1, 1, -1), h[:-1]])
+    with torch.no_grad():
+        steps_obj = linearise(w, x_layer, h_prev, h, c0)
+    return steps_obj, h
+
+
+def lyapunov_spectrum(
+    step,
+    h0=None,
+    inputs=None,
+    *,
+    steps: int | None = None,
+    k: int | None = None,
+    warmup: int = 0,
+    qr_every: int = 1,
+    layer: int | None = None,
+    direction: int = 0,
+) -> Tensor:
+    """Lyapunov exponents of a recurrent map along one trajectory, in nats per step.
+
+    ``step`` may be:
+
+    * an ``nn.RNN``/``nn.GRU``/``nn.LSTM`` (pick ``layer=`` for multi-layer modules and
+      ``direction=`` for bidirectional ones) or an ``nn.RNNCell``/``nn.GRUCell``/``nn.LSTMCell``:
+      the module is run without grad on ``inputs`` from ``h0`` (see
+      :func:`module_linearisation` for the accepted shapes; h0 None = zeros), and the Jacobians
+      come from the cell equations. For LSTM the state is the joint (h, c), so there are 2H
+      exponents; h0 is a ``(h, c)`` pair or a ``[2H]`` vector (h first).
+    * any other callable ``step(h, x) -> h_next`` on one state vector ``h [S]`` (x is
+      ``inputs[t]``, or None when ``inputs`` is None — then ``steps`` is required); h0 ``[S]``
+      is required; Jacobians come from ``torch.func.jacrev``. A custom ``nn.Module`` is treated
+      as such a callable.
+
+    The exponents come from QR re-orthonormalisation along the trajectory
+    (:func:`rnn_diag.dynamics.lyapunov.lyapunov_exponents`): ``warmup`` initial steps align the
+    tangent block and are not counted, a QR every ``qr_every`` steps, log|R_ii| summed in
+    float64.
+
+    Args:
+        step: the module or callable.
+        h0: initial state (see above).
+        inputs: the input sequence ``[T, ...]`` (modules: ``[T, I]`` or ``[T, 1, I]``).
+        steps: number of steps (default ``len(inputs)``).
+        k: number of leading exponents (default: the full spectrum, S).
+        warmup, qr_every: see above.
+        layer, direction: modules only.
+
+    Returns:
+        float64 ``[k]``, descending, nats per step (divide by ln 10 for decades per step).
+        NaN, with a RuntimeWarning, when the trajectory or its Jacobians become non-finite.
+
+    Example:
+        >>> torch.manual_seed(0) and None
+        >>> rnn = nn.RNN(2, 8)
+        >>> lyapunov_spectrum(rnn, inputs=torch.randn(500, 2), k=2, warmup=100).shape
+        torch.Size([2])
+    """
+    if isinstance(step, FUSED_TYPES + CELL_TYPES):
+        steps_obj, h = module_linearisation(
+            step, inputs, h0, steps=steps, layer=layer, direction=direction
+        )
+        T = h.shape[0]
+        S = steps_obj.state_size
+        k_ = S if k is None else k
+        finite = torch.isfinite(h).flatten(1).all(1)
+        if not bool(finite.all()):
+            t0 = int(torch.nonzero(~finite)[0, 0])
+            warnings.warn(
+                f"the trajectory of {type(step).__name__} became non-finite (inf or NaN) at step "
+                f"{t0}: the state explodes, so its Lyapunov exponents are undefined; returning "
+                "NaN",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            return torch.full((k_,), math.nan, dtype=torch.float64)
+        return lyapunov_exponents(
+            steps_obj.jacobian, T, k=k, warmup=warmup, qr_every=qr_every
+        )[0]
+    if layer not in (None, 0) or direction != 0:
+        raise ValueError("layer= and direction= apply to nn.RNN/GRU/LSTM modules only")
+    if not callable(step):
+        raise TypeError(
+            "lyapunov_spectrum needs a recurrent module or a callable step(h, x) -> h_next, got "
+            f"{type(step).__name__}"
+        )
+    if h0 is None:
+        raise ValueError("the callable form needs h0, the initial state vector [S]")
+    return lyapunov_spectrum_callable(
+        step, h0, inputs, steps=steps, k=k, warmup=warmup, qr_every=qr_every
+    )

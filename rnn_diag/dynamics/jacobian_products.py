@@ -20,10 +20,14 @@ Methods (DESIGN.md §3, "Jacobian products"):
   and the Gram matrix of a unit-scale P cannot overflow. Cost: T products and T symmetric
   eigenvalue problems of size S, O(T·S³).
 * ``"estimate"``: the forward–backward probe. A random block of p orthonormal vectors
-  (``probes``, default 4) is pushed *forward* through J_0, …, J_target (re-orthonormalised by
-  QR every few steps); the forward product aligns it with the leading left singular subspace of
-  long products J_target ⋯ J_{k+1} (Oseledets). That block ``U [S, p]`` seeds the *backward*
-  sweep ``V_k = J_{k+1}ᵀ V_{k+1}``, ``V_target = U`` (renormalised, log-scale carried), and the
+  (``probes``, default 4) is pushed *forward* through the ``align_steps`` (default 256)
+  Jacobians that end at J_target (re-orthonormalised by QR every few steps); the forward
+  product aligns it with the leading left singular subspace of long products
+  J_target ⋯ J_{k+1} (Oseledets). Alignment converges geometrically, so a longer forward sweep
+  buys nothing: on random tanh RNNs (H = 64 and 256, spectral radius 0.9–1.2), 100 steps
+  gave the same accuracy as the whole trajectory, 50 did not. That block ``U [S, p]`` seeds
+  the *backward* sweep ``V_k = J_{k+1}ᵀ V_{k+1}``, ``V_target = U`` (renormalised, log-scale
+  carried), and the
   estimate of ‖P_k‖₂ is the largest singular value of ``V_k = P_kᵀ U``. This is a lower bound,
   tight once U holds P_k's top left singular vector: from a few steps of distance on.
   Measured on random tanh RNNs (H = 64, T = 1000, spectral radius 0.9–1.2, 18 models): with
@@ -31,8 +35,9 @@ Methods (DESIGN.md §3, "Jacobian products"):
   single vector (p = 1) only 41–99%, because the top Lyapunov exponents of such models often
   come as a near-degenerate (rotating) pair, whose top singular direction never settles.
   A *random* seed instead of the forward-aligned one underestimates by a constant factor
-  (median ratio 0.08–0.6): never use that. Cost: 2·(target+1) block Jacobian–vector products,
-  O(T·S²·p) — J_t is never formed for the standard cells.
+  (median ratio 0.08–0.6): never use that. Cost: target + min(target+1, align_steps) block
+  Jacobian–vector products, O(T·S²·p); for the standard cells J_t is never formed and the
+  backward sweep runs in the compiled loops of :mod:`rnn_diag.dynamics.scan_kernels`.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ import torch
 from torch import Tensor
 
 from .lognorm import LN10
+from .scan_kernels import gru_block_compiled, lstm_block_compiled, rnn_block_compiled
 
 __all__ = ["StepOps", "jacobian_product_log10_norms", "step_ops"]
 
@@ -60,10 +66,13 @@ class StepOps:
     one call per row).
     """
 
-    def __init__(self, jacobian=None, vjp=None, jvp=None, vjp_rows=None, jvp_rows=None):
+    def __init__(
+        self, jacobian=None, vjp=None, jvp=None, vjp_rows=None, jvp_rows=None, vjp_window=None
+    ):
         self._jacobian = jacobian
         self._vjp, self._jvp = vjp, jvp
         self._vjp_rows, self._jvp_rows = vjp_rows, jvp_rows
+        self._vjp_window = vjp_window
 
     @property
     def has_jacobian(self) -> bool:
@@ -83,6 +92,15 @@ class StepOps:
         else:
             res = torch.matmul(V, self.jacobian(t).to(V.dtype))
         return res if out is None else out.copy_(res)
+
+    def vjp_window(self, lo: int, hi: int, blocks: Tensor) -> None:
+        """``blocks[k] = blocks[k + 1] J_{k+1}`` (rows) for k = hi-1 down to lo, in place;
+        ``blocks`` is ``[K, B, p, S]`` with ``blocks[hi]`` given."""
+        if self._vjp_window is not None:
+            self._vjp_window(lo, hi, blocks)
+            return
+        for k in range(hi - 1, lo - 1, -1):
+            self.vjp_rows(k + 1, blocks[k + 1], blocks[k])
 
     def jvp_rows(self, t: int, V: Tensor) -> Tensor:
         """``(J_t v)`` for every row v of ``V [B, p, S]``, i.e. ``V J_tᵀ``."""
@@ -121,8 +139,14 @@ def step_ops(source, vjp=None, jvp=None) -> StepOps:
                 return out
 
         vjp_rows, jvp_rows = rows if rows is not None else (None, None)
+        window = _cell_window_op(source) if rows is not None and vjp is None else None
         return StepOps(
-            jac, vjp, jvp, vjp_rows if vjp is None else None, jvp_rows if jvp is None else None
+            jac,
+            vjp,
+            jvp,
+            vjp_rows if vjp is None else None,
+            jvp_rows if jvp is None else None,
+            window,
         )
     if source is not None and not callable(source):
         raise TypeError(
@@ -218,6 +242,52 @@ def _cell_row_ops(steps):
     return None
 
 
+def _cell_window_op(steps):
+    """``vjp_window`` for the standard cells: a window of backward steps in one call of the
+    compiled adjoint loops of :mod:`rnn_diag.dynamics.scan_kernels` (the same products as
+    ``vjp_rows``, without the interpreter in between). The per-sample factors of the window are
+    repeated once per probe row."""
+    name = type(steps).__name__
+
+    def rows(a: Tensor, lo: int, hi: int, p: int, dim: int = 1) -> Tensor:
+        part = a.narrow(dim - 1, lo, hi + 1 - lo)
+        return part if p == 1 else part.repeat_interleave(p, dim=dim)
+
+    def flat(blocks: Tensor, lo: int, hi: int) -> Tensor:
+        n, B, p, S = hi + 1 - lo, *blocks.shape[1:]
+        return blocks[lo : hi + 1].view(n, B * p, S)
+
+    if name == "RNNSteps":
+        W = steps.w.weight_hh.detach()
+
+        def rnn_window(lo, hi, blocks):
+            p = blocks.shape[2]
+            rnn_block_compiled(rows(steps.deriv, lo, hi, p), W, flat(blocks, lo, hi), None, 0,
+                               hi - lo)
+
+        return rnn_window
+    if name == "GRUSteps":
+        W = steps.w.weight_hh.detach()
+
+        def gru_window(lo, hi, blocks):
+            p = blocks.shape[2]
+            gru_block_compiled(rows(steps.hidden, lo, hi, p), rows(steps.z, lo, hi, p), W,
+                               flat(blocks, lo, hi), None, 0, hi - lo)
+
+        return gru_window
+    if name == "LSTMSteps" and steps.factors.shape[0] == 4 and steps.factors.dim() == 4:
+        W = steps.w.weight_hh.detach()
+
+        def lstm_window(lo, hi, blocks):
+            p = blocks.shape[2]
+            lstm_block_compiled(rows(steps.factors, lo, hi, p, dim=2), rows(steps.k, lo, hi, p),
+                                rows(steps.forget, lo, hi, p), W, flat(blocks, lo, hi), None, 0,
+                                hi - lo)
+
+        return lstm_window
+    return None
+
+
 def _resolve_target(target: int, T: int) -> int:
     if T < 1:
         raise ValueError(f"T must be >= 1, got {T}")
@@ -238,6 +308,7 @@ def jacobian_product_log10_norms(
     state_size: int | None = None,
     batch_size: int | None = None,
     probes: int = 4,
+    align_steps: int = 256,
     dtype: torch.dtype | None = None,
     generator: torch.Generator | None = None,
     chunk: int = 32,
@@ -257,6 +328,8 @@ def jacobian_product_log10_norms(
         vjp, jvp: optional ``(t, v[B, S]) -> J_tᵀ v`` and ``J_t v`` ("estimate" only; both are
             needed unless ``jacobian`` supplies the missing one).
         probes: block size p of the "estimate" probe.
+        align_steps: "estimate" only: length of the forward sweep that aligns the probe block,
+            ending at ``target`` (all steps up to ``target`` when fewer).
         dtype: compute dtype (default: that of the Jacobians); log-scales are always float64.
         generator: random source of the "estimate" seed (default: a fixed seed, so the result
             is deterministic).
@@ -295,7 +368,9 @@ def jacobian_product_log10_norms(
     elif method == "estimate":
         if probes < 1:
             raise ValueError(f"probes must be >= 1, got {probes}")
-        out = _estimate(ops, T, target, B, S, dtype, device, probes, generator)
+        if align_steps < 1:
+            raise ValueError(f"align_steps must be >= 1, got {align_steps}")
+        out = _estimate(ops, T, target, B, S, dtype, device, probes, generator, align_steps)
     else:
         raise ValueError(f"method must be 'exact' or 'estimate', got {method!r}")
     if bool(torch.isnan(out[: target + 1]).any()):
@@ -371,17 +446,16 @@ def _next_window(log_growth: list[float], steps: int) -> int:
     return int(max(1, min(_MAX_WINDOW, _WINDOW_NATS // max(rate, 1e-3))))
 
 
-def _sweep(apply, V: Tensor, times: list[int], normalise, out_at=None, restart=None):
-    """``V <- apply(times[i], V[, out])`` for every i, renormalised by ``normalise(V) -> (V_unit,
+def _sweep(apply, V: Tensor, times: list[int], normalise, restart=None):
+    """``V <- apply(times[i], V)`` for every i, renormalised by ``normalise(V) -> (V_unit,
     log_norm [B])`` every few steps (:data:`_WINDOW_NATS`). A window that ends in an exactly zero
     or non-finite block is replayed renormalising after every step, so that only a true zero or
     a non-finite Jacobian survives.
 
     With ``restart() -> V``, a block that is still non-finite after a single step is replaced
     by ``restart()`` (rows of the affected samples only) instead of carrying NaN on.
-    With ``out_at``, step i writes its raw V into ``out_at(i)``. Returns the final unit V and
-    the windows ``[(first i, last i + 1, log_scale [B])]``: the float64 log-scale in which the
-    raw values of those steps are expressed."""
+    Returns the final unit V and the windows ``[(first i, last i + 1, log_scale [B])]``: the
+    float64 log-scale in which the raw values of those steps are expressed."""
     B = V.shape[0]
     log_scale = torch.zeros(B, dtype=torch.float64, device=V.device)
     windows = []
@@ -389,12 +463,8 @@ def _sweep(apply, V: Tensor, times: list[int], normalise, out_at=None, restart=N
     while i < n_times:
         start_V, start_i = V, i
         stop = min(n_times, i + window)
-        if out_at is None:
-            for j in range(i, stop):
-                V = apply(times[j], V)
-        else:
-            for j in range(i, stop):
-                V = apply(times[j], V, out_at(j))
+        for j in range(i, stop):
+            V = apply(times[j], V)
         i = stop
         unit, log_n = normalise(V)
         growth = log_n.tolist()
@@ -413,7 +483,9 @@ def _sweep(apply, V: Tensor, times: list[int], normalise, out_at=None, restart=N
     return V, windows
 
 
-def _estimate(ops: StepOps, T, target, B, S, dtype, device, probes, generator) -> Tensor:
+def _estimate(
+    ops: StepOps, T, target, B, S, dtype, device, probes, generator, align_steps
+) -> Tensor:
     if generator is None:
         generator = torch.Generator().manual_seed(0)
     p = min(probes, S)  # more probes than dimensions add nothing
@@ -433,13 +505,14 @@ def _estimate(ops: StepOps, T, target, B, S, dtype, device, probes, generator) -
         n = torch.linalg.vector_norm(V, dim=(1, 2))
         return torch.linalg.qr(V.transpose(1, 2)).Q.transpose(1, 2), n.double().log()
 
-    # Forward: align the block with the leading left singular subspace at `target`.
+    # Forward: align the block with the leading left singular subspace at `target`, over the
+    # last `align_steps` steps up to it.
     # A probe that meets a non-finite Jacobian restarts after it from fresh noise (the products
     # that contain that Jacobian are reported as NaN by the backward sweep).
     u, _ = _sweep(
         ops.jvp_rows,
         orthonormal(noise())[0],
-        list(range(target + 1)),
+        list(range(max(0, target + 1 - align_steps), target + 1)),
         orthonormal,
         restart=lambda: orthonormal(noise())[0],
     )
@@ -448,30 +521,48 @@ def _estimate(ops: StepOps, T, target, B, S, dtype, device, probes, generator) -
     if bool(zero.any()):
         u = torch.where(zero.view(-1, 1, 1), orthonormal(noise())[0], u)
 
-    # Backward: V_k = V_{k+1} J_{k+1} (rows: J_{k+1}ᵀ v), step i of the sweep is k = target-1-i.
+    # Backward: V_k = V_{k+1} J_{k+1} (rows: J_{k+1}ᵀ v), written into blocks[k].
     # Every V_k is kept in the scale of the last renormalisation; the top singular values are
     # taken at the end in one batched call.
     blocks = torch.empty(target + 1, B, p, S, dtype=dtype, device=u.device)
     scales = torch.zeros(target + 1, B, dtype=torch.float64, device=u.device)
     blocks[target] = u
-
-    _, windows = _sweep(
-        lambda k, V, out: ops.vjp_rows(k + 1, V, out),
-        u,
-        list(range(target - 1, -1, -1)),
-        frobenius,
-        lambda i: blocks[target - 1 - i],
-    )
-    for first, stop, log_scale in windows:
-        scales[target - stop : target - first] = log_scale
-    b64 = blocks.double()
-    finite = torch.isfinite(b64).flatten(2).all(-1)
-    b64 = torch.where(finite[..., None, None], b64, torch.zeros((), dtype=b64.dtype))
+    _backward_sweep(ops, blocks, scales, target, frobenius)
+    # Gram matrices in the compute dtype: unit-scale blocks grow by at most e^±_WINDOW_NATS
+    # between renormalisations, so their squares stay in range.
+    G = blocks @ blocks.transpose(-1, -2)  # [target+1, B, p, p]
+    finite = torch.isfinite(G).flatten(2).all(-1)
+    G = torch.where(finite[..., None, None], G, torch.zeros((), dtype=G.dtype, device=G.device))
     if p == 1:
-        top = b64.square().sum(dim=(2, 3))
+        top = G[..., 0, 0].double()
     else:
-        top = torch.linalg.eigvalsh(b64 @ b64.transpose(-1, -2))[..., -1].clamp_min(0)
+        top = torch.linalg.eigvalsh(G.double())[..., -1].clamp_min(0)
     logs = torch.where(finite, 0.5 * top.log() + scales, torch.nan)
     out = torch.full((T, B), torch.nan, dtype=torch.float64)
     out[: target + 1] = logs.cpu() / LN10
     return out
+
+
+def _backward_sweep(ops: StepOps, blocks: Tensor, scales: Tensor, target: int, normalise) -> None:
+    """Fill ``blocks[k] = blocks[k+1] J_{k+1}`` for k = target-1 .. 0 by windows of steps,
+    renormalising the last block of every window (in place; ``scales[k]`` is the float64
+    log-scale of ``blocks[k]``). A window that ends non-finite or exactly zero is replayed one
+    step at a time, so that only a true zero or a non-finite Jacobian survives; a NaN then
+    propagates to every farther block, an exact zero gives -inf."""
+    log_scale = scales[target].clone()
+    hi, window = target, 1
+    while hi > 0:
+        lo = max(0, hi - window)
+        ops.vjp_window(lo, hi, blocks)
+        unit, log_n = normalise(blocks[lo])
+        growth = log_n.tolist()
+        finite = all(math.isfinite(g) for g in growth)
+        if not finite and hi - lo > 1:
+            window = 1
+            continue
+        scales[lo:hi] = log_scale
+        blocks[lo] = unit
+        log_scale = log_scale + log_n
+        scales[lo] = log_scale
+        window = _next_window(growth, hi - lo) if finite else 1
+        hi = lo

@@ -139,6 +139,15 @@ def test_factor_products_equal_jacobian_products(kind):
         out = torch.empty_like(V)
         ops.vjp_rows(t, V, out)
         torch.testing.assert_close(out, V @ J)
+    # the compiled backward window: blocks[k] = blocks[k + 1] J_{k+1} for k = 3, 2, 1
+    blocks = torch.full((5, 2, 3, S), torch.nan, dtype=F64)
+    blocks[4] = V
+    ops.vjp_window(1, 4, blocks)
+    ref = V
+    for k in (3, 2, 1):
+        ref = ref @ steps.jacobian(k + 1)
+        torch.testing.assert_close(blocks[k], ref)
+    assert torch.isnan(blocks[0]).all()  # outside the window: untouched
 
 
 def test_user_vjp_and_jvp_callables_give_the_same_estimate():

@@ -204,6 +204,7 @@ def lyapunov_spectrum_callable(
     k: int | None = None,
     warmup: int = 0,
     qr_every: int = 1,
+    dtype: torch.dtype | None = None,
 ) -> Tensor:
     """Lyapunov exponents of the map ``h_t = step(h_{t-1}, x_t)`` along the trajectory from h0.
 
@@ -217,7 +218,7 @@ def lyapunov_spectrum_callable(
         h0: ``[S]`` initial state (its dtype is the compute dtype).
         inputs: ``[T, ...]`` inputs, one per step, or None (then ``steps`` is required).
         steps: number of steps T (default ``len(inputs)``; with inputs, the first ``steps``).
-        k, warmup, qr_every: see :func:`lyapunov_exponents`.
+        k, warmup, qr_every, dtype: see :func:`lyapunov_exponents` (dtype defaults to h0's).
 
     Returns:
         float64 ``[k]``, nats per step, descending. NaN (with a RuntimeWarning) when the
@@ -261,4 +262,4 @@ def lyapunov_spectrum_callable(
                     "explodes, so its Lyapunov exponents are undefined; returning NaN",
                 )
     jac = _ChunkedJacobians(step, states[:-1], inputs)
-    return lyapunov_exponents(jac, T, k=k, warmup=warmup, qr_every=qr_every)[0]
+    return lyapunov_exponents(jac, T, k=k, warmup=warmup, qr_every=qr_every, dtype=dtype)[0]

@@ -184,6 +184,19 @@ def test_float32_module_and_zero_input_steps():
     torch.testing.assert_close(out, lyapunov_spectrum(m64, steps=200, k=2), rtol=0, atol=1e-4)
 
 
+def test_float64_tangent_block_for_a_float32_module():
+    torch.manual_seed(4)
+    m = nn.RNN(3, 16)
+    x = torch.randn(300, 3)
+    m64 = nn.RNN(3, 16).double()
+    m64.load_state_dict({k: v.double() for k, v in m.state_dict().items()})
+    ref = lyapunov_spectrum(m64, inputs=x.double())
+    out = lyapunov_spectrum(m, inputs=x, dtype=F64)
+    assert out.dtype == F64
+    # only the float32 trajectory differs from the reference
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-5)
+
+
 def test_exploding_module_warns_and_returns_nan():
     m = nn.RNN(1, 4, nonlinearity="relu", bias=False).double()
     with torch.no_grad():

@@ -39,5 +39,68 @@ def main(ctx: click.Context) -> None:
         click.echo(ctx.get_help())
 
 
+def _load_or_exit(path: str):
+    from .experiments.config import ConfigError, load_config
+
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        click.echo(str(exc), err=True)
+        raise SystemExit(2) from None
+
+
+@main.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+def validate(config: str) -> None:
+    """Check an experiment CONFIG file without running anything.
+
+    Prints the number of trials of its sweep; exits with status 2 and a message naming the
+    file, the key and what was expected when the config is invalid.
+    """
+    from .experiments.grid import expand, trial_label
+
+    cfg = _load_or_exit(config)
+    specs = expand(cfg)
+    click.echo(f"{config}: valid, {len(specs)} trial(s)")
+    for spec in specs:
+        click.echo(f"  {spec.id}  {trial_label(spec)}")
+
+
+@main.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Result directory [default: reports/<name>/].")
+@click.option("--jobs", type=click.IntRange(min=1), default=None,
+              help="Run trials in N worker processes [default: in this process].")
+@click.option("--fresh", is_flag=True, help="Discard earlier results in the directory.")
+@click.option("--quiet", is_flag=True, help="No progress bars or summary table.")
+def run(config: str, out: str | None, jobs: int | None, fresh: bool, quiet: bool) -> None:
+    """Train and record every trial of an experiment CONFIG (a YAML file).
+
+    Finished trials already in the result directory are skipped, so re-running an interrupted
+    sweep resumes it. Exits with status 1 if any trial failed, 2 for an invalid config.
+
+    \b
+    Example:
+        rnn-diag run experiments/weather.yaml --jobs 2
+    """
+    from .experiments.config import ConfigError
+    from .experiments.runner import format_summary, run_sweep
+
+    try:
+        outcome = run_sweep(config, out=out, jobs=jobs, fresh=fresh, quiet=quiet)
+    except ConfigError as exc:
+        click.echo(str(exc), err=True)
+        raise SystemExit(2) from None
+    if not quiet:
+        click.echo(format_summary(outcome.summary))
+    click.echo(
+        f"{outcome.ran} trial(s) run, {outcome.skipped} already finished, "
+        f"{outcome.failed} failed; results in {outcome.out}"
+    )
+    if outcome.failed:
+        raise SystemExit(1)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main(prog_name="rnn-diag")

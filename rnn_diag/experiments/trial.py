@@ -1,0 +1,283 @@
+"""One trial: train a small RNN on a task and record its gradient flow along the way.
+
+:func:`run_trial` takes a :class:`~rnn_diag.experiments.grid.TrialSpec` and returns a
+:class:`~rnn_diag.experiments.store.TrialResult`; it never raises for a problem of the trial
+itself (a loss that becomes NaN/inf gives status "diverged", an exception gives "failed" with
+the message), so a sweep goes on. It writes nothing: the driver stores the result.
+
+Recorded (long tables, one row per observation, ``epoch`` is the number of completed epochs
+before the measurement, so 0 is the initialisation):
+
+* ``curves``: epoch (1..), train_loss, train_metric, val_loss, val_metric, grad_norm (of all
+  parameters, before clipping), seconds.
+* ``gradients``: :meth:`rnn_diag.Probe.frame` rows of the recorded epochs: the per-timestep
+  log10 norms of ∂L/∂h_t (total and immediate; Jacobian-product norms and saturation when
+  enabled), measured on the first training batch of that epoch, before the update.
+* ``summaries``: :func:`rnn_diag.gradient_summary` of each recorded batch-mean profile.
+* ``spectra``: :func:`rnn_diag.recurrent_spectra` rows, with ``when`` ("init", "end" or an
+  epoch number as text).
+* ``lyapunov``: the Lyapunov spectrum of every layer (nats per step), with ``when``.
+* ``predictions`` (classification tasks): softmax probabilities of the model for the last
+  validation window (the last training window without a validation split), per class.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import traceback
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .store import TrialResult
+
+#: A trial's epoch progress: ``callback(trial_id, epochs_done, epochs_total)``.
+Progress = Callable[[str, int, int], None]
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device is 'cuda' but CUDA is not available on this machine")
+    return torch.device(name)
+
+
+def _batches(n: int, batch_size: int | None, generator: torch.Generator):
+    """Index batches of one epoch: everything at once (full batch) or a random permutation."""
+    if batch_size is None or batch_size >= n:
+        return [None]
+    order = torch.randperm(n, generator=generator)
+    return [order[i : i + batch_size] for i in range(0, n, batch_size)]
+
+
+def _evaluate(model, task, x, y) -> tuple[float, float]:
+    if x.shape[0] == 0:
+        return math.nan, math.nan
+    model.eval()
+    with torch.no_grad():
+        out = model(x)
+        loss = float(task.loss(out, y))
+        metric = float(task.metric(out, y))
+    model.train()
+    return loss, metric
+
+
+def _lyapunov_rows(model, task, steps: int | None, when) -> list[dict]:
+    from ..probes.model_dynamics import lyapunov_spectrum
+
+    rnn = model.rnn
+    x = task.x_train
+    T, I = x.shape[1], x.shape[2]
+    steps = steps or max(T, 500)
+    n_seq = min(x.shape[0], math.ceil(steps / T))
+    inputs = x[:n_seq].reshape(-1, I)[:steps]
+    if inputs.shape[0] < steps:  # too little data: repeat it
+        reps = math.ceil(steps / inputs.shape[0])
+        inputs = inputs.repeat(reps, 1)[:steps]
+    inputs = inputs.to(next(model.parameters()).device)
+    rows = []
+    for layer in range(rnn.num_layers):
+        exps = lyapunov_spectrum(rnn, None, inputs, layer=layer, warmup=min(100, steps // 10))
+        for i, v in enumerate(exps.tolist()):
+            rows.append({"when": str(when), "layer": layer, "index": i, "exponent": v})
+    return rows
+
+
+def _spectra_rows(model, when) -> pd.DataFrame:
+    from ..probes.model_dynamics import recurrent_spectra
+
+    df = recurrent_spectra(model.rnn)
+    df.insert(0, "when", str(when))
+    return df
+
+
+def run_trial(spec, progress: Progress | None = None) -> TrialResult:
+    """Train and record one trial; see the module docstring. Never raises for trial errors."""
+    t0 = time.perf_counter()
+    rec = _Recorder(spec)
+    try:
+        rec.run(progress)
+    except Exception as exc:  # noqa: BLE001 - isolate the trial, keep what was recorded
+        rec.status = "failed"
+        rec.error = f"{type(exc).__name__}: {exc}"
+        rec.traceback = traceback.format_exc()
+    return rec.result(time.perf_counter() - t0)
+
+
+class _Recorder:
+    def __init__(self, spec):
+        self.spec = spec
+        self.status = "ok"
+        self.error = None
+        self.traceback = None
+        self.curves: list[dict] = []
+        self.gradients: list[pd.DataFrame] = []
+        self.summaries: list[dict] = []
+        self.spectra: list[pd.DataFrame] = []
+        self.lyapunov: list[dict] = []
+        self.predictions: list[dict] = []
+        self.task = None
+
+    def run(self, progress: Progress | None) -> None:
+        from .. import attach, gradient_summary
+        from ..tasks import make_task
+        from .model import SequenceModel, init_recurrent
+
+        cfg = self.spec.config
+        seed = cfg.train.seed
+        torch.manual_seed(seed)
+        np.random.seed(seed % 2**32)
+        device = _device(cfg.train.device)
+        task = make_task(cfg.task.name, seq_len=cfg.task.seq_len, seed=seed, **cfg.task.options)
+        self.task = task
+        m = cfg.model
+        model = SequenceModel(m.cell, task.input_size, m.hidden_size, task.output_size,
+                              m.num_layers, m.nonlinearity, task.output_steps)
+        init_recurrent(model.rnn, m.init, m.weight_scale,
+                       torch.Generator().manual_seed(seed + 1))
+        model.to(device)
+        optim_cls = getattr(torch.optim, cfg.train.optimizer)
+        optimizer = optim_cls(model.parameters(), lr=cfg.train.lr, **cfg.train.optimizer_args)
+        x, y = task.x_train.to(device), task.y_train.to(device)
+        xv, yv = task.x_val.to(device), task.y_val.to(device)
+        p = cfg.probes
+        jacobians = None if p.jacobians in (None, "off", False) else p.jacobians
+        batch_gen = torch.Generator().manual_seed(seed + 2)
+        epochs = cfg.train.epochs
+
+        self._snapshots(model, task, "init")
+        for epoch in range(epochs):
+            start = time.perf_counter()
+            record = p.gradients and (epoch % p.every == 0 or epoch == epochs - 1)
+            losses, metrics, weights, norms = [], [], [], []
+            for i, idx in enumerate(_batches(x.shape[0], cfg.train.batch_size, batch_gen)):
+                xb, yb = (x, y) if idx is None else (x[idx.to(device)], y[idx.to(device)])
+                optimizer.zero_grad(set_to_none=True)
+                if record and i == 0:
+                    with attach(model.rnn, jacobians=jacobians, saturation=p.saturation) as pr:
+                        out = model(xb)
+                        loss = task.loss(out, yb)
+                        loss.backward()
+                    if math.isfinite(loss.item()):
+                        self._store_probe(pr, epoch, gradient_summary)
+                else:
+                    out = model(xb)
+                    loss = task.loss(out, yb)
+                    loss.backward()
+                loss_value = loss.item()
+                if not math.isfinite(loss_value):
+                    self.status = "diverged"
+                    self.error = f"loss became {loss_value} in epoch {epoch + 1}"
+                    return
+                params = [q for q in model.parameters() if q.grad is not None]
+                # the norm before clipping; with max_norm=inf the gradients are left as they are
+                norm = torch.nn.utils.clip_grad_norm_(params, cfg.train.clip_grad_norm or math.inf)
+                optimizer.step()
+                losses.append(loss_value)
+                with torch.no_grad():
+                    metrics.append(float(task.metric(out.detach(), yb)))
+                weights.append(xb.shape[0])
+                norms.append(float(norm))
+            w = np.asarray(weights, dtype=float)
+            val_loss, val_metric = _evaluate(model, task, xv, yv)
+            self.curves.append({
+                "epoch": epoch + 1,
+                "train_loss": float(np.average(losses, weights=w)),
+                "train_metric": float(np.average(metrics, weights=w)),
+                "val_loss": val_loss,
+                "val_metric": val_metric,
+                "grad_norm": float(np.max(norms)),
+                "seconds": time.perf_counter() - start,
+            })
+            if not all(math.isfinite(v) for v in (val_loss,) if xv.shape[0]):
+                self.status = "diverged"
+                self.error = f"validation loss became {val_loss} after epoch {epoch + 1}"
+                return
+            if (epoch + 1) in list(p.lyapunov) or (epoch + 1) in list(p.spectra):
+                self._snapshots(model, task, epoch + 1)
+            if progress is not None:
+                progress(self.spec.id, epoch + 1, epochs)
+        self._snapshots(model, task, "end")
+        self._predict(model, task, x, xv, yv)
+
+    def _snapshots(self, model, task, when) -> None:
+        p = self.spec.config.probes
+        if when in list(p.spectra):
+            self.spectra.append(_spectra_rows(model, when))
+        if when in list(p.lyapunov):
+            self.lyapunov.extend(_lyapunov_rows(model, task, p.lyapunov_steps, when))
+
+    def _store_probe(self, probe, epoch: int, gradient_summary) -> None:
+        frame = probe.frame()
+        frame = frame.drop(columns=["iteration", "module"])
+        frame.insert(0, "epoch", epoch)
+        self.gradients.append(frame)
+        total = frame[(frame.metric == "total_mean") & (frame.state == "h")]
+        for (layer, direction), part in total.groupby(["layer", "direction"]):
+            s = gradient_summary(part.sort_values("t")["value"].to_numpy())
+            self.summaries.append({"epoch": epoch, "layer": layer, "direction": direction, **s})
+
+    def _predict(self, model, task, x, xv, yv) -> None:
+        if task.kind != "classification":
+            return
+        last = xv[-1:] if xv.shape[0] else x[-1:]
+        target = (yv[-1] if xv.shape[0] else task.y_train[-1]).reshape(-1)[-1]
+        model.eval()
+        with torch.no_grad():
+            probs = torch.softmax(model(last)[0, -1].double(), dim=-1).cpu()
+        names = task.class_names or [str(i) for i in range(probs.shape[0])]
+        best = int(probs.argmax())
+        for c, prob in enumerate(probs.tolist()):
+            self.predictions.append({
+                "class": c, "name": names[c], "probability": prob,
+                "predicted": c == best, "actual": c == int(target),
+            })
+
+    def result(self, seconds: float) -> TrialResult:
+        spec = self.spec
+        task = self.task
+        row = {"label": _label(spec), **spec.params,
+               "status": self.status, "error": self.error, "seconds": seconds}
+        last = self.curves[-1] if self.curves else {}
+        row["epochs_run"] = len(self.curves)
+        for key in ("train_loss", "train_metric", "val_loss", "val_metric"):
+            row[key] = last.get(key, math.nan)
+        row["metric"] = task.metric_name if task else None
+        row["chance_loss"] = task.chance_loss if task else math.nan
+        row["chance_metric"] = task.chance_metric if task else math.nan
+        summaries = pd.DataFrame(self.summaries)
+        top = summaries[summaries.layer == summaries.layer.max()] if len(summaries) else summaries
+        for tag, pick in (("first", 0), ("last", -1)):
+            rec = top.iloc[pick].to_dict() if len(top) else {}
+            for key in ("decay_per_step", "horizon", "ratio_log10", "verdict"):
+                row[f"{key}_{tag}"] = rec.get(key)
+        spectra = pd.concat(self.spectra) if self.spectra else pd.DataFrame()
+        lyap = pd.DataFrame(self.lyapunov)
+        for when in ("init", "end"):
+            part = spectra[spectra.when == when] if len(spectra) else spectra
+            row[f"spectral_radius_{when}"] = float(part.modulus.max()) if len(part) else math.nan
+            row[f"spectral_norm_{when}"] = (
+                float(part.singular_value.max()) if len(part) else math.nan)
+            lp = lyap[lyap.when == when] if len(lyap) else lyap
+            row[f"lyapunov_top_{when}"] = float(lp.exponent.max()) if len(lp) else math.nan
+        tables = {
+            "curves": pd.DataFrame(self.curves),
+            "gradients": pd.concat(self.gradients, ignore_index=True) if self.gradients
+            else pd.DataFrame(),
+            "summaries": summaries,
+            "spectra": spectra.reset_index(drop=True),
+            "lyapunov": lyap,
+            "predictions": pd.DataFrame(self.predictions),
+        }
+        return TrialResult(spec.id, row, {k: v for k, v in tables.items() if len(v)})
+
+
+def _label(spec) -> str:
+    from .grid import trial_label
+
+    return trial_label(spec)
+

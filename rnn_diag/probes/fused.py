@@ -69,24 +69,42 @@ def layer_weights(module: nn.RNNBase, layer: int, direction: int) -> CellWeights
     )
 
 
-def make_shadows(module: nn.RNNBase) -> list[nn.RNNBase]:
-    """Single-layer copies (on the meta device, no memory, no RNG draws) used to recompute the
-    lower layers' outputs with the real weights through ``functional_call``."""
-    if module.num_layers == 1:
-        return []
-    directions = 2 if module.bidirectional else 1
+def single_layer_shadow(module: nn.RNNBase, input_size: int, batch_first: bool) -> nn.RNNBase:
+    """A one-layer copy of ``module``'s kind and settings on the meta device (no memory, no
+    RNG draws), to be run with real weights through ``functional_call``."""
     kwargs = dict(
         num_layers=1,
         bias=module.bias,
-        batch_first=module.batch_first,
+        batch_first=batch_first,
         bidirectional=module.bidirectional,
         device="meta",
     )
     if isinstance(module, nn.RNN):
         kwargs["nonlinearity"] = module.nonlinearity
-    sizes = [module.input_size] + [directions * module.hidden_size] * (module.num_layers - 2)
     with torch.random.fork_rng(devices=[]):
-        return [type(module)(size, module.hidden_size, **kwargs) for size in sizes]
+        return type(module)(input_size, module.hidden_size, **kwargs)
+
+
+def single_layer_params(module: nn.RNNBase, layer: int) -> dict[str, Tensor]:
+    """The weights of layer ``layer`` (every direction) under a one-layer module's names."""
+    params = {}
+    for direction in range(2 if module.bidirectional else 1):
+        w = layer_weights(module, layer, direction)
+        sfx = "_l0" + ("_reverse" if direction else "")
+        params["weight_ih" + sfx], params["weight_hh" + sfx] = w.weight_ih, w.weight_hh
+        if module.bias:
+            params["bias_ih" + sfx], params["bias_hh" + sfx] = w.bias_ih, w.bias_hh
+    return params
+
+
+def make_shadows(module: nn.RNNBase) -> list[nn.RNNBase]:
+    """Single-layer copies (see :func:`single_layer_shadow`) used to recompute the lower
+    layers' outputs with the real weights."""
+    if module.num_layers == 1:
+        return []
+    directions = 2 if module.bidirectional else 1
+    sizes = [module.input_size] + [directions * module.hidden_size] * (module.num_layers - 2)
+    return [single_layer_shadow(module, size, module.batch_first) for size in sizes]
 
 
 @dataclass
@@ -141,13 +159,7 @@ class FusedCall:
         D = 2 if m.bidirectional else 1
         outputs, inp = [], self.input
         for layer, shadow in enumerate(self.shadows):
-            params = {}
-            for direction in range(D):
-                w = layer_weights(m, layer, direction)
-                sfx = "_l0" + ("_reverse" if direction else "")
-                params["weight_ih" + sfx], params["weight_hh" + sfx] = w.weight_ih, w.weight_hh
-                if m.bias:
-                    params["bias_ih" + sfx], params["bias_hh" + sfx] = w.bias_ih, w.bias_hh
+            params = single_layer_params(m, layer)
             hx = self.hx
             if hx is not None:
                 rows = slice(layer * D, (layer + 1) * D)

@@ -27,7 +27,13 @@ from ..dynamics.lyapunov import lyapunov_exponents, lyapunov_spectrum_callable
 from ..dynamics.spectrum import spectrum
 from .cell_chain import cell_kind
 from .discovery import RECURRENT_TYPES
-from .fused import FUSED_TYPES, layer_weights, module_kind
+from .fused import (
+    FUSED_TYPES,
+    layer_weights,
+    module_kind,
+    single_layer_params,
+    single_layer_shadow,
+)
 
 __all__ = ["lyapunov_spectrum", "module_linearisation", "recurrent_spectra"]
 
@@ -206,20 +212,8 @@ def _split_state(h0, lstm: bool, H: int, rows: int, name: str):
 def _single_layer(module: nn.RNNBase, layer: int, input_size: int):
     """A function running layer ``layer`` (all directions) of a fused module on ``[T, 1, F]``
     with the module's weights, through a single-layer meta copy and ``functional_call``."""
-    D = 2 if module.bidirectional else 1
-    kwargs = dict(num_layers=1, bias=module.bias, bidirectional=module.bidirectional,
-                  device="meta")
-    if isinstance(module, nn.RNN):
-        kwargs["nonlinearity"] = module.nonlinearity
-    with torch.random.fork_rng(devices=[]):
-        shadow = type(module)(input_size, module.hidden_size, **kwargs)
-    params = {}
-    for direction in range(D):
-        w = layer_weights(module, layer, direction)
-        sfx = "_l0" + ("_reverse" if direction else "")
-        params["weight_ih" + sfx], params["weight_hh" + sfx] = w.weight_ih, w.weight_hh
-        if module.bias:
-            params["bias_ih" + sfx], params["bias_hh" + sfx] = w.bias_ih, w.bias_hh
+    shadow = single_layer_shadow(module, input_size, batch_first=False)
+    params = single_layer_params(module, layer)
     return lambda x, hx: functional_call(shadow, params, (x, hx))[0]
 
 

@@ -36,24 +36,13 @@ import copy
 import math
 import platform
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
+from _bootstrap import import_rnn_diag  # noqa: E402
 from torch import nn
 
-
-def _import_rnn_diag():
-    try:
-        import rnn_diag
-    except ImportError:
-        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-        import rnn_diag
-    return rnn_diag
-
-
-rd = _import_rnn_diag()
+rd = import_rnn_diag()
 from rnn_diag.dynamics.cells import CellWeights, linearise  # noqa: E402
 from rnn_diag.dynamics.jacobian_products import jacobian_product_log10_norms  # noqa: E402
 from rnn_diag.dynamics.lyapunov import lyapunov_exponents  # noqa: E402

@@ -37,20 +37,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from _bootstrap import import_rnn_diag  # noqa: E402
 from torch import nn
 
-
-def _import_rnn_diag():
-    """Import rnn_diag, falling back to the source tree this script lives in."""
-    try:
-        import rnn_diag
-    except ImportError:
-        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-        import rnn_diag
-    return rnn_diag
-
-
-rd = _import_rnn_diag()
+rd = import_rnn_diag()
 
 INPUT_SIZE = 10
 N_CLASSES = 5

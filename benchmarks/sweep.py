@@ -18,24 +18,14 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import yaml
+from _bootstrap import import_rnn_diag  # noqa: E402
 
-
-def _import_rnn_diag():
-    try:
-        import rnn_diag
-    except ImportError:
-        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-        import rnn_diag
-    return rnn_diag
-
-
-rd = _import_rnn_diag()
+rd = import_rnn_diag()
 from rnn_diag.experiments.runner import run_sweep  # noqa: E402
 
 PROBES_OFF = {"gradients": False, "jacobians": "off", "lyapunov": [], "spectra": [],

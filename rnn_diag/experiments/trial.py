@@ -240,7 +240,7 @@ class _Recorder:
     def result(self, seconds: float) -> TrialResult:
         spec = self.spec
         task = self.task
-        row = {"label": _label(spec), **spec.params,
+        row = {"label": _label(spec), **_resolved_keys(spec), **spec.params,
                "status": self.status, "error": self.error, "seconds": seconds}
         last = self.curves[-1] if self.curves else {}
         row["epochs_run"] = len(self.curves)
@@ -274,6 +274,21 @@ class _Recorder:
             "predictions": pd.DataFrame(self.predictions),
         }
         return TrialResult(spec.id, row, {k: v for k, v in tables.items() if len(v)})
+
+
+#: Settings stored in every trial row, swept or not, so a reader can group and colour trials
+#: without the config (dotted names as in ``sweep``).
+RESOLVED_KEYS = ("task.name", "task.seq_len", "model.cell", "model.hidden_size",
+                 "model.num_layers", "model.init", "model.weight_scale",
+                 "train.clip_grad_norm", "train.seed")
+
+
+def _resolved_keys(spec) -> dict:
+    values = {}
+    for key in RESOLVED_KEYS:
+        section, name = key.split(".")
+        values[key] = getattr(getattr(spec.config, section), name)
+    return values
 
 
 def _label(spec) -> str:

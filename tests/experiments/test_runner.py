@@ -38,6 +38,10 @@ def test_sweep_writes_the_store_and_resumes(tmp_path):
     trials = pd.read_parquet(out / "trials.parquet")
     assert len(trials) == 4 and set(trials.status) == {"ok"}
     assert set(trials["model.cell"]) == {"rnn", "gru"} and set(trials["task.seq_len"]) == {12, 20}
+    # settings that were not swept are stored too, so readers need not parse the config
+    assert set(trials["task.name"]) == {"weather"} and set(trials["model.hidden_size"]) == {
+        TINY["model"]["hidden_size"]}
+    assert set(trials["train.seed"]) == {0} and trials["model.weight_scale"].isna().all()
     assert trials.chance_loss.tolist() == pytest.approx([math.log(3)] * 4)
     assert trials.verdict_last.notna().all() and trials.lyapunov_top_end.notna().all()
     curves = pd.read_parquet(out / "curves")

@@ -102,5 +102,14 @@ def run(config: str, out: str | None, jobs: int | None, fresh: bool, quiet: bool
         raise SystemExit(1)
 
 
+def _register_subcommands() -> None:
+    from .report.command import report
+
+    main.add_command(report)
+
+
+_register_subcommands()
+
+
 if __name__ == "__main__":  # pragma: no cover
     main(prog_name="rnn-diag")

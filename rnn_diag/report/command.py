@@ -1,14 +1,89 @@
-"""The ``rnn-diag report`` command (registered on the main group in :mod:`rnn_diag.cli`)."""
+"""The ``rnn-diag report`` command (registered on the main group in :mod:`rnn_diag.cli`).
+
+Thin: find the run folders, check them all before writing anything, render each one
+(:func:`rnn_diag.report.page.render_report`) and write the page atomically.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
+
+#: Where ``rnn-diag report`` without arguments looks for run folders (as ``rnn-diag run``).
+DEFAULT_ROOT = Path("reports")
+INDEX = "index.html"
+
+
+def _fail(message: str, status: int = 2) -> None:
+    click.echo(f"rnn-diag report: {message}", err=True)
+    raise SystemExit(status)
+
+
+def _run_dirs(given: tuple[str, ...]) -> list[Path]:
+    from .run_data import NotARunError, check_run, find_runs
+
+    if not given:
+        if not DEFAULT_ROOT.is_dir():
+            _fail(f"no RUN_DIR given and no ./{DEFAULT_ROOT}/ folder here; give the folder "
+                  "of a run (written by `rnn-diag run`)")
+        runs = find_runs(DEFAULT_ROOT)
+        if not runs:
+            _fail(f"no run folder under ./{DEFAULT_ROOT}/ (a run folder holds trials.parquet, "
+                  "config.yaml and manifest.json); run `rnn-diag run CONFIG` first")
+        return runs
+    dirs = []
+    for d in given:  # check every folder before writing anything
+        try:
+            dirs.append(check_run(d))
+        except NotARunError as exc:
+            _fail(str(exc))
+    return dirs
 
 
 @click.command()
-@click.argument("run_dirs", nargs=-1, type=click.Path(file_okay=False))
+@click.argument("run_dirs", nargs=-1, type=click.Path(file_okay=True))
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="Output file [default: RUN_DIR/index.html]; only with one RUN_DIR.")
-def report(run_dirs: tuple[str, ...], out: str | None) -> None:
-    """Write the HTML report of each RUN_DIR (default: every run under ./reports/)."""
-    raise click.ClickException("the report is not implemented yet")
+@click.option("--format", "fmt", type=click.Choice(["auto", "png", "svg"]), default="auto",
+              show_default=True, help="Image format of the figures (auto: the smaller one).")
+@click.option("--quiet", is_flag=True, help="No progress bars; print only the written paths.")
+def report(run_dirs: tuple[str, ...], out: str | None, fmt: str, quiet: bool) -> None:
+    """Write the HTML report of each RUN_DIR (default: every run under ./reports/).
+
+    The report is one self-contained file (figures inline, no network access) written to
+    RUN_DIR/index.html; its path is printed. It reads only the stored tables. Exits with
+    status 2 when a folder is not a run.
+
+    \b
+    Example:
+        rnn-diag report reports/weather
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; never open a window
+    from tqdm.auto import tqdm
+
+    from ..experiments.store import write_text
+    from .page import render_report
+    from .run_data import NotARunError, load_run
+
+    dirs = _run_dirs(run_dirs)
+    if out is not None and len(dirs) != 1:
+        _fail(f"--out needs exactly one RUN_DIR, got {len(dirs)} run folders")
+    failed_figures = 0
+    for d in tqdm(dirs, desc="reports", unit="run", disable=quiet or len(dirs) < 2):
+        try:
+            run = load_run(d)
+        except NotARunError as exc:
+            _fail(str(exc))
+        rendered = render_report(run, fmt=fmt, progress=not quiet)
+        target = Path(out) if out is not None else d / INDEX
+        write_text(target, rendered.html)
+        for s in rendered.errors:
+            failed_figures += 1
+            click.echo(f"warning: {d}: figure {s.key!r} could not be drawn: {s.error}", err=True)
+        click.echo(str(target))
+    if failed_figures:
+        click.echo(f"{failed_figures} figure(s) could not be drawn; the reports show an error "
+                   "box in their place (a bug in rnn_diag: please report it)", err=True)

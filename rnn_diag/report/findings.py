@@ -1,0 +1,358 @@
+"""Findings in plain words, computed from a run's stored tables.
+
+Every number in a finding is read from ``trials.parquet`` or the ``summaries`` table (the
+output of :func:`rnn_diag.gradient_summary`); nothing is re-derived in another way, so a
+finding and the figure it links to always agree. Definitions (see
+:mod:`rnn_diag.dynamics.summary`): the *horizon* is the largest distance back from the anchor
+step (where the gradient enters) whose log10‖∂L/∂h_k‖ is within 3 decades of its largest
+value; *decay_per_step* is the least-squares slope in decades per step back (negative =
+vanishing); the *verdict* is "vanishing" when the fitted change over the window is ≤ −3
+decades and "exploding" when it is ≥ +1.
+
+A *condition* is one combination of the swept settings other than the seed; where a condition
+has several seeds, its numbers are medians over them (and say so).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["Finding", "compute_findings", "condition_keys", "condition_labels", "fmt_value"]
+
+SEED = "train.seed"
+_MAX_REACH = 6  # reach sentences at most (one per seq_len, worst condition first)
+_MEMORISE = 0.01  # training loss this far below chance (relative) counts as fitting it
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One sentence and the anchor (``#key``) of the figure or table that shows it."""
+
+    text: str
+    key: str
+
+
+def fmt_value(value) -> str:
+    """A setting as the trial labels write it: ``null`` for None/NaN, numbers as given.
+
+    Example:
+        >>> fmt_value(None), fmt_value(float("nan")), fmt_value(0.5), fmt_value(300)
+        ('null', 'null', '0.5', '300')
+    """
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "null"
+    if isinstance(value, (np.integer, np.floating)):
+        value = value.item()
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+def condition_keys(trials: pd.DataFrame, swept: Sequence[str]) -> list[str]:
+    """The swept keys that define a condition: every swept column but the seed."""
+    return [k for k in swept if k != SEED and k in trials.columns]
+
+
+def _short_names(keys: Sequence[str]) -> dict[str, str]:
+    last = [k.rsplit(".", 1)[-1] for k in keys]
+    return {k: (s if last.count(s) == 1 else k) for k, s in zip(keys, last)}
+
+
+def condition_labels(trials: pd.DataFrame, swept: Sequence[str]) -> pd.Series:
+    """One text per trial naming its condition, e.g. ``"seq_len 300, weight_scale 0.5"``.
+
+    Example:
+        >>> t = pd.DataFrame({"task.seq_len": [10, 10], "model.weight_scale": [None, 0.5],
+        ...                   "train.seed": [0, 1]})
+        >>> condition_labels(t, ["task.seq_len", "model.weight_scale", "seed"]).tolist()
+        ['seq_len 10, weight_scale null', 'seq_len 10, weight_scale 0.5']
+    """
+    keys = condition_keys(trials, swept)
+    if not keys:
+        return pd.Series(["all trials"] * len(trials), index=trials.index, dtype=object)
+    short = _short_names(keys)
+    return trials.apply(
+        lambda r: ", ".join(f"{short[k]} {fmt_value(r[k])}" for k in keys), axis=1
+    ).astype(object)
+
+
+def _pct(x: float) -> str:
+    """A fraction as a percentage with two significant digits (``0.0143`` -> ``"1.4%"``)."""
+    p = 100.0 * x
+    if p >= 10:
+        return f"{p:.0f}%"
+    return f"{p:.2g}%"
+
+
+def _col(trials: pd.DataFrame, name: str) -> pd.Series:
+    if name in trials:
+        return pd.to_numeric(trials[name], errors="coerce")
+    return pd.Series(np.nan, index=trials.index)
+
+
+def _seeds_note(n: int) -> str:
+    return f" (median over {n} seeds)" if n > 1 else ""
+
+
+def _list(items: Sequence[str], limit: int = 4) -> str:
+    items = list(items)
+    if len(items) > limit:
+        return "; ".join(items[:limit]) + f"; and {len(items) - limit} more"
+    return "; ".join(items)
+
+
+def _status(trials: pd.DataFrame, labels: pd.Series) -> list[Finding]:
+    status = trials.get("status", pd.Series("ok", index=trials.index)).fillna("unknown")
+    bad = trials[status != "ok"]
+    if bad.empty:
+        return []
+    parts = []
+    for i, row in bad.iterrows():
+        error = str(row.get("error") or "").strip()
+        if len(error) > 120:
+            error = error[:117] + "..."
+        label = str(row.get("label", labels[i]))
+        parts.append(f"{label} {row.get('status')}" + (f" ({error})" if error else ""))
+    return [Finding(
+        f"{len(bad)} of {len(trials)} trials did not finish normally: {_list(parts)}. "
+        "They are marked in the table; their figures show what was recorded before.",
+        "trials",
+    )]
+
+
+def _verdicts(trials: pd.DataFrame) -> list[Finding]:
+    verdict = trials.get("verdict_last")
+    if verdict is None or verdict.notna().sum() == 0:
+        return []
+    n = int(verdict.notna().sum())
+    counts = verdict.value_counts()
+    words = [f"vanishes in {counts.get('vanishing', 0)}",
+             f"explodes in {counts.get('exploding', 0)}",
+             f"is stable in {counts.get('stable', 0)}"]
+    return [Finding(
+        f"At the last recorded epoch the gradient {', '.join(words)} of the {n} trials with a "
+        "gradient profile (vanishing: the fitted line falls by 3 decades or more over the "
+        "window; exploding: it rises by 1 decade or more).",
+        "profile",
+    )]
+
+
+def _last_summaries(summaries: pd.DataFrame) -> pd.DataFrame:
+    """Per trial: the summary of the last recorded epoch, top layer, first direction."""
+    need = {"trial", "epoch", "layer", "horizon", "anchor"}
+    if summaries.empty or not need <= set(summaries.columns):
+        return pd.DataFrame()
+    s = summaries
+    if "direction" in s:
+        s = s[s.direction == s.groupby("trial").direction.transform("min")]
+    s = s[s.layer == s.groupby("trial").layer.transform("max")]
+    s = s[s.epoch == s.groupby("trial").epoch.transform("max")]
+    return s.drop_duplicates("trial").set_index("trial")
+
+
+def _reach(trials: pd.DataFrame, summaries: pd.DataFrame, labels: pd.Series) -> list[Finding]:
+    last = _last_summaries(summaries)
+    if last.empty:
+        return []
+    rows = []
+    for i, row in trials.iterrows():
+        if row["id"] not in last.index:
+            continue
+        s = last.loc[row["id"]]
+        if not (s["horizon"] >= 0):  # -1: nothing finite
+            continue
+        rows.append({"condition": labels[i], "seq_len": row.get("task.seq_len"),
+                     "horizon": float(s["horizon"]), "window": float(s["anchor"]) + 1})
+    if not rows:
+        return []
+    df = pd.DataFrame(rows)
+    grouped = df.groupby("condition", sort=False).agg(
+        horizon=("horizon", "median"), window=("window", "median"),
+        seq_len=("seq_len", "first"), n=("horizon", "size"))
+    grouped["fraction"] = (grouped.horizon + 1) / grouped.window
+    short = grouped[grouped.horizon + 1 < grouped.window]
+    out = []
+    # the condition that reaches least far, for each sequence length
+    worst = short.sort_values("fraction").groupby("seq_len", sort=False, dropna=False).head(1)
+    worst = worst.sort_values("seq_len").head(_MAX_REACH)
+    for cond, g in worst.iterrows():
+        h, w = int(round(g.horizon)), int(round(g.window))
+        out.append(Finding(
+            f"At {cond}, ∂L/∂h_k fell more than 3 decades below its largest value beyond "
+            f"{h} step{'s' if h != 1 else ''} back{_seeds_note(int(g.n))}: "
+            f"{'only ' if g.fraction < 0.5 else ''}the last {h + 1} of {w} steps "
+            f"({_pct(g.fraction)} of the window) receive learning signal.",
+            "profile",
+        ))
+    full = grouped[grouped.horizon + 1 >= grouped.window]
+    if len(full):
+        out.append(Finding(
+            f"The gradient stays within 3 decades of its largest value over the whole window in "
+            f"{len(full)} of {len(grouped)} condition{'s' if len(grouped) != 1 else ''}: "
+            f"{_list(list(full.index))}.",
+            "profile",
+        ))
+    return out
+
+
+def _exploding(trials: pd.DataFrame, labels: pd.Series) -> list[Finding]:
+    verdict = trials.get("verdict_last")
+    if verdict is None:
+        return []
+    exp = trials[verdict == "exploding"]
+    if exp.empty:
+        return []
+    parts = []
+    for cond, g in exp.groupby(labels[exp.index], sort=False):
+        slope = float(np.nanmedian(_col(g, "decay_per_step_last")))
+        ratio = float(np.nanmedian(_col(g, "ratio_log10_last")))
+        text = f"{cond}: {slope:+.3f} decades per step back"
+        if math.isfinite(ratio):
+            text += f", ‖∂L/∂h_0‖ is {ratio:+.1f} decades from ‖∂L/∂h_T−1‖"
+        parts.append(text + _seeds_note(len(g)))
+    return [Finding(
+        "The gradient explodes (grows going back in time, so the most distant steps dominate "
+        f"the weight update) at {_list(parts)}.",
+        "profile",
+    )]
+
+
+def _chance(trials: pd.DataFrame, labels: pd.Series) -> list[Finding]:
+    ok = trials[trials.get("status", "ok") == "ok"] if "status" in trials else trials
+    chance, val, train = (_col(ok, c) for c in ("chance_loss", "val_loss", "train_loss"))
+    known = chance.notna() & val.notna()
+    if not known.any():
+        return []
+    out = []
+    below = known & (val < chance)
+    best = (val - chance)[known].idxmin()
+    best_text = (f"the best validation loss is {val[best]:.4f} ({labels[best]}) against a "
+                 f"chance loss of {chance[best]:.4f}")
+    if not below.any():
+        out.append(Finding(
+            f"No trial predicts held-out data better than chance: {best_text}.", "loss"))
+    else:
+        out.append(Finding(
+            f"{int(below.sum())} of {int(known.sum())} finished trials end with a validation "
+            f"loss below chance; {best_text}.", "loss"))
+    memorise = known & train.notna() & (train < chance * (1 - _MEMORISE)) & (val >= chance)
+    if memorise.any():
+        parts = [f"{labels[i]} (train {train[i]:.4f}, validation {val[i]:.4f})"
+                 for i in ok.index[memorise]]
+        out.append(Finding(
+            f"Training loss more than {_MEMORISE:.0%} below chance while the validation loss is "
+            f"not below it — memorisation of the training windows, not learning: "
+            f"{_list(parts)}.", "loss"))
+    return out
+
+
+def _nonlinearity(trials: pd.DataFrame, config: Mapping) -> pd.Series:
+    if "model.nonlinearity" in trials:
+        return trials["model.nonlinearity"].astype(object)
+    model = config.get("model") or {}
+    value = model.get("nonlinearity", "tanh") if isinstance(model, Mapping) else "tanh"
+    return pd.Series(value, index=trials.index, dtype=object)
+
+
+def _pascanu(trials: pd.DataFrame, labels: pd.Series, config: Mapping) -> list[Finding]:
+    """Spectral norm σ_max and radius ρ of W_hh at init, for tanh RNN cells only."""
+    cell = trials.get("model.cell", pd.Series("rnn", index=trials.index))
+    tanh_rnn = (cell == "rnn") & (_nonlinearity(trials, config) == "tanh")
+    sigma, rho = _col(trials, "spectral_norm_init"), _col(trials, "spectral_radius_init")
+    slope = _col(trials, "decay_per_step_first")
+    out = []
+    forced = tanh_rnn & (sigma < 1)
+    if forced.any():
+        conds = list(dict.fromkeys(labels[forced]))
+        lo, hi = np.nanmin(slope[forced]), np.nanmax(slope[forced])
+        span = (f"; their gradients before training fall by {-hi:.2f} to {-lo:.2f} decades "
+                f"per step back" if np.isfinite(lo) and lo < 0 and hi < 0 else "")
+        out.append(Finding(
+            f"In {int(forced.sum())} trial{'s' if forced.sum() != 1 else ''} the spectral norm "
+            f"σ_max of W_hh at initialisation is below 1 ({sigma[forced].min():.2f} to "
+            f"{sigma[forced].max():.2f}): for a tanh RNN whose loss reads the last step this "
+            f"bounds ‖∂L/∂h_k‖ by σ_max^(T−k)·‖∂L/∂h_T‖, so the gradient must vanish "
+            f"(Pascanu et al., 2013){span}. Conditions: {_list(conds)}.",
+            "spectra",
+        ))
+    gap = tanh_rnn & (rho < 1) & (sigma >= 1)
+    if gap.any():
+        conds = list(dict.fromkeys(labels[gap]))
+        out.append(Finding(
+            f"In {int(gap.sum())} trial{'s' if gap.sum() != 1 else ''} the spectral radius ρ of "
+            f"W_hh at initialisation is below 1 but σ_max is not ({rho[gap].min():.2f}–"
+            f"{rho[gap].max():.2f} vs {sigma[gap].min():.2f}–{sigma[gap].max():.2f}): the "
+            "guarantee of vanishing does not apply, ρ < 1 alone does not decide. Conditions: "
+            f"{_list(conds)}.",
+            "spectra",
+        ))
+    return out
+
+
+def _lyapunov(trials: pd.DataFrame, labels: pd.Series) -> list[Finding]:
+    top = _col(trials, "lyapunov_top_end")
+    if top.notna().sum() == 0:
+        return []
+    lo, hi = top.idxmin(), top.idxmax()
+    text = (f"The largest Lyapunov exponent at the end of training ranges from {top[lo]:+.3f} "
+            f"({labels[lo]}) to {top[hi]:+.3f} nats per step ({labels[hi]}); over long "
+            f"sequences the gradient norm changes by about exponent / ln 10 decades per step "
+            f"back, i.e. {top[lo] / math.log(10):+.3f} to {top[hi] / math.log(10):+.3f}.")
+    positive = int((top > 0).sum())
+    if positive:
+        text += (f" {positive} trial{'s' if positive != 1 else ''} end with a positive exponent: "
+                 "chaotic dynamics, where perturbations and gradients grow.")
+    return [Finding(text, "lyapunov")]
+
+
+def _changes(trials: pd.DataFrame, labels: pd.Series) -> list[Finding]:
+    if "verdict_first" not in trials or "verdict_last" not in trials:
+        return []
+    first, last = trials.verdict_first, trials.verdict_last
+    changed = first.notna() & last.notna() & (first != last)
+    if not changed.any():
+        return []
+    parts = [f"{labels[i]}: {first[i]} → {last[i]}" for i in trials.index[changed]]
+    return [Finding(
+        f"Training changed the verdict of {int(changed.sum())} trial"
+        f"{'s' if changed.sum() != 1 else ''} (first → last recorded epoch): {_list(parts)}.",
+        "heatmap",
+    )]
+
+
+def compute_findings(tables: Mapping[str, pd.DataFrame], swept: Sequence[str],
+                     config: Mapping | None = None) -> list[Finding]:
+    """The findings of a run, most important first.
+
+    Args:
+        tables: ``"trials"`` (required) and ``"summaries"`` (optional) as stored.
+        swept: the swept dotted keys (config order; ``train.seed`` is not a condition).
+        config: the run's config mapping (for settings that are not columns, e.g. the
+            nonlinearity); ``None`` for the defaults.
+
+    Returns:
+        :class:`Finding` objects; each ``key`` is a figure section anchor ("profile",
+        "heatmap", "loss", "spectra", "lyapunov") or "trials" (the summary table).
+    """
+    trials = tables.get("trials", pd.DataFrame())
+    if trials is None or trials.empty:
+        return []
+    trials = trials.reset_index(drop=True)
+    summaries = tables.get("summaries")
+    summaries = pd.DataFrame() if summaries is None else summaries
+    labels = condition_labels(trials, swept)
+    return [
+        *_status(trials, labels),
+        *_verdicts(trials),
+        *_reach(trials, summaries, labels),
+        *_exploding(trials, labels),
+        *_chance(trials, labels),
+        *_pascanu(trials, labels, config or {}),
+        *_lyapunov(trials, labels),
+        *_changes(trials, labels),
+    ]

@@ -1,0 +1,247 @@
+"""Render one run as a single self-contained HTML page.
+
+The page holds a header (name, description, the config, the manifest), the findings, a
+summary table of the trials and one section per figure of
+:data:`rnn_diag.report.figures.SECTIONS`. Figures are inline ``data:`` URIs (see
+:mod:`rnn_diag.report.embed`); the CSS is inline; there is no script, and a
+Content-Security-Policy forbids every network request, so the page opens from ``file://``
+anywhere. Every string that comes from the run (names, descriptions, config values, error
+messages) goes through jinja2's autoescape.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import time
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from .. import __version__
+from .embed import figure_to_data_uri
+from .findings import Finding, compute_findings, fmt_value
+from .run_data import RunData
+
+__all__ = ["Rendered", "SectionResult", "render_report"]
+
+#: Manifest entries shown in the header, in this order (others follow).
+_MANIFEST_FIRST = ("rnn_diag", "torch", "python", "platform", "started", "ended", "command",
+                   "config", "jobs", "git_commit")
+_VERDICT_CLASS = {"vanishing": "vanishing", "exploding": "exploding", "stable": "stable"}
+
+
+@dataclass
+class SectionResult:
+    """One figure section as rendered: an image, a "not recorded" note, or an error."""
+
+    key: str
+    title: str
+    caption: str
+    state: str  # "figure" | "missing" | "error"
+    image: str = ""  # data: URI when state == "figure"
+    missing: tuple[str, ...] = ()
+    error: str = ""
+    details: str = ""  # the traceback of an error
+    seconds: float = 0.0
+
+
+@dataclass
+class Rendered:
+    """A rendered report: the HTML text and what happened on the way."""
+
+    html: str
+    sections: list[SectionResult] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def errors(self) -> list[SectionResult]:
+        """The sections whose figure raised (each one is a bug in a figure function)."""
+        return [s for s in self.sections if s.state == "error"]
+
+
+def _environment():
+    import jinja2
+
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("rnn_diag.report", "templates"),
+        autoescape=True,  # every template, whatever its file name
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+
+
+def _build_section(section, tables: Mapping[str, pd.DataFrame], fmt: str) -> SectionResult:
+    import matplotlib.pyplot as plt
+
+    base = dict(key=section.key, title=section.title, caption=section.caption)
+    missing = tuple(n for n in section.needs if tables.get(n) is None or tables[n].empty)
+    if missing:
+        return SectionResult(state="missing", missing=missing, **base)
+    before = set(plt.get_fignums())
+    t0 = time.perf_counter()
+    try:
+        fig = section.build(tables)
+        image = figure_to_data_uri(fig, fmt)
+    except Exception as exc:  # noqa: BLE001 - one broken figure must not lose the report
+        for num in set(plt.get_fignums()) - before:
+            plt.close(num)
+        return SectionResult(state="error", error=f"{type(exc).__name__}: {exc}",
+                             details=traceback.format_exc(),
+                             seconds=time.perf_counter() - t0, **base)
+    return SectionResult(state="figure", image=image, seconds=time.perf_counter() - t0, **base)
+
+
+def _num(value, digits: int = 4) -> str:
+    """A number for the table: ``""`` for missing, fixed decimals otherwise."""
+    if value is None:
+        return ""
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    if math.isnan(x):
+        return ""
+    if math.isinf(x):
+        return "∞" if x > 0 else "−∞"
+    return f"{x:.{digits}f}"
+
+
+def _int(value) -> str:
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return ""
+    return "" if math.isnan(x) else str(int(x))
+
+
+def _windows(summaries: pd.DataFrame) -> dict[str, int]:
+    """Per trial, the number of steps the last summary covers (anchor + 1)."""
+    if summaries.empty or not {"trial", "epoch", "anchor"} <= set(summaries.columns):
+        return {}
+    last = summaries[summaries.epoch == summaries.groupby("trial").epoch.transform("max")]
+    return {str(k): int(v) + 1 for k, v in last.groupby("trial").anchor.max().items()}
+
+
+def _colours(trials: pd.DataFrame, palette: Callable | None) -> dict:
+    if palette is None or "task.seq_len" not in trials:
+        return {}
+    from matplotlib.colors import to_hex
+
+    seq_lens = sorted({int(s) for s in trials["task.seq_len"].dropna()})
+    try:
+        return {k: to_hex(v) for k, v in palette(seq_lens).items()}
+    except Exception:  # noqa: BLE001 - a swatch is decoration; the table stands without it
+        return {}
+
+
+def _trial_rows(run: RunData, palette: Callable | None) -> list[dict]:
+    trials = run.trials
+    colours = _colours(trials, palette)
+    windows = _windows(run.tables.get("summaries", pd.DataFrame()))
+    rows = []
+    for _, r in trials.iterrows():
+        seq_len = r.get("task.seq_len")
+        seq_key = None if seq_len is None or pd.isna(seq_len) else int(seq_len)
+        verdict = r.get("verdict_last")
+        verdict = None if verdict is None or pd.isna(verdict) else str(verdict)
+        horizon = _int(r.get("horizon_last"))
+        window = windows.get(str(r.get("id")))
+        rows.append({
+            "id": str(r.get("id", "")),
+            "label": str(r.get("label", "")),
+            "colour": colours.get(seq_key, ""),
+            "seq_len": "" if seq_key is None else str(seq_key),
+            "status": str(r.get("status", "")),
+            "error": "" if r.get("error") is None or pd.isna(r.get("error")) else str(r["error"]),
+            "epochs": _int(r.get("epochs_run")),
+            "train_loss": _num(r.get("train_loss")),
+            "val_loss": _num(r.get("val_loss")),
+            "chance_loss": _num(r.get("chance_loss")),
+            "below_chance": bool(pd.notna(r.get("val_loss")) and pd.notna(r.get("chance_loss"))
+                                 and r["val_loss"] < r["chance_loss"]),
+            "val_metric": _num(r.get("val_metric"), 3),
+            "chance_metric": _num(r.get("chance_metric"), 3),
+            "verdict": verdict or "",
+            "verdict_class": _VERDICT_CLASS.get(verdict or "", ""),
+            "horizon": horizon,
+            "window": "" if window is None else str(window),
+            "decay": _num(r.get("decay_per_step_last"), 3),
+            "radius": _num(r.get("spectral_radius_init"), 2),
+            "norm": _num(r.get("spectral_norm_init"), 2),
+        })
+    return rows
+
+
+def _manifest_items(manifest: Mapping) -> list[tuple[str, str]]:
+    keys = [k for k in _MANIFEST_FIRST if k in manifest]
+    keys += [k for k in manifest if k not in keys]
+    items = []
+    for k in keys:
+        v = manifest[k]
+        if k == "command" and isinstance(v, (list, tuple)):
+            v = " ".join(str(p) for p in v)
+        items.append((str(k), fmt_value(v)))
+    return items
+
+
+def render_report(run: RunData, sections: Sequence | None = None, *, fmt: str = "auto",
+                  progress: bool = False, palette: Callable | None = None) -> Rendered:
+    """Render a run as one HTML page.
+
+    Args:
+        run: the loaded run (:func:`rnn_diag.report.run_data.load_run`).
+        sections: the figure sections to draw (default:
+            :data:`rnn_diag.report.figures.SECTIONS`); a section whose ``needs`` are not all
+            recorded is listed as not recorded; one that raises shows an error box.
+        fmt: image format of the figures, "png", "svg" or "auto" (the smaller).
+        progress: show a tqdm bar over the figures.
+        palette: ``seq_len_palette`` for the table's colour swatches (default: the figures').
+
+    Returns:
+        :class:`Rendered` with the HTML text, each section's outcome and the findings.
+    """
+    t0 = time.perf_counter()
+    if sections is None or palette is None:
+        from . import figures
+
+        sections = figures.SECTIONS if sections is None else sections
+        palette = getattr(figures, "seq_len_palette", None) if palette is None else palette
+    tables = run.for_figures()
+    from tqdm.auto import tqdm
+
+    results = []
+    for section in tqdm(sections, desc=f"{run.name}: figures", unit="fig", disable=not progress,
+                        leave=False):
+        results.append(_build_section(section, tables, fmt))
+    findings = compute_findings(tables, run.swept, run.config)
+    keys = {s.key for s in results}
+    links = [(f, f.key if f.key in keys or f.key == "trials" else "trials") for f in findings]
+    metric = ""
+    if "metric" in run.trials and run.trials["metric"].notna().any():
+        metric = str(run.trials["metric"].dropna().iloc[0])
+    status = run.trials.get("status", pd.Series(dtype=object))
+    html = _environment().get_template("report.html.j2").render(
+        name=run.name,
+        description=run.description,
+        folder=str(run.root),
+        generated=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        version=__version__,
+        config_text=run.config_text,
+        manifest=_manifest_items(run.manifest),
+        warnings=list(run.warnings),
+        findings=links,
+        rows=_trial_rows(run, palette),
+        metric=metric,
+        counts={s: int((status == s).sum()) for s in ("ok", "diverged", "failed")},
+        n_trials=len(run.trials),
+        swept=[(k, ", ".join(fmt_value(v) for v in run.config.get("sweep", {}).get(k, [])))
+               for k in run.swept],
+        sections=results,
+    )
+    return Rendered(html=html, sections=results, findings=findings,
+                    seconds=time.perf_counter() - t0)

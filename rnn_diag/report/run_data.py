@@ -1,0 +1,186 @@
+"""Load a run folder (the result store of ``rnn-diag run``) into memory for the report.
+
+A run folder holds ``config.yaml``, ``manifest.json``, ``trials.parquet`` and the long tables
+``curves/ gradients/ summaries/ spectra/ lyapunov/ predictions/`` (one Parquet file per trial,
+column ``trial``); see :mod:`rnn_diag.experiments.store`. Only trials with a row in
+``trials.parquet`` are finished: the table files of any other trial are ignored.
+
+The report never re-runs a model: everything it shows comes from these files.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from ..experiments.store import CONFIG, MANIFEST, TRIALS
+
+__all__ = ["TABLES", "NotARunError", "RunData", "check_run", "find_runs", "is_run", "load_run",
+           "missing_files"]
+
+#: The long tables of a run, in the order the report uses them.
+TABLES = ("curves", "gradients", "summaries", "spectra", "lyapunov", "predictions")
+_REQUIRED = (TRIALS, CONFIG, MANIFEST)
+
+
+class NotARunError(Exception):
+    """The folder is not a run folder; the message names it and what is missing."""
+
+
+@dataclass(frozen=True)
+class RunData:
+    """Everything the report reads from one run folder.
+
+    Attributes:
+        root: the run folder.
+        config_text: ``config.yaml`` exactly as stored.
+        config: the parsed config as a plain mapping (``yaml.safe_load``); ``{}`` if unreadable.
+        manifest: ``manifest.json`` as a mapping (``{}`` if unreadable).
+        trials: ``trials.parquet``, one row per finished trial.
+        tables: table name -> long DataFrame restricted to the finished trials (an empty
+            DataFrame when the run did not record that table). Always has every key of
+            :data:`TABLES`.
+        swept: the swept dotted keys, in config order (``seed`` given as ``train.seed``).
+        warnings: problems that did not stop loading (e.g. a config the current schema refuses).
+    """
+
+    root: Path
+    config_text: str
+    config: dict[str, Any]
+    manifest: dict[str, Any]
+    trials: pd.DataFrame
+    tables: dict[str, pd.DataFrame]
+    swept: tuple[str, ...]
+    warnings: tuple[str, ...] = field(default=())
+
+    @property
+    def name(self) -> str:
+        """The experiment name from the config, else the folder name."""
+        name = self.config.get("name")
+        return str(name) if name not in (None, "") else self.root.name
+
+    @property
+    def description(self) -> str:
+        """The config's description ("" when none)."""
+        text = self.config.get("description")
+        return "" if text is None else str(text).strip()
+
+    def for_figures(self) -> dict[str, pd.DataFrame]:
+        """The tables a figure's ``build`` receives: ``"trials"`` plus every long table."""
+        return {"trials": self.trials, **self.tables}
+
+
+def is_run(path) -> bool:
+    """True when ``path`` is a folder with the files of a run (see :func:`missing_files`)."""
+    return not missing_files(Path(path))
+
+
+def missing_files(path: Path) -> list[str]:
+    """The files of a run that ``path`` lacks (all of them when it is not a folder)."""
+    if not path.is_dir():
+        return list(_REQUIRED)
+    return [name for name in _REQUIRED if not (path / name).is_file()]
+
+
+def find_runs(root) -> list[Path]:
+    """The run folders directly under ``root``, sorted by name (``[]`` if none or no root)."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and is_run(p))
+
+
+def _read_config(path: Path) -> tuple[str, dict, list[str]]:
+    """The config text, its mapping, and the warnings of the schema check."""
+    from ..experiments.config import SWEEP_ALIASES, ConfigError, load_config
+
+    text = path.read_text(encoding="utf-8", errors="replace")
+    warnings: list[str] = []
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        return text, {}, [f"{path.name} is not valid YAML: {exc}"]
+    if not isinstance(data, dict):
+        return text, {}, [f"{path.name} is not a mapping"]
+    try:
+        cfg = load_config(path)
+        sweep = dict(cfg.sweep)
+    except ConfigError as exc:
+        # the schema may have changed since the run; show what was stored all the same
+        warnings.append(f"the stored config does not validate now: {exc}")
+        raw = data.get("sweep") or {}
+        sweep = {SWEEP_ALIASES.get(k, k): v for k, v in raw.items()} if isinstance(raw,
+                                                                                  dict) else {}
+    data = {**data, "sweep": sweep}
+    return text, data, warnings
+
+
+def _read_manifest(path: Path) -> tuple[dict, list[str]]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8", errors="replace"))
+    except json.JSONDecodeError as exc:
+        return {}, [f"{path.name} is not valid JSON: {exc}"]
+    if not isinstance(data, dict):
+        return {}, [f"{path.name} is not a JSON object"]
+    return data, []
+
+
+def _read_table(folder: Path, ids: list[str]) -> pd.DataFrame:
+    """The per-trial files of the finished trials, concatenated (columns may differ)."""
+    frames = []
+    for trial_id in ids:
+        f = folder / f"{trial_id}.parquet"
+        if f.is_file():
+            frames.append(pd.read_parquet(f))
+    frames = [f for f in frames if len(f)]
+    if not frames:
+        return pd.DataFrame()
+    return pd.concat(frames, ignore_index=True)
+
+
+def check_run(path) -> Path:
+    """``path`` as a Path if it is a run folder.
+
+    Raises:
+        NotARunError: ``path`` does not exist, is a file, or lacks ``trials.parquet``,
+            ``config.yaml`` or ``manifest.json`` (the message names the folder and the
+            missing files).
+    """
+    root = Path(path)
+    if not root.exists():
+        raise NotARunError(f"{root}: no such folder")
+    if not root.is_dir():
+        raise NotARunError(f"{root}: is a file, not a run folder")
+    missing = missing_files(root)
+    if missing:
+        raise NotARunError(
+            f"{root}: not a run folder (missing {', '.join(missing)}; "
+            "a run folder is written by `rnn-diag run`)"
+        )
+    return root
+
+
+def load_run(path) -> RunData:
+    """Read a run folder.
+
+    Args:
+        path: the folder written by ``rnn-diag run``.
+
+    Raises:
+        NotARunError: see :func:`check_run`.
+    """
+    root = check_run(path)
+    config_text, config, warnings = _read_config(root / CONFIG)
+    manifest, more = _read_manifest(root / MANIFEST)
+    warnings += more
+    trials = pd.read_parquet(root / TRIALS)
+    ids = [str(i) for i in trials["id"]] if "id" in trials else []
+    tables = {name: _read_table(root / name, ids) for name in TABLES}
+    swept = tuple(str(k) for k in config.get("sweep", {}))
+    return RunData(root=root, config_text=config_text, config=config, manifest=manifest,
+                   trials=trials, tables=tables, swept=swept, warnings=tuple(warnings))

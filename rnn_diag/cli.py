@@ -70,28 +70,47 @@ def validate(config: str) -> None:
 @click.argument("config", type=click.Path(dir_okay=False))
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Result directory [default: reports/<name>/].")
+@click.option("--backend", type=click.Choice(["local", "dask"]), default=None,
+              help="Where trials run: this machine, or a Dask cluster (needs "
+                   "pip install 'rnn_diag[dask]') [default: local; dask with --scheduler].")
+@click.option("--scheduler", metavar="ADDRESS", default=None,
+              help="Dask scheduler of an existing cluster, e.g. tcp://10.0.0.5:8786 "
+                   "[default with --backend dask: start a LocalCluster for this run].")
 @click.option("--jobs", type=click.IntRange(min=1), default=None,
-              help="Run trials in N worker processes [default: in this process].")
+              help="local: N worker processes with CPUs/N torch threads each [default: in "
+                   "this process]. dask: N single-threaded LocalCluster workers [default: one "
+                   "per CPU]; with --scheduler, at most N trials at once [default: all].")
 @click.option("--fresh", is_flag=True, help="Discard earlier results in the directory.")
 @click.option("--quiet", is_flag=True, help="No progress bars or summary table.")
-def run(config: str, out: str | None, jobs: int | None, fresh: bool, quiet: bool) -> None:
+def run(config: str, out: str | None, backend: str | None, scheduler: str | None,
+        jobs: int | None, fresh: bool, quiet: bool) -> None:
     """Train and record every trial of an experiment CONFIG (a YAML file).
 
     Finished trials already in the result directory are skipped, so re-running an interrupted
-    sweep resumes it. Exits with status 1 if any trial failed, 2 for an invalid config.
+    sweep resumes it (Ctrl-C cancels outstanding trials and keeps finished ones; exit status
+    130). Exits with status 1 if any trial failed, 2 for an invalid config or backend.
 
     \b
-    Example:
+    Examples:
         rnn-diag run experiments/weather.yaml --jobs 2
+        rnn-diag run experiments/weather.yaml --backend dask --scheduler tcp://HOST:8786
     """
+    from .experiments.backends import BackendError
     from .experiments.config import ConfigError
     from .experiments.runner import format_summary, run_sweep
 
+    if backend is None:
+        backend = "local" if scheduler is None else "dask"
     try:
-        outcome = run_sweep(config, out=out, jobs=jobs, fresh=fresh, quiet=quiet)
-    except ConfigError as exc:
+        outcome = run_sweep(config, out=out, jobs=jobs, fresh=fresh, quiet=quiet,
+                            backend=backend, scheduler=scheduler)
+    except (ConfigError, BackendError) as exc:
         click.echo(str(exc), err=True)
         raise SystemExit(2) from None
+    except KeyboardInterrupt as exc:
+        detail = str(exc) or "interrupted"
+        click.echo(f"rnn-diag run: {detail}; run the same command again to resume.", err=True)
+        raise SystemExit(130) from None
     if not quiet:
         click.echo(format_summary(outcome.summary))
     click.echo(

@@ -7,15 +7,16 @@ import datetime as dt
 import platform
 import subprocess
 import sys
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from .. import __version__
-from .backends import make_backend
+from .backends import Backend, make_backend
 from .config import load_config
-from .grid import expand
+from .grid import expand, trial_label
 from .store import Store
 
 SUMMARY_COLUMNS = ["label", "status", "train_loss", "val_loss", "val_metric", "chance_metric",
@@ -42,7 +43,7 @@ def _git_commit() -> str | None:
     return res.stdout.strip() or None if res.returncode == 0 else None
 
 
-def _manifest(config_path: Path, started: str, ended: str | None, jobs) -> dict:
+def _manifest(config_path: Path, started: str, ended: str | None, execution: dict) -> dict:
     import torch
 
     return {
@@ -52,7 +53,7 @@ def _manifest(config_path: Path, started: str, ended: str | None, jobs) -> dict:
         "platform": platform.platform(),
         "command": sys.argv,
         "config": str(config_path),
-        "jobs": jobs,
+        **execution,
         "started": started,
         "ended": ended,
         "git_commit": _git_commit(),
@@ -63,55 +64,119 @@ def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
+class SweepInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a sweep, after the backend stopped; what was stored is kept.
+
+    Attributes: ``out`` (the store directory) and ``stored`` (trials finished in this run).
+    """
+
+    def __init__(self, out: Path, stored: int):
+        super().__init__(f"interrupted; {stored} trial(s) of this run stored in {out}")
+        self.out = out
+        self.stored = stored
+
+
+class EpochBars:
+    """One tqdm bar per running trial (at most ``max_bars``, below the trials bar), labelled
+    with the trial; a trial's bar appears with its first epoch report and goes when its result
+    arrives. Trials beyond ``max_bars`` (a big cluster) are only counted in the trials bar.
+
+    Late reports of a finished trial (they travel separately from results) are ignored.
+    """
+
+    def __init__(self, labels: dict[str, str], max_bars: int = 8, disable: bool = False):
+        self.labels = labels
+        self.max_bars = max_bars
+        self.disable = disable
+        self.bars: dict = {}  # trial id -> (slot, tqdm)
+        self.finished: set[str] = set()
+
+    def __call__(self, trial_id: str, done: int, total: int) -> None:
+        from tqdm.auto import tqdm
+
+        if self.disable or trial_id in self.finished:
+            return
+        if trial_id not in self.bars:
+            used = {slot for slot, _ in self.bars.values()}
+            free = [s for s in range(self.max_bars) if s not in used]
+            if not free:
+                return
+            bar = tqdm(total=total, desc=self.labels.get(trial_id, trial_id), unit="epoch",
+                       position=1 + free[0], leave=False)
+            self.bars[trial_id] = (free[0], bar)
+        bar = self.bars[trial_id][1]
+        bar.update(done - bar.n)
+
+    def finish(self, trial_id: str) -> None:
+        self.finished.add(trial_id)
+        entry = self.bars.pop(trial_id, None)
+        if entry is not None:
+            entry[1].close()
+
+    def close(self) -> None:
+        for trial_id in list(self.bars):
+            self.finish(trial_id)
+
+
 def run_sweep(config_path, out=None, jobs: int | None = None, fresh: bool = False,
-              quiet: bool = False) -> SweepOutcome:
+              quiet: bool = False, backend: str | Backend = "local",
+              scheduler: str | None = None) -> SweepOutcome:
     """Run every unfinished trial of a config and store the results.
 
     Args:
         config_path: the YAML file.
         out: the store directory (default ``reports/<name>/``).
-        jobs: None runs in-process; N runs N worker processes.
+        jobs: see :func:`~rnn_diag.experiments.backends.make_backend`: with the local backend
+            None runs in-process and N runs N worker processes.
         fresh: discard what an earlier run stored in ``out``.
         quiet: no progress bars.
+        backend: ``"local"``, ``"dask"`` or a backend object (then ``jobs`` and ``scheduler``
+            are only recorded in the manifest).
+        scheduler: the Dask scheduler address (``tcp://HOST:PORT``) for ``backend="dask"``.
 
     Raises:
         ConfigError: the config is invalid (nothing has been run or written).
+        BackendError: the backend cannot be used (nothing has been run).
+        SweepInterrupted: Ctrl-C; outstanding trials were cancelled, finished ones are stored.
     """
     from tqdm.auto import tqdm
 
     config_path = Path(config_path)
     config = load_config(config_path)
+    runner = make_backend(backend, jobs, scheduler) if isinstance(backend, str) else backend
+    execution = {"backend": backend if isinstance(backend, str) else type(backend).__name__,
+                 "jobs": jobs, "scheduler": scheduler}
     specs = expand(config)
     out = Path(out) if out is not None else Path("reports") / config.name
     store = Store(out, fresh=fresh)
     store.write_config(config_path.read_text(encoding="utf-8"))
     started = _now()
-    store.write_manifest(_manifest(config_path, started, None, jobs))
+    store.write_manifest(_manifest(config_path, started, None, execution))
     done = store.finished_ids()
     todo = [s for s in specs if s.id not in done]
     skipped = len(specs) - len(todo)
 
     trials_bar = tqdm(total=len(specs), initial=skipped, desc="trials", unit="trial",
                       disable=quiet, position=0)
-    epoch_bar = tqdm(total=0, desc="epochs", unit="epoch", disable=quiet or jobs is not None,
-                     position=1, leave=False)
+    bars = EpochBars({s.id: trial_label(s) for s in todo}, disable=quiet)
 
-    def progress(trial_id: str, done_epochs: int, total: int) -> None:
-        if epoch_bar.total != total or done_epochs < epoch_bar.n:
-            epoch_bar.reset(total=total)
-        epoch_bar.update(done_epochs - epoch_bar.n)
-
-    failed = 0
+    failed = stored = 0
     try:
-        for result in make_backend(jobs).run(todo, progress):
-            store.save(result)
-            failed += result.row.get("status") == "failed"
-            trials_bar.set_postfix_str(f"{result.row.get('label')}: {result.row.get('status')}")
-            trials_bar.update(1)
+        with closing(runner.run(todo, None if quiet else bars)) as results:
+            for result in results:
+                bars.finish(result.trial_id)
+                store.save(result)
+                stored += 1
+                failed += result.row.get("status") == "failed"
+                trials_bar.set_postfix_str(
+                    f"{result.row.get('label')}: {result.row.get('status')}")
+                trials_bar.update(1)
+    except KeyboardInterrupt:
+        raise SweepInterrupted(out, stored) from None
     finally:
-        epoch_bar.close()
+        bars.close()
         trials_bar.close()
-        store.write_manifest(_manifest(config_path, started, _now(), jobs))
+        store.write_manifest(_manifest(config_path, started, _now(), execution))
     trials = store.trials()
     ids = [s.id for s in specs]
     summary = trials.set_index("id").reindex(ids) if len(trials) else pd.DataFrame()

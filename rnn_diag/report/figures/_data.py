@@ -1,0 +1,164 @@
+"""Reading the stored tables for the figures: which trials belong together, which panel each
+goes to, and the few reshapes every figure needs. Nothing here computes a diagnostic.
+
+Grouping convention (all figures): a *variant* is a combination of the swept settings other
+than the sequence length and the seed (e.g. ``weight_scale=0.5``, or ``cell=gru ·
+weight_scale=1.5``); each variant gets its own panel, each sequence length its own colour, and
+the seeds of one (variant, seq_len) are aggregated (mean line, min-max band).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from .style import weight_scale_text
+
+__all__ = ["MissingData", "Trials", "downsample", "last_layer", "require", "table"]
+
+#: Settings that never define a panel: the colour (seq_len) and the aggregation (seed).
+_NOT_VARIANT = ("task.seq_len", "train.seed", "seed")
+
+
+class MissingData(LookupError):
+    """A figure cannot be drawn because its data were not recorded (the message says which and
+    how to record them)."""
+
+
+def table(tables: Mapping[str, pd.DataFrame], name: str) -> pd.DataFrame | None:
+    """``tables[name]`` or None when absent or empty."""
+    df = tables.get(name)
+    return None if df is None or len(df) == 0 else df
+
+
+def require(df: pd.DataFrame | None, name: str, columns: Sequence[str] = (),
+            hint: str = "") -> pd.DataFrame:
+    """``df`` if it has rows and ``columns``; otherwise :class:`MissingData` naming the table."""
+    if df is None or len(df) == 0:
+        raise MissingData(f"the {name!r} table is empty or was not recorded{hint}")
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise MissingData(f"the {name!r} table has no column(s) {', '.join(missing)}{hint}")
+    return df
+
+
+def _short(key: str, keys: Sequence[str]) -> str:
+    short = key.rsplit(".", 1)[-1]
+    return short if sum(k.rsplit(".", 1)[-1] == short for k in keys) == 1 else key
+
+
+def _value_text(key: str, value) -> str:
+    if key == "model.weight_scale":
+        return weight_scale_text(value)
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "none"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _sort_value(value):
+    """Sort key that puts missing first and compares numbers as numbers, text as text."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return (0, 0.0, "")
+    if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
+        return (1, float(value), "")
+    return (2, 0.0, str(value))
+
+
+@dataclass(frozen=True)
+class Trials:
+    """The trials table reduced to what places a trial in a figure.
+
+    Attributes:
+        info: one row per trial, indexed by trial id, with columns ``seq_len`` (int),
+            ``variant`` (panel label, "" when only seq_len/seed vary), ``variant_rank`` (panel
+            order), ``seed``, ``status``, ``label``, ``cell``, ``weight_scale`` (float, NaN =
+            default init) and ``epochs_run``.
+        variants: the variant labels in panel order.
+        variant_keys: the dotted settings that vary between variants.
+        seq_lens: the sequence lengths, increasing.
+    """
+
+    info: pd.DataFrame
+    variants: tuple[str, ...]
+    variant_keys: tuple[str, ...]
+    seq_lens: tuple[int, ...]
+
+    @staticmethod
+    def from_table(trials: pd.DataFrame) -> Trials:
+        require(trials, "trials", ["id", "task.seq_len"])
+        dotted = [c for c in trials.columns if "." in c and c not in _NOT_VARIANT]
+        keys = tuple(c for c in dotted if len({_value_text(c, v) for v in trials[c]}) > 1)
+        info = pd.DataFrame(index=pd.Index(trials["id"].astype(str), name="trial"))
+        info["seq_len"] = pd.to_numeric(trials["task.seq_len"], errors="coerce").to_numpy()
+        info["seq_len"] = info["seq_len"].fillna(-1).astype(int)
+        labels, ranks = [], []
+        for _, row in trials.iterrows():
+            labels.append(" · ".join(f"{_short(k, keys)}={_value_text(k, row[k])}" for k in keys))
+            ranks.append(tuple(_sort_value(row[k]) for k in keys))
+        info["variant"] = labels
+        order = sorted(set(zip(ranks, labels)))
+        variants = tuple(dict.fromkeys(label for _, label in order))
+        info["variant_rank"] = [variants.index(v) for v in labels]
+        for col, src, default in (("seed", "train.seed", 0), ("status", "status", "ok"),
+                                  ("label", "label", ""), ("cell", "model.cell", "rnn"),
+                                  ("weight_scale", "model.weight_scale", math.nan),
+                                  ("epochs_run", "epochs_run", math.nan)):
+            info[col] = trials[src].to_numpy() if src in trials else default
+        info["weight_scale"] = pd.to_numeric(info["weight_scale"], errors="coerce")
+        info["label"] = [lab if lab else tid for lab, tid in zip(info["label"], info.index)]
+        seq_lens = tuple(sorted(v for v in info["seq_len"].unique() if v >= 0))
+        return Trials(info, variants, keys, seq_lens)
+
+    def attach(self, df: pd.DataFrame) -> pd.DataFrame:
+        """``df`` (a long table with a ``trial`` column) joined with ``seq_len``, ``variant``,
+        ``variant_rank``, ``seed`` and ``cell``; rows of unknown trials are dropped."""
+        cols = ["seq_len", "variant", "variant_rank", "seed", "cell"]
+        out = df.copy()
+        out["trial"] = out["trial"].astype(str)
+        return out.join(self.info[cols], on="trial", how="inner")
+
+    def variant_title(self, variant: str) -> str:
+        return variant if variant else "all trials"
+
+
+def last_layer(df: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """Rows of the last layer (closest to the loss) of each trial, direction 0, and the largest
+    number of layers seen (for the note)."""
+    if "direction" in df.columns:
+        df = df[df["direction"] == 0]
+    if "layer" not in df.columns or len(df) == 0:
+        return df, 1
+    top = df.groupby("trial")["layer"].transform("max")
+    return df[df["layer"] == top], int(df["layer"].max()) + 1
+
+
+def downsample(x: np.ndarray, max_points: int) -> np.ndarray:
+    """Indices of at most ``max_points`` evenly spaced elements of ``x`` (first and last kept).
+
+    Example:
+        >>> downsample(np.arange(10), 4).tolist()
+        [0, 3, 6, 9]
+    """
+    n = len(x)
+    if n <= max_points:
+        return np.arange(n)
+    return np.unique(np.linspace(0, n - 1, max_points).round().astype(int))
+
+
+def snapshot_epoch(when: str, epochs_run: float) -> float:
+    """The epoch a spectra/Lyapunov snapshot was taken at: "init" = 0, "end" = epochs run, a
+    number = itself (NaN when unknown)."""
+    if when == "init":
+        return 0.0
+    if when == "end":
+        return float(epochs_run) if epochs_run == epochs_run else math.nan
+    try:
+        return float(when)
+    except (TypeError, ValueError):
+        return math.nan

@@ -70,15 +70,22 @@ def condition_labels(trials: pd.DataFrame, swept: Sequence[str]) -> pd.Series:
         >>> t = pd.DataFrame({"task.seq_len": [10, 10], "model.weight_scale": [None, 0.5],
         ...                   "train.seed": [0, 1]})
         >>> condition_labels(t, ["task.seq_len", "model.weight_scale", "seed"]).tolist()
-        ['seq_len 10, weight_scale null', 'seq_len 10, weight_scale 0.5']
+        ['seq_len 10, default init', 'seq_len 10, weight_scale 0.5']
     """
     keys = condition_keys(trials, swept)
     if not keys:
         return pd.Series(["all trials"] * len(trials), index=trials.index, dtype=object)
     short = _short_names(keys)
     return trials.apply(
-        lambda r: ", ".join(f"{short[k]} {fmt_value(r[k])}" for k in keys), axis=1
+        lambda r: ", ".join(_setting_text(short[k], k, r[k]) for k in keys), axis=1
     ).astype(object)
+
+
+def _setting_text(short: str, key: str, value) -> str:
+    """``"seq_len 300"``; an unset weight scale reads "default init" (as in the figures)."""
+    if key == "model.weight_scale" and fmt_value(value) == "null":
+        return "default init"
+    return f"{short} {fmt_value(value)}"
 
 
 def _pct(x: float) -> str:
@@ -120,7 +127,8 @@ def _status(trials: pd.DataFrame, labels: pd.Series) -> list[Finding]:
         parts.append(f"{label} {row.get('status')}" + (f" ({error})" if error else ""))
     return [Finding(
         f"{len(bad)} of {len(trials)} trials did not finish normally: {_list(parts)}. "
-        "They are marked in the table; their figures show what was recorded before.",
+        "They are marked in the table; the figures show whatever they recorded before "
+        "stopping.",
         "trials",
     )]
 
@@ -296,18 +304,27 @@ def _pascanu(trials: pd.DataFrame, labels: pd.Series, config: Mapping) -> list[F
 
 def _lyapunov(trials: pd.DataFrame, labels: pd.Series) -> list[Finding]:
     top = _col(trials, "lyapunov_top_end")
-    if top.notna().sum() == 0:
-        return []
-    lo, hi = top.idxmin(), top.idxmax()
-    text = (f"The largest Lyapunov exponent at the end of training ranges from {top[lo]:+.3f} "
+    finite = top[np.isfinite(top)]
+    collapsed = int((top == -np.inf).sum())
+    texts = []
+    if len(finite):
+        lo, hi = finite.idxmin(), finite.idxmax()
+        texts.append(
+            f"The largest Lyapunov exponent at the end of training ranges from {top[lo]:+.3f} "
             f"({labels[lo]}) to {top[hi]:+.3f} nats per step ({labels[hi]}); over long "
             f"sequences the gradient norm changes by about exponent / ln 10 decades per step "
             f"back, i.e. {top[lo] / math.log(10):+.3f} to {top[hi] / math.log(10):+.3f}.")
-    positive = int((top > 0).sum())
-    if positive:
-        text += (f" {positive} trial{'s' if positive != 1 else ''} end with a positive exponent: "
-                 "chaotic dynamics, where perturbations and gradients grow.")
-    return [Finding(text, "lyapunov")]
+        positive = int((finite > 0).sum())
+        if positive:
+            texts.append(f"{positive} trial{'s end' if positive != 1 else ' ends'} with a positive "
+                         "exponent: chaotic dynamics, where perturbations and gradients grow.")
+    if collapsed:
+        conds = list(dict.fromkeys(labels[top == -np.inf]))
+        texts.append(
+            f"{collapsed} trial{'s end' if collapsed != 1 else ' ends'} with an exponent of −∞: "
+            f"the state collapses to exactly zero (e.g. dead relu units), so no gradient "
+            f"flows back through time at all ({_list(conds)}).")
+    return [Finding(" ".join(texts), "lyapunov")] if texts else []
 
 
 def _changes(trials: pd.DataFrame, labels: pd.Series) -> list[Finding]:

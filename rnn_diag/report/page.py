@@ -43,6 +43,7 @@ class SectionResult:
     state: str  # "figure" | "missing" | "error"
     image: str = ""  # data: URI when state == "figure"
     missing: tuple[str, ...] = ()
+    note: str = ""  # why a figure is missing, when its function said so
     error: str = ""
     details: str = ""  # the traceback of an error
     seconds: float = 0.0
@@ -75,6 +76,15 @@ def _environment():
     )
 
 
+def _missing_data() -> tuple[type[BaseException], ...]:
+    """The figures' "not recorded" exception (raised when a needed column is absent)."""
+    try:
+        from .figures import MissingData
+    except ImportError:
+        return ()
+    return (MissingData,)
+
+
 def _build_section(section, tables: Mapping[str, pd.DataFrame], fmt: str) -> SectionResult:
     import matplotlib.pyplot as plt
 
@@ -90,6 +100,8 @@ def _build_section(section, tables: Mapping[str, pd.DataFrame], fmt: str) -> Sec
     except Exception as exc:  # noqa: BLE001 - one broken figure must not lose the report
         for num in set(plt.get_fignums()) - before:
             plt.close(num)
+        if isinstance(exc, _missing_data()):  # e.g. a column that this run did not record
+            return SectionResult(state="missing", note=str(exc), **base)
         return SectionResult(state="error", error=f"{type(exc).__name__}: {exc}",
                              details=traceback.format_exc(),
                              seconds=time.perf_counter() - t0, **base)

@@ -103,8 +103,14 @@ class CellChain:
         parts = self.outputs[-1]
         return parts if self.tuple_state else parts[0]
 
-    def analyse(self, saturation: bool = False, jacobians: str | None = None) -> LayerResult:
-        """Total and immediate gradients over the chain, for the gradients of this backward."""
+    def analyse(
+        self,
+        saturation: bool = False,
+        jacobians: str | None = None,
+        jacobian_samples: int | None = None,
+    ) -> LayerResult:
+        """Total and immediate gradients over the chain, for the gradients of this backward
+        (Jacobian-product norms for the first ``jacobian_samples`` samples, None: all)."""
         dtype = self.outputs[0][0].dtype
         if self.aliased:
             work = dtype
@@ -167,6 +173,14 @@ class CellChain:
         saturation = getattr(steps, "saturation", {})
         result = LayerResult(total_series, immediate, None, None, dtype, saturation)
         if jacobians is not None:
+            B = x.shape[1]
+            n = B if jacobian_samples is None else min(B, jacobian_samples)
+            if n < B and self.aliased:
+                steps = CallableSteps(self.module.forward, x[:, :n], [p[:, :n] for p in prev],
+                                      self.tuple_state)
+            elif n < B:
+                c0 = c0[:n] if c0 is not None else None
+                steps = linearise(w, x[:, :n], prev[0][:, :n], states[0][:, :n], c0)
             result.jacobian = product_log10_norms(steps, jacobians, T, None)
             result.relinearise = lambda: steps
         return result

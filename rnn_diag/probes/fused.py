@@ -194,6 +194,7 @@ def analyse(
     workspace: Workspace | None = None,
     saturation: bool = False,
     jacobians: str | None = None,
+    jacobian_samples: int | None = None,
 ) -> dict[tuple[int, int], LayerResult]:
     """Total and immediate gradients of every layer and direction of one fused call.
 
@@ -205,6 +206,7 @@ def analyse(
         saturation: also record the fraction of saturated units per gate.
         jacobians: None, or "exact"/"estimate": also record log10 ‖∂s_last/∂s_k‖₂ of each
             layer's own recurrence (see :mod:`rnn_diag.probes.jacobians`).
+        jacobian_samples: compute those norms for the first N samples only (None: all).
 
     Returns:
         ``{(layer, direction): LayerResult}``.
@@ -284,8 +286,12 @@ def analyse(
                 total = {"h": ScaledSeries(adj.scaled, adj.log_scale, adj.log_norm)}
             result = LayerResult(total, immediate, order, valid, dtype, steps.saturation)
             if jacobians is not None:
-                result.jacobian = product_log10_norms(steps, jacobians, T, lengths)
-                result.relinearise = _relinearise(w, x, h_prev, h, c0[idx] if lstm else None)
+                n = B if jacobian_samples is None else min(B, jacobian_samples)
+                c0_n = c0[idx][:n] if lstm else None
+                sub = steps if n == B else linearise(w, x[:, :n], h_prev[:, :n], h[:, :n], c0_n)
+                sub_lengths = None if lengths is None else lengths[:n]
+                result.jacobian = product_log10_norms(sub, jacobians, T, sub_lengths)
+                result.relinearise = _relinearise(w, x[:, :n], h_prev[:, :n], h[:, :n], c0_n)
             results[(layer, d)] = result
             if layer > 0:
                 dx = _gather_time(steps.input_grads(adj.scaled), order)

@@ -25,6 +25,7 @@ def attach(
     *,
     saturation: bool = False,
     jacobians: str | None = None,
+    jacobian_samples: int | None = None,
 ) -> Probe:
     """Attach a :class:`Probe` to the recurrent modules of ``model``.
 
@@ -40,6 +41,10 @@ def attach(
             norms log10 ‖∂s_T/∂s_k‖₂ of each layer's recurrence (:meth:`Probe.jacobian_log10_norms`,
             ``jacobian_*`` metrics in :meth:`Probe.frame`). "exact" forms every product (costly
             for large H); "estimate" is the forward-backward probe, within 10% almost always.
+        jacobian_samples: compute the Jacobian-product norms for the first N samples of the
+            batch only (None: all). Their cost grows linearly with the batch while a few dozen
+            samples already give the batch statistics; :meth:`Probe.jacobian_log10_norms` then
+            returns ``[T, min(B, N)]``.
 
     Returns:
         The attached Probe; use it as a context manager to detach automatically.
@@ -54,7 +59,8 @@ def attach(
         torch.Size([50, 4, 8])
     """
     return Probe(
-        model, modules=modules, every=every, saturation=saturation, jacobians=jacobians
+        model, modules=modules, every=every, saturation=saturation, jacobians=jacobians,
+        jacobian_samples=jacobian_samples,
     )
 
 
@@ -75,9 +81,16 @@ class Probe:
         *,
         saturation: bool = False,
         jacobians: str | None = None,
+        jacobian_samples: int | None = None,
     ):
         if not isinstance(every, int) or isinstance(every, bool) or every < 1:
             raise ValueError(f"every must be a positive int, got {every!r}")
+        if jacobian_samples is not None and (
+            not isinstance(jacobian_samples, int) or isinstance(jacobian_samples, bool)
+            or jacobian_samples < 1
+        ):
+            raise ValueError(f"jacobian_samples must be None or a positive int, "
+                             f"got {jacobian_samples!r}")
         targets = find_recurrent(model, modules)
         for name, module in targets.items():
             if isinstance(module, FUSED_TYPES):
@@ -86,6 +99,7 @@ class Probe:
         self._every = every
         self._saturation = bool(saturation)
         self._jacobians = check_method(jacobians)
+        self._jacobian_samples = jacobian_samples
         self._names_by_id = {id(m): name for name, m in targets.items()}
         self._shadows = {
             name: make_shadows(m) for name, m in targets.items() if isinstance(m, FUSED_TYPES)
@@ -193,8 +207,9 @@ class Probe:
                 lengths). Other targets are recomputed from the recorded trajectory.
 
         Returns:
-            float64 ``[T, B]`` in input time order, in decades: 0 at k = target, NaN for the
-            steps the direction processes after the target and past each sample's length.
+            float64 ``[T, N]`` in input time order (N = B, or ``jacobian_samples`` when the
+            batch is larger), in decades: 0 at k = target, NaN for the steps the direction
+            processes after the target and past each sample's length.
         """
         result = self._result(module, layer, direction)
         if result.jacobian is None:
@@ -209,10 +224,12 @@ class Probe:
             raise ValueError(f"target={target} is outside the {T} steps")
         target %= T
         processing_target = target if direction == 0 else T - 1 - target
+        n = result.jacobian.shape[1]
+        valid = None if result.valid is None else result.valid[:, :n]
         with torch.no_grad(), flush_denormals():
             steps = result.relinearise()
             norms = product_log10_norms(
-                steps, self._jacobians, T, _lengths(result.valid), processing_target
+                steps, self._jacobians, T, _lengths(valid), processing_target
             )
         return result.in_input_order(norms)
 
@@ -379,11 +396,14 @@ class Probe:
         with torch.no_grad(), flush_denormals():
             for name, (_, call, grads) in calls.items():
                 results = analyse(
-                    call, *_three(grads), self._workspace, self._saturation, self._jacobians
+                    call, *_three(grads), self._workspace, self._saturation, self._jacobians,
+                    self._jacobian_samples,
                 )
                 self._store(iteration, name, results)
             for name, chain in chains.items():
-                result = chain.analyse(self._saturation, self._jacobians)
+                result = chain.analyse(
+                    self._saturation, self._jacobians, self._jacobian_samples
+                )
                 chain.grads.clear()
                 self._store(iteration, name, {(0, 0): result})
 

@@ -53,8 +53,9 @@ class LayerResult:
     ``valid`` is a ``[T, B]`` bool mask of the steps inside each sample's length.
     ``saturation`` maps each nonlinearity of the cell (h for an Elman RNN; r, z, n for GRU;
     i, f, g, o, c for LSTM) to the ``[T, B]`` fraction of saturated units, processing order.
-    ``jacobian``: ``[T, B]`` float64 log10 ‖∂s_last/∂s_k‖₂ (processing order), when recorded;
-    ``relinearise()`` rebuilds the layer's linearisation for other targets.
+    ``jacobian``: ``[T, N]`` float64 log10 ‖∂s_last/∂s_k‖₂ (processing order) of the first
+    N ≤ B samples, when recorded; ``relinearise()`` rebuilds the linearisation of those samples
+    for other targets.
     """
 
     total: dict[str, ScaledSeries]
@@ -67,9 +68,11 @@ class LayerResult:
     relinearise: Callable[[], object] | None = None
 
     def _to_input_order(self, x: Tensor) -> Tensor:
+        """Processing → input time order; ``x`` may cover only the first columns (samples)."""
         if self.order is None:
             return x
-        index = self.order if x.dim() == 2 else self.order.unsqueeze(-1).expand_as(x)
+        order = self.order[:, : x.shape[1]]
+        index = order if x.dim() == 2 else order.unsqueeze(-1).expand_as(x)
         return torch.gather(x, 0, index)
 
     def values(self, which: str, state: str) -> Tensor:
@@ -109,7 +112,9 @@ class LayerResult:
             names = list(METRICS)
             if state == "h" and self.jacobian is not None:
                 names += ["jacobian_mean", "jacobian_min", "jacobian_max"]
-                rows.extend(_batch_stats(self._to_input_order(self.jacobian), self.valid))
+                n = self.jacobian.shape[1]  # the first n samples (attach(jacobian_samples=))
+                valid = None if self.valid is None else self.valid[:, :n]
+                rows.extend(_batch_stats(self._to_input_order(self.jacobian), valid))
             if state == "h":
                 for gate, fraction in self.saturation.items():
                     names.append(f"saturation_{gate}")

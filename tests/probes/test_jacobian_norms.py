@@ -177,3 +177,59 @@ def test_packed_sequences_use_each_samples_last_step():
         want = _reference_log10_norms(module, x[:length, b : b + 1], 0, 0, length - 1)[:, 0]
         np.testing.assert_allclose(got[:length, b], want, atol=1e-9)
         assert np.isnan(got[length:, b]).all()
+
+
+@pytest.mark.parametrize("kind", [nn.GRU, nn.LSTM], ids=["gru", "lstm"])
+def test_jacobian_samples_keeps_the_first_samples(kind):
+    """With jacobian_samples=N only the first N samples are computed, and they are exact."""
+    torch.manual_seed(5)
+    module = kind(3, 4, num_layers=2, bidirectional=True).double()
+    T, B, N = 6, 5, 2
+    x = torch.randn(T, B, 3, dtype=torch.float64)
+    with rd.attach(module, jacobians="exact", jacobian_samples=N) as probe:
+        module(x)[0].sum().backward()
+    got = probe.jacobian_log10_norms(layer=1, direction=1).numpy()
+    assert got.shape == (T, N)
+    want = _reference_log10_norms(module, x[:, :N], 1, 1, T - 1)[::-1]
+    np.testing.assert_allclose(got, want, atol=1e-9, equal_nan=True)
+    # other targets are recomputed for the same samples
+    got4 = probe.jacobian_log10_norms(layer=1, direction=0, target=3).numpy()
+    want4 = _reference_log10_norms(module, x[:, :N], 1, 0, 3)
+    np.testing.assert_allclose(got4, want4, atol=1e-9, equal_nan=True)
+    # the frame aggregates over those samples only
+    frame = probe.frame()
+    top = frame[(frame.layer == 0) & (frame.direction == 0) & (frame.metric == "jacobian_min")]
+    full0 = _reference_log10_norms(module, x[:, :N], 0, 0, T - 1)
+    np.testing.assert_allclose(top.sort_values("t")["value"], full0.min(1), atol=1e-9)
+
+
+def test_jacobian_samples_with_packed_sequences_and_cells():
+    torch.manual_seed(6)
+    module = nn.RNN(3, 4).double()
+    lengths = [6, 4, 3]
+    x = torch.randn(6, 3, 3, dtype=torch.float64)
+    packed = nn.utils.rnn.pack_padded_sequence(x, lengths)
+    with rd.attach(module, jacobians="exact", jacobian_samples=2) as probe:
+        nn.utils.rnn.pad_packed_sequence(module(packed)[0])[0].sum().backward()
+    got = probe.jacobian_log10_norms().numpy()
+    assert got.shape == (6, 2)
+    want = _reference_log10_norms(module, x[:4, 1:2], 0, 0, 3)[:, 0]
+    np.testing.assert_allclose(got[:4, 1], want, atol=1e-9)
+    assert np.isnan(got[4:, 1]).all()
+
+    cell = nn.GRUCell(3, 4).double()
+    with rd.attach(cell, jacobians="exact", jacobian_samples=1) as probe:
+        h, hs = None, []
+        for t in range(5):
+            h = cell(x[t], h)
+            hs.append(h)
+        torch.stack(hs).sum().backward()
+    fused = nn.GRU(3, 4).double()
+    with torch.no_grad():
+        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+            getattr(fused, name + "_l0").copy_(getattr(cell, name))
+    want = _reference_log10_norms(fused, x[:5, :1], 0, 0, 4)
+    np.testing.assert_allclose(probe.jacobian_log10_norms().numpy(), want, atol=1e-9,
+                               equal_nan=True)
+    with pytest.raises(ValueError, match="jacobian_samples"):
+        rd.attach(cell, jacobian_samples=0)

@@ -28,6 +28,7 @@ A config is a YAML file, read with ``yaml.safe_load`` and validated into an
     probes:
       every: 1                    # gradient profile every N epochs (and always the last one)
       jacobians: off              # off | estimate | exact
+      jacobian_samples: 64        # Jacobian norms on the first N samples; null = all
       lyapunov: [init, end]       # when: "init" (before training), "end", epoch numbers; []
       gradients: true             # record gradient profiles at all (false: train only)
       lyapunov_steps: null        # trajectory length; null = max(task.seq_len, 500)
@@ -380,6 +381,9 @@ class ProbesConfig(_Section):
             is always recorded.
         jacobians: Jacobian-product norms: "off", "estimate" or "exact" (``false``, which is
             what YAML makes of ``off``, is read as "off").
+        jacobian_samples: compute the Jacobian-product norms on the first N samples of the
+            recorded batch (> 0), or ``None`` for all; their cost grows with the batch, and a
+            few dozen samples already give its mean, min and max.
         lyapunov: when to compute the Lyapunov spectrum: "init", "end", epoch numbers (see the
             module docstring); ``[]`` = never.
         lyapunov_steps: the trajectory length in steps (> 0), or ``None`` for
@@ -397,6 +401,7 @@ class ProbesConfig(_Section):
     gradients: bool = True
     every: PositiveInt = 1
     jacobians: Literal["off", "estimate", "exact"] = "off"
+    jacobian_samples: PositiveInt | None = 64
     lyapunov: Schedule = Field(default_factory=lambda: ["init", "end"])
     lyapunov_steps: PositiveInt | None = None
     spectra: Schedule = Field(default_factory=lambda: ["init", "end"])

@@ -158,7 +158,8 @@ class _Recorder:
                 xb, yb = (x, y) if idx is None else (x[idx.to(device)], y[idx.to(device)])
                 optimizer.zero_grad(set_to_none=True)
                 if record and i == 0:
-                    with attach(model.rnn, jacobians=jacobians, saturation=p.saturation) as pr:
+                    with attach(model.rnn, jacobians=jacobians, saturation=p.saturation,
+                                jacobian_samples=p.jacobian_samples) as pr:
                         out = model(xb)
                         loss = task.loss(out, yb)
                         loss.backward()

@@ -6,6 +6,8 @@ Thin: find the run folders, check them all before writing anything, render each 
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import click
@@ -13,6 +15,25 @@ import click
 #: Where ``rnn-diag report`` without arguments looks for run folders (as ``rnn-diag run``).
 DEFAULT_ROOT = Path("reports")
 INDEX = "index.html"
+
+
+def write_page(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (temporary file, then ``os.replace``), readable by
+    everyone the umask allows (a page is meant to be shared, unlike a private temp file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _fail(message: str, status: int = 2) -> None:
@@ -64,7 +85,6 @@ def report(run_dirs: tuple[str, ...], out: str | None, fmt: str, quiet: bool) ->
     matplotlib.use("Agg")  # files only; never open a window
     from tqdm.auto import tqdm
 
-    from ..experiments.store import write_text
     from .page import render_report
     from .run_data import NotARunError, load_run
 
@@ -79,7 +99,7 @@ def report(run_dirs: tuple[str, ...], out: str | None, fmt: str, quiet: bool) ->
             _fail(str(exc))
         rendered = render_report(run, fmt=fmt, progress=not quiet)
         target = Path(out) if out is not None else d / INDEX
-        write_text(target, rendered.html)
+        write_page(target, rendered.html)
         for s in rendered.errors:
             failed_figures += 1
             click.echo(f"warning: {d}: figure {s.key!r} could not be drawn: {s.error}", err=True)

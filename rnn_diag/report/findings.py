@@ -246,8 +246,9 @@ def _chance(trials: pd.DataFrame, labels: pd.Series) -> list[Finding]:
             f"No trial predicts held-out data better than chance: {best_text}.", "loss"))
     else:
         out.append(Finding(
-            f"{int(below.sum())} of {int(known.sum())} finished trials end with a validation "
-            f"loss below chance; {best_text}.", "loss"))
+            f"{int(below.sum())} of {int(known.sum())} finished trials "
+            f"end{'s' if below.sum() == 1 else ''} with a validation loss below chance; "
+            f"{best_text}.", "loss"))
     memorise = known & train.notna() & (train < chance * (1 - _MEMORISE)) & (val >= chance)
     if memorise.any():
         parts = [f"{labels[i]} (train {train[i]:.4f}, validation {val[i]:.4f})"

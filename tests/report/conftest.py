@@ -30,6 +30,18 @@ HOSTILE = '<script>alert("x")</script><img src=x onerror=alert(1)>'
 
 
 @pytest.fixture(scope="session")
+def hostile():
+    """The hostile string planted in :func:`hostile_run`."""
+    return HOSTILE
+
+
+@pytest.fixture(scope="session")
+def fail_message():
+    """The error message of the failed trials of :func:`small_run`."""
+    return FAIL_MESSAGE
+
+
+@pytest.fixture(scope="session")
 def small_run(tmp_path_factory):
     """A run folder: 6 trials, 3 ok, 2 failed (weight_scale 1.0), 1 diverged (40, 10.0)."""
     root = tmp_path_factory.mktemp("small")

@@ -96,7 +96,7 @@ def test_chance_and_memorisation():
     assert "memorisation" in found[1] and "seq_len 1000, default init (train 1.0260" in found[1]
     trials.loc[0, "val_loss"] = 1.05
     found = texts(compute_findings({"trials": trials}, SWEPT), "loss")
-    assert found[0].startswith("1 of 2 finished trials end with a validation loss below chance")
+    assert found[0].startswith("1 of 2 finished trials ends with a validation loss below chance")
 
 
 def test_pascanu_bound_only_for_tanh_rnn():

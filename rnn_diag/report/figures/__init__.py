@@ -25,15 +25,23 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from ._data import MissingData, table
+from .gradient_profile import gradient_profiles
+from .heatmap import gradient_heatmaps
 from .loss import loss_history
+from .phase import phase_diagram
+from .spectra import weight_spectra
 from .style import seq_len_palette
 
 __all__ = [
     "SECTIONS",
     "FigureSection",
     "MissingData",
+    "gradient_heatmaps",
+    "gradient_profiles",
     "loss_history",
+    "phase_diagram",
     "seq_len_palette",
+    "weight_spectra",
 ]
 
 
@@ -61,6 +69,23 @@ def _build_loss(tables: Mapping[str, pd.DataFrame]) -> Figure:
     return loss_history(table(tables, "trials"), table(tables, "curves"))
 
 
+def _build_profile(tables: Mapping[str, pd.DataFrame]) -> Figure:
+    return gradient_profiles(table(tables, "trials"), table(tables, "gradients"),
+                             table(tables, "spectra"), table(tables, "lyapunov"))
+
+
+def _build_heatmap(tables: Mapping[str, pd.DataFrame]) -> Figure:
+    return gradient_heatmaps(table(tables, "trials"), table(tables, "gradients"))
+
+
+def _build_phase(tables: Mapping[str, pd.DataFrame]) -> Figure:
+    return phase_diagram(table(tables, "trials"))
+
+
+def _build_spectra(tables: Mapping[str, pd.DataFrame]) -> Figure:
+    return weight_spectra(table(tables, "trials"), table(tables, "spectra"))
+
+
 SECTIONS: tuple[FigureSection, ...] = (
     FigureSection(
         key="loss",
@@ -74,5 +99,57 @@ SECTIONS: tuple[FigureSection, ...] = (
         ),
         needs=("trials", "curves"),
         build=_build_loss,
+    ),
+    FigureSection(
+        key="profile",
+        title="Gradient profile",
+        caption=(
+            "How strongly the learning signal reaches back: log10 of the gradient norm "
+            "‖∂L/∂h_t‖ at each step against its distance from the loss, at the first and the "
+            "last recorded epoch. A straight falling line is exponential vanishing (every 1 "
+            "down is 10× weaker), a rising one is exploding. Dashed: the slope predicted by "
+            "the top Lyapunov exponent; dotted: Pascanu's upper bound σ_max^(T−1−t) (vanilla "
+            "RNN only) — a measured line above the dotted one would be an error."
+        ),
+        needs=("trials", "gradients"),
+        build=_build_profile,
+    ),
+    FigureSection(
+        key="heatmap",
+        title="Gradient profile during training",
+        caption=(
+            "One panel per trial: the colour is log10 ‖∂L/∂h_t‖ at each distance from the loss "
+            "(x) and each recorded epoch (y, init at the bottom). Colour changing along x is the "
+            "decay over time steps; look for rows that change as training goes on — the "
+            "gradient reaching further back (colour spreading right) or collapsing."
+        ),
+        needs=("trials", "gradients"),
+        build=_build_heatmap,
+    ),
+    FigureSection(
+        key="phase",
+        title="Phase diagram",
+        caption=(
+            "Each cell is one setting and sequence length: the colour is the fitted change of "
+            "log10 ‖∂L/∂h_t‖ per step back in time (blue: the gradient shrinks, red: it grows), "
+            "and the label is the verdict. The same decay per step is harmless at T=10 and "
+            "fatal at T=1000, so look for where the verdict turns to vanishing as T grows, and "
+            "whether training moves a cell from the left panel to the right one."
+        ),
+        needs=("trials",),
+        build=_build_phase,
+    ),
+    FigureSection(
+        key="spectra",
+        title="Spectrum of the recurrent weights",
+        caption=(
+            "The recurrent matrix W_hh at initialisation (grey) and after training (colour): "
+            "its eigenvalues with the unit circle, its singular values, and the spectral "
+            "radius ρ and spectral norm σ_max at each snapshot. Eigenvalues inside the circle "
+            "mean a decaying linear recurrence; for a tanh RNN σ_max < 1 guarantees vanishing "
+            "gradients, while ρ < 1 < σ_max (common for random init) guarantees nothing."
+        ),
+        needs=("trials", "spectra"),
+        build=_build_spectra,
     ),
 )

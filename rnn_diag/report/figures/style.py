@@ -108,7 +108,8 @@ def figure_style() -> Iterator[None]:
 
 def new_figure(nrows: int, ncols: int, *, panel_height: float = 2.6,
                width: float | None = None, sharex=False, sharey=False,
-               squeeze: bool = False, **kwargs) -> tuple[Figure, np.ndarray]:
+               squeeze: bool = False, layout: str | None = "constrained",
+               **kwargs) -> tuple[Figure, np.ndarray]:
     """A ``Figure`` with a grid of axes (``[nrows, ncols]`` array), sized for the page.
 
     Call inside :func:`figure_style`. The figure is ``width`` inches wide (default 11, or less
@@ -116,7 +117,7 @@ def new_figure(nrows: int, ncols: int, *, panel_height: float = 2.6,
     """
     if width is None:
         width = min(_WIDTH, 3.2 + 2.9 * ncols)
-    fig = Figure(figsize=(width, panel_height * nrows + 0.5), layout="constrained")
+    fig = Figure(figsize=(width, panel_height * nrows + 0.5), layout=layout)
     axes = fig.subplots(nrows, ncols, sharex=sharex, sharey=sharey, squeeze=squeeze, **kwargs)
     return fig, axes
 

@@ -27,8 +27,11 @@ from matplotlib.figure import Figure
 from ._data import MissingData, table
 from .gradient_profile import gradient_profiles
 from .heatmap import gradient_heatmaps
+from .jacobians import jacobian_norms
 from .loss import loss_history
+from .lyapunov import lyapunov_spectra
 from .phase import phase_diagram
+from .predictions import next_step_predictions
 from .spectra import weight_spectra
 from .style import seq_len_palette
 
@@ -38,7 +41,10 @@ __all__ = [
     "MissingData",
     "gradient_heatmaps",
     "gradient_profiles",
+    "jacobian_norms",
     "loss_history",
+    "lyapunov_spectra",
+    "next_step_predictions",
     "phase_diagram",
     "seq_len_palette",
     "weight_spectra",
@@ -84,6 +90,19 @@ def _build_phase(tables: Mapping[str, pd.DataFrame]) -> Figure:
 
 def _build_spectra(tables: Mapping[str, pd.DataFrame]) -> Figure:
     return weight_spectra(table(tables, "trials"), table(tables, "spectra"))
+
+
+def _build_jacobians(tables: Mapping[str, pd.DataFrame]) -> Figure:
+    return jacobian_norms(table(tables, "trials"), table(tables, "gradients"),
+                          table(tables, "spectra"), table(tables, "lyapunov"))
+
+
+def _build_lyapunov(tables: Mapping[str, pd.DataFrame]) -> Figure:
+    return lyapunov_spectra(table(tables, "trials"), table(tables, "lyapunov"))
+
+
+def _build_predictions(tables: Mapping[str, pd.DataFrame]) -> Figure:
+    return next_step_predictions(table(tables, "trials"), table(tables, "predictions"))
 
 
 SECTIONS: tuple[FigureSection, ...] = (
@@ -151,5 +170,43 @@ SECTIONS: tuple[FigureSection, ...] = (
         ),
         needs=("trials", "spectra"),
         build=_build_spectra,
+    ),
+    FigureSection(
+        key="jacobians",
+        title="Jacobian-product norms",
+        caption=(
+            "How much a change of the hidden state at step t still moves the last state: "
+            "log10 of the spectral norm of the product of step Jacobians ∂h_{T−1}/∂h_t, "
+            "against the distance. Unlike the gradient it does not depend on the loss, so it "
+            "shows the network's memory itself; compare its slope with the dashed Lyapunov "
+            "line and, for a vanilla RNN, check that it stays under the dotted Pascanu bound."
+        ),
+        needs=("trials", "gradients"),
+        build=_build_jacobians,
+    ),
+    FigureSection(
+        key="lyapunov",
+        title="Lyapunov spectrum",
+        caption=(
+            "The Lyapunov exponents of the recurrent dynamics, largest first, at init (dashed) "
+            "and after training (solid), in nats per step (right axis: decades per step). The "
+            "largest one is the long-run slope of the gradient profile: below 0 the signal "
+            "decays exponentially with distance, above 0 it grows; training that pushes it "
+            "towards 0 lengthens the memory."
+        ),
+        needs=("trials", "lyapunov"),
+        build=_build_lyapunov,
+    ),
+    FigureSection(
+        key="predictions",
+        title="Next-step prediction",
+        caption=(
+            "What each trained model predicts for the last held-out window: the softmax "
+            "probability of every class (a probability, not a raw logit), the actual next "
+            "step boxed and the predicted class in bold. Probabilities all close to chance "
+            "mean the model learned nothing it can use, which is the truth for i.i.d. data."
+        ),
+        needs=("trials", "predictions"),
+        build=_build_predictions,
     ),
 )

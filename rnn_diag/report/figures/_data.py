@@ -36,10 +36,11 @@ def table(tables: Mapping[str, pd.DataFrame], name: str) -> pd.DataFrame | None:
 
 
 def require(df: pd.DataFrame | None, name: str, columns: Sequence[str] = (),
-            hint: str = "") -> pd.DataFrame:
-    """``df`` if it has rows and ``columns``; otherwise :class:`MissingData` naming the table."""
+            hint: str = "", message: str = "") -> pd.DataFrame:
+    """``df`` if it has rows and ``columns``; otherwise :class:`MissingData` naming the table
+    (or saying ``message``)."""
     if df is None or len(df) == 0:
-        raise MissingData(f"the {name!r} table is empty or was not recorded{hint}")
+        raise MissingData(message or f"the {name!r} table is empty or was not recorded{hint}")
     missing = [c for c in columns if c not in df.columns]
     if missing:
         raise MissingData(f"the {name!r} table has no column(s) {', '.join(missing)}{hint}")

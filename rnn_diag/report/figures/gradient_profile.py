@@ -36,12 +36,13 @@ def profile_table(info: Trials, gradients: pd.DataFrame, metric: str,
     df = gradients[gradients["metric"] == metric]
     if "state" in df:
         df = df[df["state"] == state]
-    hint = (" (enable it with probes.jacobians: estimate or exact)"
+    hint = (" (Jacobian norms are recorded with probes.jacobians: estimate or exact)"
             if metric.startswith("jacobian") else "")
-    require(df, "gradients", hint=f": no {metric!r} rows{hint}")
+    require(df, "gradients", message=f"the 'gradients' table has no {metric!r} rows{hint}")
     df = info.attach(df)
     df, n_layers = last_layer(df)
-    require(df, "gradients", hint=f": no {metric!r} rows for the trials of this run")
+    require(df, "gradients",
+            message=f"the 'gradients' table has no {metric!r} rows for the trials of this run")
     epochs = df.groupby("trial")["epoch"].agg(["min", "max"])
     df = df.join(epochs, on="trial")
     first = df[df["epoch"] == df["min"]].assign(when="first")
@@ -82,7 +83,9 @@ def _ylim(values: np.ndarray) -> tuple[float, float]:
 
 
 def draw_profiles(info: Trials, df: pd.DataFrame, snapshots: Snapshots | None, *,
-                  ylabel: str, quantity: str) -> tuple[Figure, list[str]]:
+                  ylabel: str, quantity: str,
+                  xlabel: str = "distance from the loss T−1−t (steps)",
+                  ) -> tuple[Figure, list[str]]:
     """The grid of figures 2 and 6: rows = first/last epoch (per block of variants), columns
     = variants, one line per seq_len (mean over seeds, min-max band), theory lines dashed
     (Lyapunov) and dotted (Pascanu). Returns the figure and the notes to add."""
@@ -147,7 +150,7 @@ def draw_profiles(info: Trials, df: pd.DataFrame, snapshots: Snapshots | None, *
             ax.set_xlim(left=0)
     for ax in axes.ravel():
         if ax.get_visible():
-            ax.set_xlabel("distance from the loss T−1−t (steps)")
+            ax.set_xlabel(xlabel)
             ax.xaxis.set_tick_params(labelbottom=True)
     for row in axes:
         visible = [ax for ax in row if ax.get_visible()]

@@ -118,7 +118,7 @@ def draw_profiles(info: Trials, df: pd.DataFrame, snapshots: Snapshots | None, *
                 idx = downsample(stats.index.to_numpy(), MAX_POINTS)
                 s = stats.iloc[idx]
                 x = s.index.to_numpy(dtype=float)
-                ax.plot(x, s["mean"], color=colour, lw=1.5)
+                ax.plot(x, s["mean"], color=colour, lw=1.5, label=f"_measured seq_len={seq_len}")
                 trials = sorted(group["trial"].unique())
                 if len(trials) > 1:
                     seeds = True
@@ -130,7 +130,8 @@ def draw_profiles(info: Trials, df: pd.DataFrame, snapshots: Snapshots | None, *
                         marked_inf = True
                         d = d[downsample(d, 60)]
                         ax.plot(d, np.full(d.size, y), marker, color=colour, ms=3.5,
-                                transform=ax.get_xaxis_transform(), clip_on=False)
+                                transform=ax.get_xaxis_transform(), clip_on=False,
+                                label=f"_{flag}inf seq_len={seq_len}")
                 if snapshots is None:
                     continue
                 start = stats["mean"].dropna()
@@ -139,13 +140,15 @@ def draw_profiles(info: Trials, df: pd.DataFrame, snapshots: Snapshots | None, *
                 d0, y0 = float(start.index[0]), float(start.iloc[0])
                 dmax = float(stats.index.max())
                 epoch = float(group["epoch"].median())
-                for slope_of, style, used in ((snapshots.lyapunov_slope, (0, (5, 3)), used_lyap),
-                                              (snapshots.pascanu_slope, ":", used_pascanu)):
+                for name, slope_of, style, used in (
+                        ("lyapunov", snapshots.lyapunov_slope, (0, (5, 3)), used_lyap),
+                        ("pascanu", snapshots.pascanu_slope, ":", used_pascanu)):
                     slope, names = slope_of(trials, epoch)
                     if math.isfinite(slope):
                         used.update(names)
                         ax.plot([d0, dmax], [y0, y0 + slope * (dmax - d0)], ls=style,
-                                color=colour, lw=1.1, alpha=0.9)
+                                color=colour, lw=1.1, alpha=0.9,
+                                label=f"_{name} seq_len={seq_len}")
             ax.set_ylim(lo, hi)
             ax.set_xlim(left=0)
     for ax in axes.ravel():

@@ -91,12 +91,13 @@ def loss_history(trials: pd.DataFrame, curves: pd.DataFrame) -> Figure:
                     if stats.empty:
                         continue
                     x = stats.index.to_numpy()
-                    ax.plot(x, stats["mean"], style, color=colour, lw=1.4)
+                    ax.plot(x, stats["mean"], style, color=colour, lw=1.4,
+                            label=f"_{col} seq_len={seq_len}")
                     if group["trial"].nunique() > 1:
                         ax.fill_between(x, stats["min"], stats["max"], color=colour,
                                         alpha=BAND_ALPHA, lw=0)
             if not math.isnan(chance):
-                ax.axhline(chance, color="black", ls=":", lw=1.1)
+                ax.axhline(chance, color="black", ls=":", lw=1.1, label="_chance")
             ax.set_title(info.variant_title(variant))
             ax.set_ylim(lo, hi)
         for ax in axes[-1, :]:

@@ -55,7 +55,8 @@ def lyapunov_spectra(trials: pd.DataFrame, lyapunov: pd.DataFrame) -> Figure:
                 stats = g.groupby("index")["exponent"].agg(["mean", "min", "max"])
                 ax.plot(stats.index, stats["mean"], "--" if when == "init" else "-",
                         color=colour, lw=1.3, marker="o" if len(stats) <= 32 else None, ms=2.5,
-                        mfc="none" if when == "init" else colour)
+                        mfc="none" if when == "init" else colour,
+                        label=f"_{when} seq_len={seq_len}")
                 if g["trial"].nunique() > 1:
                     seeds = True
                     ax.fill_between(stats.index, stats["min"], stats["max"], color=colour,

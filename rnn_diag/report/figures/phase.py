@@ -48,6 +48,9 @@ def _cells(info: Trials, trials: pd.DataFrame, tag: str) -> tuple[np.ndarray, li
         if len(finite):
             z[rank, j] = finite.mean()
         verdict = _verdict_text(list(group["verdict"]))
+        if verdict == "n/a":  # no summary: say why when the trials say it
+            verdict = " / ".join(sorted(set(info.info.loc[group.index, "status"].astype(str))
+                                        - {"ok"})) or "n/a"
         value = f"{z[rank, j]:+.3f}" if math.isfinite(z[rank, j]) else ""
         text[rank][j] = f"{verdict}\n{value}".strip()
     return z, text

@@ -76,7 +76,7 @@ def weight_spectra(trials: pd.DataFrame, spectra: pd.DataFrame) -> Figure:
             end = part[part["when"] == "end"]
             for gate, g in init.groupby("gate", sort=False):
                 ax_eig.plot(g["real"], g["imag"], _marker(gate), mfc="none", mec=MISSING_COLOUR,
-                            ms=4.5, mew=0.8, ls="")
+                            ms=4.5, mew=0.8, ls="", label="_eig init")
                 for _, tg in g.groupby("trial"):
                     tg = tg.sort_values("index")
                     ax_sv.plot(tg["index"], tg["singular_value"], ls="--", marker=_marker(gate),
@@ -84,7 +84,7 @@ def weight_spectra(trials: pd.DataFrame, spectra: pd.DataFrame) -> Figure:
             for (seq_len, gate), g in end.groupby(["seq_len", "gate"], sort=False):
                 colour = palette.get(seq_len, MISSING_COLOUR)
                 ax_eig.plot(g["real"], g["imag"], _marker(gate), color=colour, ms=3.5,
-                            alpha=0.85, ls="")
+                            alpha=0.85, ls="", label=f"_eig end seq_len={seq_len}")
                 for _, tg in g.groupby("trial"):
                     tg = tg.sort_values("index")
                     ax_sv.plot(tg["index"], tg["singular_value"], ls="-", marker=_marker(gate),
@@ -110,9 +110,10 @@ def weight_spectra(trials: pd.DataFrame, spectra: pd.DataFrame) -> Figure:
                 colour = palette.get(seq_len, MISSING_COLOUR)
                 mean = g.groupby("snap_epoch")[["modulus", "singular_value"]].mean()
                 mean = mean[np.isfinite(mean.index.to_numpy(dtype=float))]
-                ax_rho.plot(mean.index, mean["modulus"], "-o", color=colour, ms=3.5, lw=1.3)
+                ax_rho.plot(mean.index, mean["modulus"], "-o", color=colour, ms=3.5, lw=1.3,
+                            label=f"_rho seq_len={seq_len}")
                 ax_rho.plot(mean.index, mean["singular_value"], "--s", color=colour, ms=3.5,
-                            lw=1.3)
+                            lw=1.3, label=f"_sigma seq_len={seq_len}")
             ax_rho.set_xlabel("epoch (snapshot)")
             ax_rho.set_ylabel("ρ(W_hh), σ_max(W_hh)")
             ax_rho.set_title("spectral radius and norm over training", fontsize=8.5)

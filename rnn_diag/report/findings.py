@@ -88,6 +88,13 @@ def _setting_text(short: str, key: str, value) -> str:
     return f"{short} {fmt_value(value)}"
 
 
+def _trial_labels(trials: pd.DataFrame, swept: Sequence[str], labels: pd.Series) -> pd.Series:
+    """The condition of each trial, with its seed when seeds are swept."""
+    if SEED not in swept or SEED not in trials:
+        return labels
+    return labels + ", seed " + trials[SEED].map(fmt_value)
+
+
 def _pct(x: float) -> str:
     """A fraction as a percentage with two significant digits (``0.0143`` -> ``"1.4%"``)."""
     p = 100.0 * x
@@ -123,8 +130,7 @@ def _status(trials: pd.DataFrame, labels: pd.Series) -> list[Finding]:
         error = str(row.get("error") or "").strip()
         if len(error) > 120:
             error = error[:117] + "..."
-        label = str(row.get("label", labels[i]))
-        parts.append(f"{label} {row.get('status')}" + (f" ({error})" if error else ""))
+        parts.append(f"{labels[i]} {row.get('status')}" + (f" ({error})" if error else ""))
     return [Finding(
         f"{len(bad)} of {len(trials)} trials did not finish normally: {_list(parts)}. "
         "They are marked in the table; the figures show whatever they recorded before "
@@ -163,7 +169,14 @@ def _last_summaries(summaries: pd.DataFrame) -> pd.DataFrame:
     return s.drop_duplicates("trial").set_index("trial")
 
 
-def _reach(trials: pd.DataFrame, summaries: pd.DataFrame, labels: pd.Series) -> list[Finding]:
+def _reach(trials: pd.DataFrame, summaries: pd.DataFrame, labels: pd.Series,
+           variants: pd.Series) -> list[Finding]:
+    """How far back the signal reaches, per condition, from the stored horizon and anchor.
+
+    One sentence per *variant* (the settings other than seq_len and seed) at its longest
+    sequence, so the effect of the variant shows at a glance; with a single variant, one per
+    sequence length instead.
+    """
     last = _last_summaries(summaries)
     if last.empty:
         return []
@@ -174,21 +187,24 @@ def _reach(trials: pd.DataFrame, summaries: pd.DataFrame, labels: pd.Series) -> 
         s = last.loc[row["id"]]
         if not (s["horizon"] >= 0):  # -1: nothing finite
             continue
-        rows.append({"condition": labels[i], "seq_len": row.get("task.seq_len"),
+        seq_len = row.get("task.seq_len")
+        rows.append({"condition": labels[i], "variant": variants[i],
+                     "seq_len": -1 if seq_len is None or pd.isna(seq_len) else seq_len,
                      "horizon": float(s["horizon"]), "window": float(s["anchor"]) + 1})
     if not rows:
         return []
     df = pd.DataFrame(rows)
     grouped = df.groupby("condition", sort=False).agg(
-        horizon=("horizon", "median"), window=("window", "median"),
+        horizon=("horizon", "median"), window=("window", "median"), variant=("variant", "first"),
         seq_len=("seq_len", "first"), n=("horizon", "size"))
     grouped["fraction"] = (grouped.horizon + 1) / grouped.window
     short = grouped[grouped.horizon + 1 < grouped.window]
+    if grouped.variant.nunique() > 1:
+        short = short.sort_values("seq_len", kind="stable").groupby(
+            "variant", sort=False).tail(1)
+        short = short.loc[[c for c in grouped.index if c in short.index]]  # config order
     out = []
-    # the condition that reaches least far, for each sequence length
-    worst = short.sort_values("fraction").groupby("seq_len", sort=False, dropna=False).head(1)
-    worst = worst.sort_values("seq_len").head(_MAX_REACH)
-    for cond, g in worst.iterrows():
+    for cond, g in short.head(_MAX_REACH).iterrows():
         h, w = int(round(g.horizon)), int(round(g.window))
         out.append(Finding(
             f"At {cond}, ∂L/∂h_k fell more than 3 decades below its largest value beyond "
@@ -245,10 +261,13 @@ def _chance(trials: pd.DataFrame, labels: pd.Series) -> list[Finding]:
         out.append(Finding(
             f"No trial predicts held-out data better than chance: {best_text}.", "loss"))
     else:
+        margin = float((chance[best] - val[best]) / chance[best])
+        small = (f": less than {_MEMORISE:.0%} below chance, too little to call it learning"
+                 if margin < _MEMORISE else "")
         out.append(Finding(
             f"{int(below.sum())} of {int(known.sum())} finished trials "
             f"end{'s' if below.sum() == 1 else ''} with a validation loss below chance; "
-            f"{best_text}.", "loss"))
+            f"{best_text}{small}.", "loss"))
     memorise = known & train.notna() & (train < chance * (1 - _MEMORISE)) & (val >= chance)
     if memorise.any():
         parts = [f"{labels[i]} (train {train[i]:.4f}, validation {val[i]:.4f})"
@@ -283,8 +302,8 @@ def _pascanu(trials: pd.DataFrame, labels: pd.Series, config: Mapping) -> list[F
                 f"per step back" if np.isfinite(lo) and lo < 0 and hi < 0 else "")
         out.append(Finding(
             f"In {int(forced.sum())} trial{'s' if forced.sum() != 1 else ''} the spectral norm "
-            f"σ_max of W_hh at initialisation is below 1 ({sigma[forced].min():.2f} to "
-            f"{sigma[forced].max():.2f}): for a tanh RNN whose loss reads the last step this "
+            f"σ_max of W_hh at initialisation is below 1 ({sigma[forced].min():.3g} to "
+            f"{sigma[forced].max():.3g}): for a tanh RNN whose loss reads the last step this "
             f"bounds ‖∂L/∂h_k‖ by σ_max^(T−k)·‖∂L/∂h_T‖, so the gradient must vanish "
             f"(Pascanu et al., 2013){span}. Conditions: {_list(conds)}.",
             "spectra",
@@ -294,8 +313,8 @@ def _pascanu(trials: pd.DataFrame, labels: pd.Series, config: Mapping) -> list[F
         conds = list(dict.fromkeys(labels[gap]))
         out.append(Finding(
             f"In {int(gap.sum())} trial{'s' if gap.sum() != 1 else ''} the spectral radius ρ of "
-            f"W_hh at initialisation is below 1 but σ_max is not ({rho[gap].min():.2f}–"
-            f"{rho[gap].max():.2f} vs {sigma[gap].min():.2f}–{sigma[gap].max():.2f}): the "
+            f"W_hh at initialisation is below 1 but σ_max is not ({rho[gap].min():.3g}–"
+            f"{rho[gap].max():.3g} vs {sigma[gap].min():.3g}–{sigma[gap].max():.3g}): the "
             "guarantee of vanishing does not apply, ρ < 1 alone does not decide. Conditions: "
             f"{_list(conds)}.",
             "spectra",
@@ -364,13 +383,15 @@ def compute_findings(tables: Mapping[str, pd.DataFrame], swept: Sequence[str],
     summaries = tables.get("summaries")
     summaries = pd.DataFrame() if summaries is None else summaries
     labels = condition_labels(trials, swept)
+    variants = condition_labels(trials, [k for k in swept if k != "task.seq_len"])
+    per_trial = _trial_labels(trials, swept, labels)
     return [
-        *_status(trials, labels),
+        *_status(trials, per_trial),
         *_verdicts(trials),
-        *_reach(trials, summaries, labels),
+        *_reach(trials, summaries, labels, variants),
         *_exploding(trials, labels),
         *_chance(trials, labels),
         *_pascanu(trials, labels, config or {}),
         *_lyapunov(trials, labels),
-        *_changes(trials, labels),
+        *_changes(trials, per_trial),
     ]

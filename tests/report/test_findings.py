@@ -67,6 +67,28 @@ def test_seeds_of_one_condition_give_the_median():
     assert "the last 15 of 100 steps (15% of the window)" in reach
 
 
+def test_reach_is_told_per_variant_at_its_longest_sequence():
+    rows, sums = [], []
+    for i, (seq_len, scale, horizon) in enumerate([(10, None, 9), (100, None, 20), (1000, None, 14),
+                                                   (10, 0.5, 5), (100, 0.5, 7), (1000, 0.5, 7)]):
+        rows.append({"id": f"t{i}", "task.seq_len": seq_len, "model.weight_scale": scale})
+        sums.append((f"t{i}", horizon, seq_len - 1))
+    found = texts(compute_findings({"trials": _trials(rows), "summaries": _summaries(sums)},
+                                   SWEPT), "profile")
+    reach = [t for t in found if "beyond" in t]
+    assert [t.split(",")[0:2] for t in reach] == [["At seq_len 1000", " default init"],
+                                                   ["At seq_len 1000", " weight_scale 0.5"]]
+    assert "the last 15 of 1000 steps (1.5% of the window)" in reach[0]
+    assert "the last 8 of 1000 steps (0.8% of the window)" in reach[1]
+    # with one variant only, every sequence length is told
+    only = [r for r in rows if r["model.weight_scale"] is None]
+    found = texts(compute_findings({"trials": _trials(only), "summaries": _summaries(sums)},
+                                   ("task.seq_len",)), "profile")
+    assert [t.split(" ∂L")[0] for t in found if "beyond" in t] == [
+        "At seq_len 100,", "At seq_len 1000,"]
+    assert any("whole window in 1 of 3 conditions: seq_len 10." in t for t in found)
+
+
 def test_failed_and_diverged_trials_are_named_with_their_error():
     trials = _trials([
         {"id": "a", "task.seq_len": 10, "model.weight_scale": None},
@@ -78,8 +100,8 @@ def test_failed_and_diverged_trials_are_named_with_their_error():
     (status,) = compute_findings({"trials": trials}, SWEPT)[:1]
     assert status.key == "trials"
     assert status.text.startswith("2 of 3 trials did not finish normally")
-    assert "seq_len=20 failed (RuntimeError: disk on fire)" in status.text
-    assert "seq_len=30 diverged (loss became nan in epoch 2)" in status.text
+    assert "seq_len 20, default init, seed 0 failed (RuntimeError: disk on fire)" in status.text
+    assert "seq_len 30, default init, seed 0 diverged (loss became nan in epoch 2)" in status.text
 
 
 def test_chance_and_memorisation():
@@ -97,6 +119,10 @@ def test_chance_and_memorisation():
     trials.loc[0, "val_loss"] = 1.05
     found = texts(compute_findings({"trials": trials}, SWEPT), "loss")
     assert found[0].startswith("1 of 2 finished trials ends with a validation loss below chance")
+    assert "too little" not in found[0]
+    trials.loc[0, "val_loss"] = chance - 0.001  # 0.09% below chance: noise, said so
+    found = texts(compute_findings({"trials": trials}, SWEPT), "loss")
+    assert found[0].endswith("less than 1% below chance, too little to call it learning.")
 
 
 def test_pascanu_bound_only_for_tanh_rnn():
@@ -108,10 +134,10 @@ def test_pascanu_bound_only_for_tanh_rnn():
     ])
     found = texts(compute_findings({"trials": trials}, SWEPT), "spectra")
     assert len(found) == 2
-    assert "In 1 trial the spectral norm σ_max of W_hh at initialisation is below 1 (0.90 to " \
-           "0.90)" in found[0] and "weight_scale 0.5" in found[0]
+    assert "In 1 trial the spectral norm σ_max of W_hh at initialisation is below 1 (0.9 to " \
+           "0.9)" in found[0] and "weight_scale 0.5" in found[0]
     assert "fall by 0.30 to 0.30 decades per step back" in found[0]
-    assert "ρ of W_hh at initialisation is below 1 but σ_max is not (0.90–0.90 vs 1.80–1.80)" \
+    assert "ρ of W_hh at initialisation is below 1 but σ_max is not (0.9–0.9 vs 1.8–1.8)" \
            in found[1]
     lstm = trials.assign(**{"model.cell": "lstm"})
     assert texts(compute_findings({"trials": lstm}, SWEPT), "spectra") == []
@@ -141,7 +167,7 @@ def test_exploding_lyapunov_and_changed_verdicts():
     assert "1 trial ends with an exponent of −∞" in lyap
     assert "(seq_len 100, weight_scale 0.5)" in lyap
     (changed,) = texts(found, "heatmap")
-    assert "seq_len 100, weight_scale 1.5: stable → exploding" in changed
+    assert "seq_len 100, weight_scale 1.5, seed 0: stable → exploding" in changed
 
 
 def test_condition_labels_leave_out_the_seed():

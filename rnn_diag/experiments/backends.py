@@ -27,7 +27,7 @@ from concurrent.futures import ProcessPoolExecutor
 from typing import Protocol
 
 from .store import TrialResult
-from .trial import Progress, run_trial
+from .trial import RESOLVED_KEYS, Progress, run_trial
 
 #: What the install hint says when the Dask extra is missing.
 DASK_HINT = "pip install 'rnn_diag[dask]'"
@@ -50,11 +50,16 @@ class InProcess:
 
 
 def failed_result(spec, reason: str) -> TrialResult:
-    """The row of a trial that could not deliver a result (its worker died, ...)."""
+    """The row of a trial that could not deliver a result (its worker died, ...): the same
+    settings columns as a trial's own row, so that a failed row changes no column's type."""
     from .grid import trial_label
 
-    return TrialResult(spec.id, {"label": trial_label(spec), **spec.params, "status": "failed",
-                                 "error": reason})
+    settings = {}
+    for key in RESOLVED_KEYS:
+        section, name = key.split(".")
+        settings[key] = getattr(getattr(spec.config, section), name)
+    return TrialResult(spec.id, {"label": trial_label(spec), **settings, **spec.params,
+                                 "status": "failed", "error": reason, "epochs_run": 0})
 
 
 class Throttled:

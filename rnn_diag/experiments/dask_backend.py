@@ -132,7 +132,9 @@ class DaskBackend:
         if self.scheduler is None:
             cluster = distributed.LocalCluster(
                 n_workers=self.jobs or CPU_COUNT, threads_per_worker=1, processes=True,
-                host="127.0.0.1", dashboard_address=None, silence_logs=logging.ERROR)
+                host="127.0.0.1", silence_logs=logging.ERROR, dashboard_address=None,
+                # its HTTP server (health, metrics) would take port 8787 otherwise
+                scheduler_kwargs={"dashboard_address": ":0"})
             try:
                 return cluster, distributed.Client(cluster, set_as_default=False)
             except BaseException:

@@ -195,6 +195,7 @@ def _optimizers() -> dict[str, type]:
             isinstance(obj, type)
             and issubclass(obj, torch.optim.Optimizer)
             and obj is not torch.optim.Optimizer
+            and name != "SparseAdam"  # needs sparse gradients; the models here have dense ones
         ):
             found[name] = obj
     return found
@@ -370,6 +371,18 @@ class TrainConfig(_Section):
         if errors:
             raise ValidationError.from_exception_data("optimizer_args", errors)
         return args
+
+
+    @field_validator("clip_grad_norm")
+    @classmethod
+    def _no_clipping_for_lbfgs(cls, value: float | None, info: ValidationInfo) -> float | None:
+        if value is not None and info.data.get("optimizer") == "LBFGS":
+            raise ValueError(
+                "null with optimizer LBFGS: it builds its curvature estimate from the true "
+                "gradient, and clipping it inside the line search makes the steps diverge "
+                "(limit LBFGS's steps with optimizer_args max_iter or line_search_fn instead)"
+            )
+        return value
 
 
 class ProbesConfig(_Section):

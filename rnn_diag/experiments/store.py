@@ -116,7 +116,14 @@ class Store:
         write_text(self.root / MANIFEST, json.dumps(manifest, indent=2, default=str) + "\n")
 
     def save(self, result: TrialResult) -> None:
-        """Store one trial: its tables, then its row (replacing an earlier row of that id)."""
+        """Store one trial: its tables, then its row (replacing an earlier row of that id).
+
+        Tables an earlier attempt of the same trial wrote and this one did not (a failed trial
+        run again) are removed, so that no table outlives its row."""
+        for sub in self.root.iterdir():
+            stale = sub / f"{result.trial_id}.parquet"
+            if sub.is_dir() and sub.name not in result.tables and stale.exists():
+                stale.unlink()
         for name, df in result.tables.items():
             df = df.copy()
             df.insert(0, "trial", result.trial_id)

@@ -31,6 +31,7 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 import torch
+from torch import Tensor
 
 from .store import TrialResult
 
@@ -64,6 +65,28 @@ def _evaluate(model, task, x, y) -> tuple[float, float]:
         metric = float(task.metric(out, y))
     model.train()
     return loss, metric
+
+
+def _clip(model, max_norm: float | None) -> Tensor:
+    """Clip the gradients to ``max_norm`` (None: leave them); returns the norm before."""
+    params = [q for q in model.parameters() if q.grad is not None]
+    # with max_norm=inf clip_grad_norm_ only measures
+    return torch.nn.utils.clip_grad_norm_(params, max_norm or math.inf)
+
+
+def _closure(model, task, optimizer, xb, yb, max_norm):
+    """The loss closure of optimizers that re-evaluate it during a step (LBFGS). The recorded
+    loss and gradients are those of the first evaluation, made before the step as for the
+    other optimizers."""
+
+    def closure():
+        optimizer.zero_grad(set_to_none=True)
+        loss = task.loss(model(xb), yb)
+        loss.backward()
+        _clip(model, max_norm)
+        return loss
+
+    return closure
 
 
 def _lyapunov_rows(model, task, steps: int | None, when) -> list[dict]:
@@ -174,10 +197,12 @@ class _Recorder:
                     self.status = "diverged"
                     self.error = f"loss became {loss_value} in epoch {epoch + 1}"
                     return
-                params = [q for q in model.parameters() if q.grad is not None]
-                # the norm before clipping; with max_norm=inf the gradients are left as they are
-                norm = torch.nn.utils.clip_grad_norm_(params, cfg.train.clip_grad_norm or math.inf)
-                optimizer.step()
+                norm = _clip(model, cfg.train.clip_grad_norm)
+                if isinstance(optimizer, torch.optim.LBFGS):
+                    optimizer.step(_closure(model, task, optimizer, xb, yb,
+                                            cfg.train.clip_grad_norm))
+                else:
+                    optimizer.step()
                 losses.append(loss_value)
                 with torch.no_grad():
                     metrics.append(float(task.metric(out.detach(), yb)))

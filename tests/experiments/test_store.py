@@ -65,3 +65,15 @@ def test_row_is_written_after_the_tables(tmp_path, monkeypatch):
                         lambda path, df: (order.append(path.name), real(path, df)))
     Store(tmp_path).save(result("a"))
     assert order == ["a.parquet", "trials.parquet"]
+
+
+def test_a_retried_trial_leaves_no_table_of_its_earlier_attempt(tmp_path):
+    s = Store(tmp_path)
+    s.save(TrialResult("a", {"status": "failed"},
+                       {"curves": pd.DataFrame({"epoch": [1]}),
+                        "gradients": pd.DataFrame({"t": [0]})}))
+    s.save(TrialResult("b", {"status": "ok"}, {"gradients": pd.DataFrame({"t": [5]})}))
+    s.save(TrialResult("a", {"status": "ok"}, {"curves": pd.DataFrame({"epoch": [1, 2]})}))
+    assert s.table("curves").trial.tolist() == ["a", "a"]
+    assert s.table("gradients").trial.tolist() == ["b"]  # a's old profile is gone, b's kept
+    assert sorted(s.trials().id) == ["a", "b"]

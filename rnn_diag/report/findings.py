@@ -76,9 +76,13 @@ def condition_labels(trials: pd.DataFrame, swept: Sequence[str]) -> pd.Series:
     if not keys:
         return pd.Series(["all trials"] * len(trials), index=trials.index, dtype=object)
     short = _short_names(keys)
-    return trials.apply(
-        lambda r: ", ".join(_setting_text(short[k], k, r[k]) for k in keys), axis=1
-    ).astype(object)
+    # column by column: a row of mixed ints and floats would turn 10 into 10.0
+    parts = [trials[k].astype(object).map(lambda v, k=k: _setting_text(short[k], k, v))
+             for k in keys]
+    labels = parts[0]
+    for part in parts[1:]:
+        labels = labels + ", " + part
+    return labels
 
 
 def _setting_text(short: str, key: str, value) -> str:
@@ -101,6 +105,16 @@ def _pct(x: float) -> str:
     if p >= 10:
         return f"{p:.0f}%"
     return f"{p:.2g}%"
+
+
+def _down(x: float) -> str:
+    """Three decimals, rounded down, so a value below 1 never reads as 1.000.
+
+    Example:
+        >>> _down(0.99962), _down(1.08), _down(0.5)
+        ('0.999', '1.080', '0.500')
+    """
+    return f"{math.floor(x * 1000 + 1e-9) / 1000:.3f}"
 
 
 def _col(trials: pd.DataFrame, name: str) -> pd.Series:
@@ -302,8 +316,8 @@ def _pascanu(trials: pd.DataFrame, labels: pd.Series, config: Mapping) -> list[F
                 f"per step back" if np.isfinite(lo) and lo < 0 and hi < 0 else "")
         out.append(Finding(
             f"In {int(forced.sum())} trial{'s' if forced.sum() != 1 else ''} the spectral norm "
-            f"σ_max of W_hh at initialisation is below 1 ({sigma[forced].min():.3g} to "
-            f"{sigma[forced].max():.3g}): for a tanh RNN whose loss reads the last step this "
+            f"σ_max of W_hh at initialisation is below 1 ({_down(sigma[forced].min())} to "
+            f"{_down(sigma[forced].max())}): for a tanh RNN whose loss reads the last step this "
             f"bounds ‖∂L/∂h_k‖ by σ_max^(T−k)·‖∂L/∂h_T‖, so the gradient must vanish "
             f"(Pascanu et al., 2013){span}. Conditions: {_list(conds)}.",
             "spectra",
@@ -313,8 +327,8 @@ def _pascanu(trials: pd.DataFrame, labels: pd.Series, config: Mapping) -> list[F
         conds = list(dict.fromkeys(labels[gap]))
         out.append(Finding(
             f"In {int(gap.sum())} trial{'s' if gap.sum() != 1 else ''} the spectral radius ρ of "
-            f"W_hh at initialisation is below 1 but σ_max is not ({rho[gap].min():.3g}–"
-            f"{rho[gap].max():.3g} vs {sigma[gap].min():.3g}–{sigma[gap].max():.3g}): the "
+            f"W_hh at initialisation is below 1 but σ_max is not ({_down(rho[gap].min())}–"
+            f"{_down(rho[gap].max())} vs {_down(sigma[gap].min())}–{_down(sigma[gap].max())}): the "
             "guarantee of vanishing does not apply, ρ < 1 alone does not decide. Conditions: "
             f"{_list(conds)}.",
             "spectra",

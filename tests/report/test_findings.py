@@ -134,10 +134,10 @@ def test_pascanu_bound_only_for_tanh_rnn():
     ])
     found = texts(compute_findings({"trials": trials}, SWEPT), "spectra")
     assert len(found) == 2
-    assert "In 1 trial the spectral norm σ_max of W_hh at initialisation is below 1 (0.9 to " \
-           "0.9)" in found[0] and "weight_scale 0.5" in found[0]
+    assert "In 1 trial the spectral norm σ_max of W_hh at initialisation is below 1 (0.900 to " \
+           "0.900)" in found[0] and "weight_scale 0.5" in found[0]
     assert "fall by 0.30 to 0.30 decades per step back" in found[0]
-    assert "ρ of W_hh at initialisation is below 1 but σ_max is not (0.9–0.9 vs 1.8–1.8)" \
+    assert "ρ of W_hh at initialisation is below 1 but σ_max is not (0.900–0.900 vs 1.800–1.800)" \
            in found[1]
     lstm = trials.assign(**{"model.cell": "lstm"})
     assert texts(compute_findings({"trials": lstm}, SWEPT), "spectra") == []

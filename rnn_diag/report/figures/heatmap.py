@@ -46,17 +46,27 @@ def _binned(part: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return binned, edges - 0.5, epochs
 
 
-def _layout(order: pd.DataFrame, seq_lens: tuple[int, ...]) -> tuple[list[tuple[int, int]], int,
-                                                                         int]:
+def _colour_bar(fig: Figure, mesh, cax, orientation: str):
+    bar = fig.colorbar(mesh, cax=cax, orientation=orientation)
+    bar.ax.tick_params(labelsize=6, length=2, pad=1)
+    bar.locator = MaxNLocator(4)
+    bar.update_ticks()
+    bar.outline.set_visible(False)
+    return bar
+
+
+def _layout(order: pd.DataFrame, seq_lens: tuple[int, ...]
+            ) -> tuple[list[tuple[int, int]], int, int, bool]:
     """Panel position of each trial: rows = (variant, seed), columns = seq_len when 2..8
     lengths, else a plain wrapped grid of 6 columns."""
     if 2 <= len(seq_lens) <= 8:
         keys = list(dict.fromkeys(zip(order["variant_rank"], order["seed"])))
         pos = [(keys.index((r, s)), seq_lens.index(L))
                for r, s, L in zip(order["variant_rank"], order["seed"], order["seq_len"])]
-        return pos, len(keys), len(seq_lens)
+        return pos, len(keys), len(seq_lens), True
     ncols = min(_WRAP, len(order))
-    return [divmod(i, ncols) for i in range(len(order))], math.ceil(len(order) / ncols), ncols
+    return ([divmod(i, ncols) for i in range(len(order))], math.ceil(len(order) / ncols), ncols,
+            False)
 
 
 def gradient_heatmaps(trials: pd.DataFrame, gradients: pd.DataFrame) -> Figure:
@@ -67,10 +77,12 @@ def gradient_heatmaps(trials: pd.DataFrame, gradients: pd.DataFrame) -> Figure:
         trials: the trials table.
         gradients: long table; rows with ``metric == "total_mean"``, ``state == "h"``.
 
-    Each panel has its own colour scale (its colour bar is on its right), because the range
-    spans a few decades at T=10 and hundreds at T=1000. Profiles longer than 150 steps are
-    averaged over bins of steps (in log space). Cells with no finite value (an exact zero or
-    an overflow) are light grey. At most 48 trials are shown (one seed per setting first).
+    Panels are laid out with one column per seq_len (when there are 2 to 8 lengths) sharing one
+    colour scale (its bar under the column), because the range spans a few decades at T=10 and
+    hundreds at T=1000; otherwise each panel has its own scale and bar. Profiles longer than
+    150 steps are averaged over bins of steps (in log space). Cells with no finite value (an
+    exact zero or an overflow) are light grey. At most 48 trials are shown (one seed per
+    setting first).
     """
     info = Trials.from_table(trials)
     require(gradients, "gradients", ["trial", "epoch", "t", "metric", "value"])
@@ -89,36 +101,56 @@ def gradient_heatmaps(trials: pd.DataFrame, gradients: pd.DataFrame) -> Figure:
         order = order.sort_values(["seed_rank", "variant_rank", "seq_len"]).head(MAX_PANELS)
     order = order.sort_values(["variant_rank", "seed", "seq_len"])
     seq_lens = tuple(sorted(order["seq_len"].unique()))
-    positions, nrows, ncols = _layout(order, seq_lens)
+    positions, nrows, ncols, structured = _layout(order, seq_lens)
     palette = seq_len_palette(info.seq_lens)
     several_seeds = order.groupby(["variant_rank", "seq_len"]).size().max() > 1
     cmap = mpl.colormaps["viridis"].with_extremes(bad="#d9d9d9")
     groups = dict(tuple(df.groupby("trial")))
+    binned = {trial: _binned(groups[trial]) for trial in order.index}
+    # one colour scale per column (one seq_len) in the structured layout: the trials of a
+    # column are directly comparable and 3 colour bars draw much faster than 48
+    by_column = structured
+    scales = {}
+    for (_, c), trial in zip(positions, order.index):
+        key = c if by_column else trial
+        z = binned[trial][0]
+        finite = z[np.isfinite(z)]
+        if finite.size:
+            lo, hi = scales.get(key, (np.inf, -np.inf))
+            scales[key] = (min(lo, float(finite.min())), max(hi, float(finite.max())))
+    bottom = 1.35 if by_column else 0.7
+    panel_h = 1.6 if nrows <= 6 else 1.35
     with figure_style():
         # fixed spacing instead of constrained layout: 4x faster to draw with 48 panels
-        width, height = min(11.0, 0.9 + 1.95 * ncols), 0.9 + 1.75 * nrows
-        fig, axes = new_figure(nrows, ncols, width=width, panel_height=1.75, layout=None,
-                               gridspec_kw=dict(left=0.55 / width, right=1 - 0.45 / width,
-                                                bottom=0.55 / height, top=1 - 0.35 / height,
-                                                wspace=0.55, hspace=0.55))
+        width = min(11.0, 0.9 + (min(3.3, 10.0 / ncols) if by_column else 1.95) * ncols)
+        height = bottom + 0.35 + panel_h * nrows
+        fig, axes = new_figure(nrows, ncols, width=width, panel_height=panel_h, layout=None,
+                               gridspec_kw=dict(left=0.55 / width,
+                                                right=1 - (0.15 if by_column else 0.45) / width,
+                                                bottom=bottom / height, top=1 - 0.35 / height,
+                                                wspace=0.25 if by_column else 0.55,
+                                                hspace=0.6))
         fig.set_size_inches(width, height)
         for ax in axes.ravel():
             ax.set_visible(False)
+        same_epochs = len({tuple(binned[t][2]) for t in order.index}) == 1
+        meshes = {}
         for (r, c), (trial, row) in zip(positions, order.iterrows()):
             ax = axes[r, c]
             ax.set_visible(True)
-            z, edges, epochs = _binned(groups[trial])
-            finite = z[np.isfinite(z)]
-            vmin, vmax = (finite.min(), finite.max()) if finite.size else (0.0, 1.0)
+            z, edges, epochs = binned[trial]
+            vmin, vmax = scales.get(c if by_column else trial, (0.0, 1.0))
             if vmax - vmin < 1e-9:
                 vmin, vmax = vmin - 0.5, vmax + 0.5
             mesh = ax.pcolormesh(edges, np.arange(len(epochs) + 1) - 0.5,
                                  np.ma.masked_invalid(z), cmap=cmap, vmin=vmin, vmax=vmax,
                                  rasterized=True, shading="flat")
+            meshes[c] = mesh
             ax.set_yticks(np.arange(len(epochs)))
             step = max(1, math.ceil(len(epochs) / 5))
-            ax.set_yticklabels([str(e) if i % step == 0 or i == len(epochs) - 1 else ""
-                                for i, e in enumerate(epochs)])
+            show_y = c == 0 or not (by_column and same_epochs)
+            ax.set_yticklabels([str(e) if show_y and (i % step == 0 or i == len(epochs) - 1)
+                                else "" for i, e in enumerate(epochs)])
             ax.xaxis.set_major_locator(MaxNLocator(4, integer=True))
             ax.tick_params(labelsize=6.5, length=2, pad=1)
             ax.grid(False)
@@ -131,12 +163,15 @@ def gradient_heatmaps(trials: pd.DataFrame, gradients: pd.DataFrame) -> Figure:
             for spine in ax.spines.values():
                 spine.set_edgecolor(palette.get(row["seq_len"], "black"))
                 spine.set_linewidth(1.2)
-            cax = ax.inset_axes([1.03, 0.0, 0.05, 1.0])
-            bar = fig.colorbar(mesh, cax=cax)
-            bar.ax.tick_params(labelsize=6, length=2, pad=1)
-            bar.locator = MaxNLocator(4)
-            bar.update_ticks()
-            bar.outline.set_visible(False)
+            if not by_column:
+                _colour_bar(fig, mesh, ax.inset_axes([1.03, 0.0, 0.05, 1.0]), "vertical")
+        if by_column:
+            for c, mesh in meshes.items():
+                bottom_ax = [axes[r, c] for r in range(nrows) if axes[r, c].get_visible()][-1]
+                # under the x label, in inches so it does not move with the panel height
+                cax = bottom_ax.inset_axes([0.0, -0.62 / panel_h * 1.6, 1.0, 0.1 / panel_h])
+                bar = _colour_bar(fig, mesh, cax, "horizontal")
+                bar.set_label(f"log10 ‖∂L/∂h_t‖ (decades), seq_len={seq_lens[c]}", fontsize=6.5)
         for c in range(ncols):
             col = [axes[r, c] for r in range(nrows) if axes[r, c].get_visible()]
             if col:
@@ -145,7 +180,8 @@ def gradient_heatmaps(trials: pd.DataFrame, gradients: pd.DataFrame) -> Figure:
             row_axes = [axes[r, c] for c in range(ncols) if axes[r, c].get_visible()]
             if row_axes:
                 row_axes[0].set_ylabel("epoch", fontsize=7)
-        notes.insert(0, "colour: log10 ‖∂L/∂h_t‖ in decades, each panel on its own scale; "
+        scale = "one scale per sequence length" if by_column else "each panel on its own scale"
+        notes.insert(0, f"colour: log10 ‖∂L/∂h_t‖ in decades, {scale}; "
                         "grey: no finite value (exact zero or overflow)")
         if n_layers > 1:
             notes.append(f"last of {n_layers} layers")

@@ -201,7 +201,7 @@ def test_gradient_profile_lines_and_theory_slopes():
         np.testing.assert_allclose(line.get_ydata(), -1.0 + SLOPE * np.arange(8))
         assert _slope(_line(ax, "_lyapunov seq_len=8")) == pytest.approx(SLOPE)
         assert _line(ax, "_pascanu seq_len=5").get_ydata()[0] == pytest.approx(-1.0)
-        assert ax.get_xlabel() == "distance from the loss T−1−t (steps)"
+        assert ax.get_xlabel() == "distance to the loss T−1−t (steps)"
     by_title = {ax.get_title().split("\n")[0]: ax for ax in panels}
     default, scaled = by_title["weight_scale=default init"], by_title["weight_scale=2"]
     assert _slope(_line(default, "_pascanu seq_len=8")) == pytest.approx(math.log10(0.8))

@@ -84,7 +84,7 @@ def _ylim(values: np.ndarray) -> tuple[float, float]:
 
 def draw_profiles(info: Trials, df: pd.DataFrame, snapshots: Snapshots | None, *,
                   ylabel: str, quantity: str,
-                  xlabel: str = "distance from the loss T−1−t (steps)",
+                  xlabel: str = "distance to the loss T−1−t (steps)",
                   ) -> tuple[Figure, list[str]]:
     """The grid of figures 2 and 6: rows = first/last epoch (per block of variants), columns
     = variants, one line per seq_len (mean over seeds, min-max band), theory lines dashed
@@ -153,7 +153,8 @@ def draw_profiles(info: Trials, df: pd.DataFrame, snapshots: Snapshots | None, *
             ax.set_xlim(left=0)
     for ax in axes.ravel():
         if ax.get_visible():
-            ax.set_xlabel(xlabel)
+            # a long label would run into the next panel's
+            ax.set_xlabel(xlabel if ncols <= 3 else "distance T−1−t (steps)")
             ax.xaxis.set_tick_params(labelbottom=True)
     for row in axes:
         visible = [ax for ax in row if ax.get_visible()]

@@ -39,7 +39,7 @@ def jacobian_norms(trials: pd.DataFrame, gradients: pd.DataFrame,
         fig, notes = draw_profiles(info, df, Snapshots(info.info, spectra, lyapunov),
                                    ylabel="log10 ‖∂h_{T−1}/∂h_t‖₂ (decades)",
                                    quantity="log10 ‖∂h_{T−1}/∂h_t‖₂",
-                                   xlabel="distance from the last step T−1−t (steps)")
+                                   xlabel="distance to the last step T−1−t (steps)")
         if n_layers > 1:
             notes.insert(0, f"last of {n_layers} layers")
         add_note(fig, "; ".join(notes))

@@ -151,8 +151,20 @@ def _colours(trials: pd.DataFrame, palette: Callable | None) -> dict:
         return {}
 
 
+def _sorted_trials(run: RunData) -> pd.DataFrame:
+    """The trials in grid order (swept keys in config order, unset values first), whatever
+    order they finished in."""
+    keys = [k for k in run.swept if k in run.trials]
+    if not keys:
+        return run.trials
+    try:
+        return run.trials.sort_values(keys, na_position="first", kind="stable")
+    except TypeError:  # a column mixing types that do not compare: keep the stored order
+        return run.trials
+
+
 def _trial_rows(run: RunData, palette: Callable | None) -> list[dict]:
-    trials = run.trials
+    trials = _sorted_trials(run)
     colours = _colours(trials, palette)
     windows = _windows(run.tables.get("summaries", pd.DataFrame()))
     rows = []
@@ -237,6 +249,13 @@ def render_report(run: RunData, sections: Sequence | None = None, *, fmt: str = 
     if "metric" in run.trials and run.trials["metric"].notna().any():
         metric = str(run.trials["metric"].dropna().iloc[0])
     status = run.trials.get("status", pd.Series(dtype=object))
+    # one task: the chance levels are one number each, said once in the header
+    chance = {}
+    for col in ("chance_loss", "chance_metric"):
+        values = pd.to_numeric(run.trials.get(col, pd.Series(dtype=float)), errors="coerce")
+        values = values.dropna().unique()
+        chance[col] = _num(values[0], 4 if col == "chance_loss" else 3) if len(values) == 1 \
+            else None
     html = _environment().get_template("report.html.j2").render(
         name=run.name,
         description=run.description,
@@ -249,6 +268,7 @@ def render_report(run: RunData, sections: Sequence | None = None, *, fmt: str = 
         findings=links,
         rows=_trial_rows(run, palette),
         metric=metric,
+        chance=chance,
         counts={s: int((status == s).sum()) for s in ("ok", "diverged", "failed")},
         n_trials=len(run.trials),
         swept=[(k, ", ".join(fmt_value(v) for v in run.config.get("sweep", {}).get(k, [])))

@@ -22,11 +22,13 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-__all__ = ["Finding", "compute_findings", "condition_keys", "condition_labels", "fmt_value"]
+__all__ = ["Finding", "compute_findings", "condition_keys", "condition_labels", "fmt_value",
+           "grid_order"]
 
 SEED = "train.seed"
 _MAX_REACH = 6  # reach sentences at most (one per seq_len, worst condition first)
 _MEMORISE = 0.01  # training loss this far below chance (relative) counts as fitting it
+_ONE_TOL = 1e-4  # a spectral radius or norm within this of 1 is not "below 1"
 
 
 @dataclass(frozen=True)
@@ -308,7 +310,10 @@ def _pascanu(trials: pd.DataFrame, labels: pd.Series, config: Mapping) -> list[F
     sigma, rho = _col(trials, "spectral_norm_init"), _col(trials, "spectral_radius_init")
     slope = _col(trials, "decay_per_step_first")
     out = []
-    forced = tanh_rnn & (sigma < 1)
+    # ρ is set by weight_scale exactly (1.0 gives 0.99999994 in float32): a margin keeps a
+    # rounding error from reading as "below 1"
+    below = 1 - _ONE_TOL
+    forced = tanh_rnn & (sigma < below)
     if forced.any():
         conds = list(dict.fromkeys(labels[forced]))
         lo, hi = np.nanmin(slope[forced]), np.nanmax(slope[forced])
@@ -322,7 +327,7 @@ def _pascanu(trials: pd.DataFrame, labels: pd.Series, config: Mapping) -> list[F
             f"(Pascanu et al., 2013){span}. Conditions: {_list(conds)}.",
             "spectra",
         ))
-    gap = tanh_rnn & (rho < 1) & (sigma >= 1)
+    gap = tanh_rnn & (rho < below) & (sigma >= 1)
     if gap.any():
         conds = list(dict.fromkeys(labels[gap]))
         out.append(Finding(
@@ -376,6 +381,17 @@ def _changes(trials: pd.DataFrame, labels: pd.Series) -> list[Finding]:
     )]
 
 
+def grid_order(trials: pd.DataFrame, swept: Sequence[str]) -> pd.DataFrame:
+    """The trials sorted by the swept keys in config order (unset first), not finishing order."""
+    keys = [k for k in swept if k in trials]
+    if not keys:
+        return trials
+    try:
+        return trials.sort_values(keys, na_position="first", kind="stable")
+    except TypeError:  # values that do not compare: keep the stored order
+        return trials
+
+
 def compute_findings(tables: Mapping[str, pd.DataFrame], swept: Sequence[str],
                      config: Mapping | None = None) -> list[Finding]:
     """The findings of a run, most important first.
@@ -393,7 +409,7 @@ def compute_findings(tables: Mapping[str, pd.DataFrame], swept: Sequence[str],
     trials = tables.get("trials", pd.DataFrame())
     if trials is None or trials.empty:
         return []
-    trials = trials.reset_index(drop=True)
+    trials = grid_order(trials, swept).reset_index(drop=True)
     summaries = tables.get("summaries")
     summaries = pd.DataFrame() if summaries is None else summaries
     labels = condition_labels(trials, swept)

@@ -22,7 +22,7 @@ import pandas as pd
 
 from .. import __version__
 from .embed import figure_to_data_uri
-from .findings import Finding, compute_findings, fmt_value
+from .findings import Finding, compute_findings, fmt_value, grid_order
 from .run_data import RunData
 
 __all__ = ["Rendered", "SectionResult", "render_report"]
@@ -151,20 +151,8 @@ def _colours(trials: pd.DataFrame, palette: Callable | None) -> dict:
         return {}
 
 
-def _sorted_trials(run: RunData) -> pd.DataFrame:
-    """The trials in grid order (swept keys in config order, unset values first), whatever
-    order they finished in."""
-    keys = [k for k in run.swept if k in run.trials]
-    if not keys:
-        return run.trials
-    try:
-        return run.trials.sort_values(keys, na_position="first", kind="stable")
-    except TypeError:  # a column mixing types that do not compare: keep the stored order
-        return run.trials
-
-
 def _trial_rows(run: RunData, palette: Callable | None) -> list[dict]:
-    trials = _sorted_trials(run)
+    trials = grid_order(run.trials, run.swept)
     colours = _colours(trials, palette)
     windows = _windows(run.tables.get("summaries", pd.DataFrame()))
     rows = []

@@ -29,6 +29,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
+import signal
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 
@@ -128,36 +130,36 @@ class DaskBackend:
         self.threads = threads
         self.trial = trial
 
-    def _connect(self):
+    def _connect(self, opened: dict) -> None:
+        """Start a LocalCluster or connect to the scheduler; what is opened goes into
+        ``opened`` at once, so that it is closed even if Ctrl-C comes in between."""
         if self.scheduler is None:
-            cluster = distributed.LocalCluster(
+            opened["cluster"] = distributed.LocalCluster(
                 n_workers=self.jobs or CPU_COUNT, threads_per_worker=1, processes=True,
                 host="127.0.0.1", silence_logs=logging.ERROR, dashboard_address=None,
                 # its HTTP server (health, metrics) would take port 8787 otherwise
                 scheduler_kwargs={"dashboard_address": ":0"})
-            try:
-                return cluster, distributed.Client(cluster, set_as_default=False)
-            except BaseException:
-                cluster.close()
-                raise
+            opened["client"] = distributed.Client(opened["cluster"], set_as_default=False)
+            opened["client"].register_plugin(_IgnoreCtrlC())
+            return
         try:
-            client = distributed.Client(self.scheduler, timeout=CONNECT_TIMEOUT,
-                                        set_as_default=False)
+            opened["client"] = distributed.Client(self.scheduler, timeout=CONNECT_TIMEOUT,
+                                                  set_as_default=False)
         except (OSError, TimeoutError, ValueError) as exc:
             raise BackendError(
                 f"cannot reach the Dask scheduler at {self.scheduler}: {exc}") from None
-        return None, client
 
     def run(self, specs: list, progress: Progress | None = None) -> Iterator[TrialResult]:
         if not specs:
             return
-        cluster = client = None
+        opened: dict = {}
         events: queue.Queue = queue.Queue()
         pending: dict = {}
         token = f"rnn_diag-sweep-{uuid.uuid4().hex}"  # progress topic and stop flag
         report = progress is not None
         try:
-            cluster, client = self._connect()
+            self._connect(opened)
+            client = opened["client"]
             if report:
                 client.subscribe_topic(token, lambda event: events.put(("epoch", event[1])))
             slots = host_slots(client.scheduler_info(n_workers=-1)["workers"])
@@ -172,16 +174,33 @@ class DaskBackend:
             limit = self.jobs if self.scheduler is not None else None
             yield from drive(specs, submit, _outcome, events, pending, progress, limit)
         finally:
-            if client is not None:
-                if pending:  # stopped early (Ctrl-C): drop what is queued, end what runs
-                    client.cancel(list(pending), force=True)
-                    with contextlib.suppress(Exception):  # best effort: they are cancelled
-                        client.run(_stop, token, on_error="ignore")
-                if report:
-                    client.unsubscribe_topic(token)
-                client.close()
-            if cluster is not None:
-                cluster.close()
+            _close(opened, pending, token, report)
+
+
+def _close(opened: dict, pending: dict, token: str, report: bool) -> None:
+    client, cluster = opened.get("client"), opened.get("cluster")
+    if client is not None:
+        if pending:  # stopped early (Ctrl-C): drop what is queued, end what runs
+            client.cancel(list(pending), force=True)
+            with contextlib.suppress(Exception):  # best effort: they are cancelled anyway
+                client.run(_stop, token, on_error="ignore")
+        if report:
+            client.unsubscribe_topic(token)
+        client.close()
+    if cluster is not None:
+        cluster.close()
+
+
+class _IgnoreCtrlC(distributed.WorkerPlugin):
+    """On the workers of our own LocalCluster (restarted ones too): ignore SIGINT. A
+    terminal's Ctrl-C goes to the whole process group; the driver alone should handle it (and
+    close the cluster) instead of every worker printing a traceback."""
+
+    name = "rnn_diag-ignore-ctrl-c"
+
+    def setup(self, worker) -> None:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _outcome(future, spec) -> TrialResult:

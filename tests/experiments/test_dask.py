@@ -146,7 +146,7 @@ def reference(tmp_path_factory):
     return tables(tmp / "o")
 
 
-def test_a_dask_cluster_gives_the_same_tables_as_the_process_backend(tmp_path, scheduler,
+def test_a_dask_cluster_gives_the_same_tables_as_a_local_run(tmp_path, scheduler,
                                                                       reference):
     cfg = write(tmp_path, TINY)
     result = CliRunner().invoke(main, ["run", str(cfg), "--out", str(tmp_path / "o"),
@@ -267,34 +267,37 @@ def test_ctrl_c_cancels_the_cluster_work_keeps_what_is_stored_and_exits_130(
     assert time.monotonic() - t0 < 60
 
 
-def _children() -> set[int]:
-    """Our child processes, less multiprocessing's resource tracker (one per interpreter)."""
-    found = set()
-    for proc in psutil.Process().children(recursive=True):
-        try:
-            if not any("resource_tracker" in part for part in proc.cmdline()):
-                found.add(proc.pid)
-        except psutil.NoSuchProcess:
-            pass
-    return found
-
-
-def test_without_a_scheduler_a_local_cluster_is_started_and_closed(tmp_path, reference):
-    data = {**TINY, "sweep": {"task.seq_len": [12, 20]}}  # the two rnn trials
-    cfg = write(tmp_path, data)
-    before = _children()
-    result = CliRunner().invoke(main, ["run", str(cfg), "--out", str(tmp_path / "o"),
-                                       "--backend", "dask", "--jobs", "2"])
-    assert result.exit_code == 0, result.output
-    assert "2 trial(s) run, 0 already finished, 0 failed" in result.output
-    got = tables(tmp_path / "o")
-    got["trials"] = got["trials"].drop(columns="label")  # labels name the swept keys only
-    assert_same(got, {**reference, "trials": reference["trials"].drop(columns="label")},
-                ids=got["trials"].id.tolist())
-    deadline = time.monotonic() + 10
-    while _children() - before and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not _children() - before  # the LocalCluster's workers are gone
+def test_a_local_cluster_is_started_and_ctrl_c_in_a_terminal_closes_it(tmp_path):
+    """The real thing: ``rnn-diag run --backend dask`` without a scheduler, and SIGINT to its
+    whole process group (as a terminal sends it) once the short trial is stored."""
+    data = {**TINY, "probes": {"lyapunov": [], "spectra": []},
+            "sweep": {"train.epochs": [2, 100_000]}}  # the second one runs for minutes
+    cfg, out = write(tmp_path, data), tmp_path / "o"
+    rnn_diag = str(Path(sys.executable).with_name("rnn-diag"))
+    proc = subprocess.Popen([rnn_diag, "run", str(cfg), "--out", str(out), "--backend", "dask",
+                             "--jobs", "2", "--quiet"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "trials.parquet").exists() and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.2)
+        workers = psutil.Process(proc.pid).children(recursive=True)
+        assert len(workers) >= 2  # the LocalCluster's worker processes
+        os.killpg(proc.pid, signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130, stderr
+    assert stderr.strip().splitlines() == [
+        f"rnn-diag run: interrupted; 1 trial(s) of this run stored in {out}; "
+        "run the same command again to resume."]  # one line, no worker tracebacks
+    stored = pd.read_parquet(out / "trials.parquet")
+    assert stored.status.tolist() == ["ok"] and stored.epochs_run.tolist() == [2]
+    time.sleep(0.5)
+    assert not [w.pid for w in workers if w.is_running() and w.status() != psutil.STATUS_ZOMBIE]
 
 
 def test_dask_missing_is_a_clear_error(tmp_path, monkeypatch):

@@ -11,7 +11,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Circle
 
 from ._data import Trials, last_layer, require, snapshot_epoch
-from .style import MISSING_COLOUR, add_note, figure_style, new_figure, seq_len_palette
+from .style import BAND_ALPHA, MISSING_COLOUR, add_note, figure_style, new_figure, seq_len_palette
 
 __all__ = ["weight_spectra"]
 
@@ -24,6 +24,18 @@ MAX_ROWS = 12
 
 def _marker(gate: str) -> str:
     return GATE_MARKERS.get(str(gate), "o")
+
+
+def _singular_values(ax, g: pd.DataFrame, colour, ls: str, marker: str, ms: float,
+                     label: str) -> None:
+    """σ_i against i: the mean over the trials (seeds) of ``g``, with a min-max band."""
+    stats = g.groupby("index")["singular_value"].agg(["mean", "min", "max"])
+    init = ls == "--"
+    ax.plot(stats.index, stats["mean"], ls=ls, marker=marker, color=colour,
+            mfc="none" if init else colour, ms=ms, lw=0.9 if init else 1.2, label=label)
+    if g["trial"].nunique() > 1:
+        ax.fill_between(stats.index, stats["min"], stats["max"], color=colour,
+                        alpha=0.12 if init else BAND_ALPHA, lw=0)
 
 
 def weight_spectra(trials: pd.DataFrame, spectra: pd.DataFrame) -> Figure:
@@ -77,18 +89,14 @@ def weight_spectra(trials: pd.DataFrame, spectra: pd.DataFrame) -> Figure:
             for gate, g in init.groupby("gate", sort=False):
                 ax_eig.plot(g["real"], g["imag"], _marker(gate), mfc="none", mec=MISSING_COLOUR,
                             ms=4.5, mew=0.8, ls="", label="_eig init")
-                for _, tg in g.groupby("trial"):
-                    tg = tg.sort_values("index")
-                    ax_sv.plot(tg["index"], tg["singular_value"], ls="--", marker=_marker(gate),
-                               color=MISSING_COLOUR, mfc="none", ms=sv_marker, lw=0.8)
+                _singular_values(ax_sv, g, MISSING_COLOUR, "--", _marker(gate), sv_marker,
+                                 "_sv init")
             for (seq_len, gate), g in end.groupby(["seq_len", "gate"], sort=False):
                 colour = palette.get(seq_len, MISSING_COLOUR)
                 ax_eig.plot(g["real"], g["imag"], _marker(gate), color=colour, ms=3.5,
                             alpha=0.85, ls="", label=f"_eig end seq_len={seq_len}")
-                for _, tg in g.groupby("trial"):
-                    tg = tg.sort_values("index")
-                    ax_sv.plot(tg["index"], tg["singular_value"], ls="-", marker=_marker(gate),
-                               color=colour, ms=sv_marker, lw=1.1)
+                _singular_values(ax_sv, g, colour, "-", _marker(gate), sv_marker,
+                                 f"_sv end seq_len={seq_len}")
             finite = part["modulus"][np.isfinite(part["modulus"])]
             if len(finite):
                 reach = max(reach, float(finite.max()))
@@ -138,6 +146,7 @@ def weight_spectra(trials: pd.DataFrame, spectra: pd.DataFrame) -> Figure:
         if len(gates) > 1:
             notes.append("ρ and σ_max over training: the largest over the gate blocks")
         if several_seeds:
-            notes.append("every seed's eigen/singular values drawn; ρ, σ_max: mean over seeds")
+            notes.append("every seed's eigenvalues drawn; singular values, ρ and σ_max: mean "
+                         "over seeds (bands: min-max)")
         add_note(fig, "; ".join(notes))
     return fig

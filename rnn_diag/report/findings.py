@@ -161,6 +161,13 @@ def _verdicts(trials: pd.DataFrame) -> list[Finding]:
         return []
     n = int(verdict.notna().sum())
     counts = verdict.value_counts()
+    if n == 1:
+        word = {"vanishing": "vanishes", "exploding": "explodes"}.get(counts.index[0],
+                                                                       "is stable")
+        return [Finding(
+            f"At the last recorded epoch the gradient {word} (vanishing: the fitted line falls "
+            "by 3 decades or more over the window; exploding: it rises by 1 decade or more).",
+            "profile")]
     words = [f"vanishes in {counts.get('vanishing', 0)}",
              f"explodes in {counts.get('exploding', 0)}",
              f"is stable in {counts.get('stable', 0)}"]
@@ -230,7 +237,10 @@ def _reach(trials: pd.DataFrame, summaries: pd.DataFrame, labels: pd.Series,
             "profile",
         ))
     full = grouped[grouped.horizon + 1 >= grouped.window]
-    if len(full):
+    if len(full) and len(grouped) == 1:
+        out.append(Finding("The gradient stays within 3 decades of its largest value over the "
+                           "whole window.", "profile"))
+    elif len(full):
         out.append(Finding(
             f"The gradient stays within 3 decades of its largest value over the whole window in "
             f"{len(full)} of {len(grouped)} condition{'s' if len(grouped) != 1 else ''}: "
@@ -271,7 +281,8 @@ def _chance(trials: pd.DataFrame, labels: pd.Series) -> list[Finding]:
     out = []
     below = known & (val < chance)
     best = (val - chance)[known].idxmin()
-    best_text = (f"the best validation loss is {val[best]:.4f} ({labels[best]}) against a "
+    where = f" ({labels[best]})" if known.sum() > 1 else ""
+    best_text = (f"the best validation loss is {val[best]:.4f}{where} against a "
                  f"chance loss of {chance[best]:.4f}")
     if not below.any():
         out.append(Finding(

@@ -215,3 +215,15 @@ def test_reach_of_a_real_run_matches_its_recorded_profiles(small_run):
 @pytest.mark.parametrize("tables", [{}, {"trials": pd.DataFrame()}])
 def test_no_trials_no_findings(tables):
     assert compute_findings(tables, SWEPT) == []
+
+
+def test_a_single_trial_reads_naturally():
+    trials = _trials([{"id": "a", "task.seq_len": 10, "model.weight_scale": None,
+                       "verdict_last": "stable", "val_loss": 1.2}])
+    found = texts(compute_findings({"trials": trials, "summaries": _summaries([("a", 9, 9)])},
+                                   ()))
+    assert found[0].startswith("At the last recorded epoch the gradient is stable (")
+    assert found[1] == "The gradient stays within 3 decades of its largest value over the whole " \
+                       "window."
+    assert found[2] == ("No trial predicts held-out data better than chance: the best "
+                        f"validation loss is 1.2000 against a chance loss of {math.log(3):.4f}.")

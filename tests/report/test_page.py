@@ -168,3 +168,30 @@ def test_embedding_picks_the_smaller_format_and_closes_the_figure():
     assert b"<svg" in base64.b64decode(svg.split(",", 1)[1])
     with pytest.raises(ValueError, match="fmt"):
         figure_to_data_uri(Figure(), "jpeg")
+
+
+def test_a_run_that_recorded_little_renders_without_figure_errors(tmp_path):
+    """No Jacobians, spectra or Lyapunov exponents: those figures say "not recorded"."""
+    import yaml
+
+    from rnn_diag.experiments.runner import run_sweep
+
+    config = {
+        "name": "bare",
+        "task": {"name": "adding", "seq_len": 8, "n_train": 16, "n_val": 8},
+        "model": {"hidden_size": 4},
+        "train": {"epochs": 2},
+        "probes": {"jacobians": "off", "lyapunov": [], "spectra": [], "saturation": False},
+    }
+    path = tmp_path / "bare.yaml"
+    path.write_text(yaml.safe_dump(config))
+    run_sweep(path, out=tmp_path / "run", quiet=True)
+    out = render_report(load_run(tmp_path / "run"))
+    errors = {s.key: s.details for s in out.errors}
+    assert errors == {}, "a figure raised (a bug in the figure):\n" + "\n".join(errors.values())
+    states = {s.key: s.state for s in out.sections}
+    for key in ("spectra", "lyapunov", "jacobians", "predictions"):  # adding: no classes
+        assert states.get(key, "missing") == "missing", (key, states)
+    assert states["loss"] == states["profile"] == "figure"
+    assert out.html.count("Not recorded in this run") == sum(
+        s == "missing" for s in states.values())

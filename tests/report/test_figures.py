@@ -393,3 +393,15 @@ def test_missing_tables_raise_missing_data():
         weight_spectra(tables["trials"], None)
     assert issubclass(MissingData, LookupError)
     assert figures.MissingData is MissingData
+
+
+def test_last_layer_and_hidden_state_are_drawn_and_said():
+    tables = _tables([("a", 5, None, 0, "ok")])
+    g = tables["gradients"]
+    top = g.assign(layer=1, value=g["value"] + 10.0)    # the layer closest to the loss
+    cell = g.assign(state="c", value=g["value"] - 50.0)  # an LSTM cell state: not this figure
+    tables["trials"]["model.num_layers"] = 2
+    fig = gradient_profiles(tables["trials"], pd.concat([g, top, cell], ignore_index=True))
+    y = _line(_panels(fig)[0], "_measured seq_len=5").get_ydata()
+    np.testing.assert_allclose(y, 9.0 + SLOPE * np.arange(5))
+    assert "last of 2 layers" in fig._supxlabel.get_text()

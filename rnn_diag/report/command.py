@@ -58,12 +58,15 @@ def _run_dirs(given: tuple[str, ...]) -> list[Path]:
         try:
             dirs.append(check_run(d))
         except NotARunError as exc:
-            _fail(str(exc))
+            inside = find_runs(d)
+            hint = (f"; it holds run folders: {', '.join(str(p) for p in inside[:5])}"
+                    f"{' ...' if len(inside) > 5 else ''}" if inside else "")
+            _fail(f"{exc}{hint}")
     return dirs
 
 
 @click.command()
-@click.argument("run_dirs", nargs=-1, type=click.Path(file_okay=True))
+@click.argument("run_dirs", nargs=-1, metavar="[RUN_DIR]...", type=click.Path())
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="Output file [default: RUN_DIR/index.html]; only with one RUN_DIR.")
 @click.option("--format", "fmt", type=click.Choice(["auto", "png", "svg"]), default="auto",

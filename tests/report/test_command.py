@@ -72,6 +72,10 @@ def test_not_a_run_exits_2_naming_the_folder_and_what_is_missing(small_run, tmp_
     assert not (small_run / "index.html").exists()  # checked before anything is written
     result = invoke(str(tmp_path / "missing"))
     assert result.exit_code == 2 and "no such folder" in result.output
+    shutil.copytree(small_run, empty / "inner")  # the parent of a run was given: say so
+    result = invoke(str(empty))
+    assert result.exit_code == 2
+    assert f"it holds run folders: {empty / 'inner'}" in result.output
 
 
 def test_without_arguments_reports_every_run_under_reports(small_run, tmp_path, monkeypatch):

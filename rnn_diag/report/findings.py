@@ -359,11 +359,18 @@ def _lyapunov(trials: pd.DataFrame, labels: pd.Series) -> list[Finding]:
     texts = []
     if len(finite):
         lo, hi = finite.idxmin(), finite.idxmax()
-        texts.append(
-            f"The largest Lyapunov exponent at the end of training ranges from {top[lo]:+.3f} "
-            f"({labels[lo]}) to {top[hi]:+.3f} nats per step ({labels[hi]}); over long "
-            f"sequences the gradient norm changes by about exponent / ln 10 decades per step "
-            f"back, i.e. {top[lo] / math.log(10):+.3f} to {top[hi] / math.log(10):+.3f}.")
+        per_decade = "over long sequences the gradient norm changes by about exponent / ln 10 " \
+                     "decades per step back"
+        if len(finite) == 1:
+            texts.append(
+                f"The largest Lyapunov exponent at the end of training is {top[lo]:+.3f} nats per "
+                f"step ({labels[lo]}); {per_decade}, i.e. {top[lo] / math.log(10):+.3f}.")
+        else:
+            texts.append(
+                f"The largest Lyapunov exponent at the end of training ranges from "
+                f"{top[lo]:+.3f} ({labels[lo]}) to {top[hi]:+.3f} nats per step ({labels[hi]}); "
+                f"{per_decade}, i.e. {top[lo] / math.log(10):+.3f} to "
+                f"{top[hi] / math.log(10):+.3f}.")
         positive = int((finite > 0).sum())
         if positive:
             texts.append(f"{positive} trial{'s end' if positive != 1 else ' ends'} with a positive "

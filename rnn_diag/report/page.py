@@ -120,6 +120,8 @@ def _num(value, digits: int = 4) -> str:
         return ""
     if math.isinf(x):
         return "∞" if x > 0 else "−∞"
+    if abs(x) >= 1e4:  # a diverging loss: keep the column narrow
+        return f"{x:.3g}"
     return f"{x:.{digits}f}"
 
 
@@ -162,6 +164,8 @@ def _trial_rows(run: RunData, palette: Callable | None) -> list[dict]:
         verdict = r.get("verdict_last")
         verdict = None if verdict is None or pd.isna(verdict) else str(verdict)
         horizon = _int(r.get("horizon_last"))
+        if horizon.startswith("-"):  # -1: no finite norm in the profile
+            horizon = "none"
         window = windows.get(str(r.get("id")))
         rows.append({
             "id": str(r.get("id", "")),

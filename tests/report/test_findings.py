@@ -168,7 +168,8 @@ def test_exploding_lyapunov_and_changed_verdicts():
     assert "i.e. -0.300 to +0.020" in lyap and "1 trial ends with a positive exponent" in lyap
     trials.loc[1, "lyapunov_top_end"] = -np.inf  # a state that collapsed to exactly zero
     (lyap,) = texts(compute_findings({"trials": trials}, SWEPT), "lyapunov")
-    assert "from +0.046 (seq_len 100, weight_scale 1.5) to +0.046" in lyap
+    assert "at the end of training is +0.046 nats per step (seq_len 100, weight_scale 1.5)" \
+           in lyap and "i.e. +0.020." in lyap
     assert "1 trial ends with an exponent of −∞" in lyap
     assert "(seq_len 100, weight_scale 0.5)" in lyap
     (changed,) = texts(found, "heatmap")

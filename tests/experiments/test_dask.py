@@ -199,6 +199,21 @@ def test_epoch_progress_reaches_the_driver_thread(tmp_path, scheduler):
         assert epochs and epochs == sorted(set(epochs)) and set(epochs) <= {1, 2, 3}
 
 
+def _timed_nap(spec, progress):
+    start = time.time()
+    time.sleep(0.3)
+    return TrialResult(spec.id, {"status": "ok", "start": start, "end": time.time()})
+
+
+def test_jobs_with_a_scheduler_bounds_the_trials_in_flight(tmp_path, scheduler):
+    specs = expand(load_config(write(tmp_path, TINY)))[:3]
+    spans = sorted((r.row["start"], r.row["end"])
+                   for r in DaskBackend(scheduler, jobs=1, trial=_timed_nap).run(specs))
+    assert len(spans) == 3
+    # one at a time although two workers are free
+    assert all(end <= next_start for (_, end), (next_start, _) in zip(spans, spans[1:]))
+
+
 def _dies(spec, progress, markers: str, once: str, always: str):
     """Kill the worker running this trial: once for ``once``, every time for ``always``."""
     marker = Path(markers) / spec.id

@@ -46,7 +46,7 @@ class RunData:
             DataFrame when the run did not record that table). Always has every key of
             :data:`TABLES`.
         swept: the swept dotted keys, in config order (``seed`` given as ``train.seed``).
-        warnings: problems that did not stop loading (e.g. a config the current schema refuses).
+        warnings: problems that did not stop loading (e.g. a config that is not valid YAML).
     """
 
     root: Path
@@ -96,28 +96,23 @@ def find_runs(root) -> list[Path]:
 
 
 def _read_config(path: Path) -> tuple[str, dict, list[str]]:
-    """The config text, its mapping, and the warnings of the schema check."""
-    from ..experiments.config import SWEEP_ALIASES, ConfigError, load_config
+    """The config text, its mapping (with ``sweep`` keys in their stored spelling, e.g.
+    ``seed`` → ``train.seed``), and warnings about what could not be read.
+
+    The config is not re-validated: that imports torch (seconds) to list the optimizers, and
+    the report shows what was run whatever today's schema says."""
+    from ..experiments.config import SWEEP_ALIASES
 
     text = path.read_text(encoding="utf-8", errors="replace")
-    warnings: list[str] = []
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         return text, {}, [f"{path.name} is not valid YAML: {exc}"]
     if not isinstance(data, dict):
         return text, {}, [f"{path.name} is not a mapping"]
-    try:
-        cfg = load_config(path)
-        sweep = dict(cfg.sweep)
-    except ConfigError as exc:
-        # the schema may have changed since the run; show what was stored all the same
-        warnings.append(f"the stored config does not validate now: {exc}")
-        raw = data.get("sweep") or {}
-        sweep = {SWEEP_ALIASES.get(k, k): v for k, v in raw.items()} if isinstance(raw,
-                                                                                  dict) else {}
-    data = {**data, "sweep": sweep}
-    return text, data, warnings
+    raw = data.get("sweep") or {}
+    sweep = {SWEEP_ALIASES.get(k, k): v for k, v in raw.items()} if isinstance(raw, dict) else {}
+    return text, {**data, "sweep": sweep}, []
 
 
 def _read_manifest(path: Path) -> tuple[dict, list[str]]:

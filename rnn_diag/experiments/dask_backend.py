@@ -15,7 +15,9 @@ does it only for ``--backend dask``.
 * Torch threads per trial (unless ``threads`` is given): the CPUs of the worker's machine
   divided by the Dask threads of all workers on that machine, at least 1, i.e. one trial per
   Dask thread without oversubscribing. A LocalCluster of 2 workers x 1 thread on 2 CPUs gives 1
-  torch thread per trial, the same as ``--jobs 2`` locally.
+  torch thread per trial, the same as ``--jobs 2`` locally. (Small models gain nothing from
+  more threads: on a busy 2-CPU machine 2 threads per trial were 4-6x slower than 1, see
+  ``benchmarks/dask_throughput.py``; give workers as many Dask threads as trials should run.)
 * Epoch progress: workers send ``(trial_id, done, total)`` as Dask events on a topic of the
   sweep's own (``Worker.log_event``, batched with the worker's other messages to the
   scheduler); the driver subscribes to it.

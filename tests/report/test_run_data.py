@@ -61,7 +61,7 @@ def test_a_config_the_schema_now_refuses_still_loads(small_run, tmp_path):
     (root / "config.yaml").write_text(
         text.replace("sweep:", "obsolete_key: 1\nsweep:\n  seed: [0]", 1))
     run = load_run(root)  # not re-validated: the report shows what was run
-    assert run.warnings == [] and run.config["obsolete_key"] == 1
+    assert not run.warnings and run.config["obsolete_key"] == 1
     assert run.swept[0] == "train.seed"  # the alias is resolved without the schema
     assert "task.seq_len" in run.swept and run.name == "small"
 

@@ -77,3 +77,12 @@ def test_a_retried_trial_leaves_no_table_of_its_earlier_attempt(tmp_path):
     assert s.table("curves").trial.tolist() == ["a", "a"]
     assert s.table("gradients").trial.tolist() == ["b"]  # a's old profile is gone, b's kept
     assert sorted(s.trials().id) == ["a", "b"]
+
+
+def test_files_get_the_usual_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        write_parquet(tmp_path / "t.parquet", pd.DataFrame({"v": [1]}))
+    finally:
+        os.umask(old)
+    assert (tmp_path / "t.parquet").stat().st_mode & 0o777 == 0o644

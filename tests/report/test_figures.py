@@ -105,13 +105,26 @@ def _line(ax, label):
     return found[0]
 
 
+def _grid(fig):
+    """{(row, column): axes} of the visible main axes."""
+    out = {}
+    for ax in _panels(fig):
+        spec = ax.get_subplotspec()
+        out[spec.rowspan.start, spec.colspan.start] = ax
+    return out
+
+
+def _legend_texts(fig):
+    return [t.get_text() for legend in fig.legends for t in legend.get_texts()]
+
+
 def _slope(line):
     x, y = np.asarray(line.get_xdata(), float), np.asarray(line.get_ydata(), float)
     return (y[-1] - y[0]) / (x[-1] - x[0])
 
 
 def _texts(fig):
-    out = [fig._supxlabel.get_text()] if fig._supxlabel is not None else []
+    out = [lab.get_text() for lab in (fig._supxlabel, fig._supylabel) if lab is not None]
     for ax in fig.axes:
         out += [ax.get_title(), ax.get_xlabel(), ax.get_ylabel()]
         out += [t.get_text() for t in ax.texts]
@@ -151,8 +164,10 @@ def test_palette_is_stable_distinct_and_shared_by_the_figures():
     colours = seq_len_palette([5, 8])
     loss = loss_history(tables["trials"], tables["curves"])
     prof = gradient_profiles(tables["trials"], tables["gradients"])
-    for fig, label in ((loss, "_train_loss seq_len=8"), (prof, "_measured seq_len=8")):
-        line = _line(_panels(fig)[0], label)
+    for ax, label in ((_panels(loss)[0], "_train_loss seq_len=8"),
+                      (_grid(prof)[1, 0], "_measured last seq_len=8"),
+                      (_grid(prof)[1, 0], "_measured first seq_len=8")):
+        line = _line(ax, label)
         assert matplotlib.colors.to_hex(line.get_color()) == colours[8]
 
 
@@ -186,27 +201,107 @@ def test_loss_history_seeds_are_a_mean_with_a_band():
     assert "mean over seeds" in fig._supxlabel.get_text()
 
 
-def test_gradient_profile_lines_and_theory_slopes():
-    tables = _tables()
+def _with_distinct_epochs(tables):
+    """The last recorded epoch (2) lifted by 0.5 decades, and the init snapshots changed (σ_max
+    0.5, λ₁ = −2 decades/step), so a line drawn from the wrong epoch or snapshot shows."""
+    g = tables["gradients"]
+    g.loc[(g.epoch == 2) & (g.metric == "total_mean"), "value"] += 0.5
+    sp, ly = tables["spectra"], tables["lyapunov"]
+    sp.loc[(sp["when"] == "init") & (sp["index"] == 0), "singular_value"] = 0.5
+    ly.loc[(ly["when"] == "init") & (ly["index"] == 0), "exponent"] = -2.0 * math.log(10.0)
+    return tables
+
+
+def test_gradient_profile_rows_are_seq_lens_columns_settings_with_both_epochs():
+    tables = _with_distinct_epochs(_tables())
     fig = gradient_profiles(tables["trials"], tables["gradients"], tables["spectra"],
                             tables["lyapunov"])
-    panels = _panels(fig)
-    assert len(panels) == 4  # 2 weight scales x (first, last) epoch
-    titles = [ax.get_title() for ax in panels]
-    assert sum("at init (epoch 0)" in t for t in titles) == 2
-    assert sum("after 2 epochs" in t for t in titles) == 2
-    for ax in panels:
-        line = _line(ax, "_measured seq_len=8")
-        np.testing.assert_allclose(line.get_xdata(), np.arange(8))
-        np.testing.assert_allclose(line.get_ydata(), -1.0 + SLOPE * np.arange(8))
-        assert _slope(_line(ax, "_lyapunov seq_len=8")) == pytest.approx(SLOPE)
-        assert _line(ax, "_pascanu seq_len=5").get_ydata()[0] == pytest.approx(-1.0)
-        assert ax.get_xlabel() == "distance to the loss T−1−t (steps)"
-    by_title = {ax.get_title().split("\n")[0]: ax for ax in panels}
-    default, scaled = by_title["weight_scale=default init"], by_title["weight_scale=2"]
-    assert _slope(_line(default, "_pascanu seq_len=8")) == pytest.approx(math.log10(0.8))
-    assert _slope(_line(scaled, "_pascanu seq_len=8")) == pytest.approx(math.log10(2.0))
-    assert panels[0].get_ylabel() == "log10 ‖∂L/∂h_t‖ (decades)"
+    grid = _grid(fig)
+    assert sorted(grid) == [(0, 0), (0, 1), (1, 0), (1, 1)]  # rows T=5, 8; columns 2 scales
+    assert [grid[0, c].get_title() for c in (0, 1)] == ["weight_scale=default init",
+                                                         "weight_scale=2"]
+    assert grid[1, 0].get_title() == grid[1, 1].get_title() == ""
+    assert [grid[r, 0].get_ylabel() for r in (0, 1)] == ["T = 5", "T = 8"]
+    assert fig._supylabel.get_text() == "log10 ‖∂L/∂h_t‖ (decades)"
+    colours = seq_len_palette([5, 8])
+    for (r, _c), ax in grid.items():
+        T, other = (5, 8) if r == 0 else (8, 5)
+        labels = [ln.get_label() for ln in ax.get_lines()]
+        assert not [lab for lab in labels if f"seq_len={other}" in lab]
+        assert sorted(labels) == sorted(f"_{k} seq_len={T}" for k in (
+            "measured first", "measured last", "lyapunov", "pascanu"))
+        first, last = _line(ax, f"_measured first seq_len={T}"), _line(ax, f"_measured last "
+                                                                         f"seq_len={T}")
+        np.testing.assert_allclose(first.get_xdata(), np.arange(T))
+        np.testing.assert_allclose(first.get_ydata(), -1.0 + SLOPE * np.arange(T))
+        np.testing.assert_allclose(last.get_ydata(), -0.5 + SLOPE * np.arange(T))
+        assert first.get_linestyle() == "--" and last.get_linestyle() == "-"
+        assert first.get_linewidth() < last.get_linewidth()
+        assert first.get_alpha() < 1.0
+        for line in (first, last):
+            assert matplotlib.colors.to_hex(line.get_color()) == colours[T]
+        # theory at the last epoch: from its value at distance 0, with the "end" snapshot
+        lyap = _line(ax, f"_lyapunov seq_len={T}")
+        assert _slope(lyap) == pytest.approx(SLOPE)
+        assert lyap.get_ydata()[0] == pytest.approx(-0.5)
+        assert list(lyap.get_xdata()) == [0, T - 1]
+        assert _line(ax, f"_pascanu seq_len={T}").get_ydata()[0] == pytest.approx(-0.5)
+        assert lyap.get_linestyle() == "-."
+        assert ax.get_xlim() == pytest.approx((0, T - 1))
+        assert ax.get_xlabel() == ("distance to the loss T−1−t (steps)" if r == 1 else "")
+    assert _slope(_line(grid[1, 0], "_pascanu seq_len=8")) == pytest.approx(math.log10(0.8))
+    assert _slope(_line(grid[1, 1], "_pascanu seq_len=8")) == pytest.approx(math.log10(2.0))
+    legend = _legend_texts(fig)
+    assert legend[:2] == ["measured, first recorded epoch (epoch 0)",
+                          "measured, last recorded epoch (epoch 2)"]
+    assert any(t.startswith("Lyapunov slope") for t in legend)
+    assert any(t.startswith("Pascanu bound σ_max^(T−1−t)") for t in legend)
+    assert "nearest the last epoch (end)" in fig._supxlabel.get_text()
+
+
+def test_gradient_profile_rows_have_their_own_y_scale():
+    # -1 - 0.1 d: the T=10 profile spans 0.9 decades, the T=1000 one 99.9
+    tables = _tables([("a", 10, None, 0, "ok"), ("b", 1000, None, 0, "ok"),
+                      ("c", 10, 2.0, 0, "ok"), ("d", 1000, 2.0, 0, "ok")])
+    fig = gradient_profiles(tables["trials"], tables["gradients"], tables["spectra"],
+                            tables["lyapunov"])
+    grid = _grid(fig)
+    short, long = grid[0, 0].get_ylim(), grid[1, 0].get_ylim()
+    assert grid[0, 1].get_ylim() == short and grid[1, 1].get_ylim() == long  # shared in a row
+    assert short[0] < -1.9 and short[1] > -1.0 and short[1] - short[0] < 2.0
+    assert long[0] < -100.9 and long[1] > -1.0 and long[1] - long[0] > 90.0
+    assert grid[0, 0].get_xlim() == pytest.approx((0, 9))
+    assert grid[1, 0].get_xlim() == pytest.approx((0, 999))
+    # the Pascanu line of weight scale 2 rises 0.3 decades/step: it leaves the T=1000 panel
+    # instead of stretching its scale
+    assert _line(grid[1, 1], "_pascanu seq_len=1000").get_ydata()[-1] > long[1] + 100
+
+
+def test_gradient_profile_caps_rows_and_columns_and_says_so():
+    specs = [(f"t{T}_{w}", T, float(w), 0, "ok") for T in range(2, 8) for w in range(7)]
+    tables = _tables(specs, epochs=2)
+    fig = gradient_profiles(tables["trials"], tables["gradients"])
+    grid = _grid(fig)
+    assert max(grid) == (4, 4) and len(grid) == 25
+    # evenly picked: the shortest and the longest, the first and the last setting kept
+    assert [grid[r, 0].get_ylabel() for r in range(5)] == ["T = 2", "T = 3", "T = 4", "T = 6",
+                                                           "T = 7"]
+    assert grid[0, 0].get_title() == "weight_scale=0" and grid[0, 4].get_title() == (
+        "weight_scale=6")
+    note = fig._supxlabel.get_text()
+    assert "5 of 7 settings shown" in note and "5 of 6 sequence lengths shown" in note
+    assert fig.get_size_inches()[0] <= 11 and fig.get_size_inches()[1] <= 13
+
+
+def test_gradient_profile_one_recorded_epoch_draws_one_line_with_theory():
+    tables = _tables([("a", 5, None, 0, "ok")])
+    g = tables["gradients"]
+    fig = gradient_profiles(tables["trials"], g[g.epoch == 0], tables["spectra"],
+                            tables["lyapunov"])
+    (ax,) = _panels(fig)
+    labels = sorted(ln.get_label() for ln in ax.get_lines())
+    assert labels == ["_lyapunov seq_len=5", "_measured first seq_len=5", "_pascanu seq_len=5"]
+    assert not [t for t in _legend_texts(fig) if "last recorded" in t]
 
 
 def test_gradient_profile_without_theory_tables_draws_no_theory():
@@ -240,12 +335,18 @@ def test_nonfinite_values_are_marked_not_fatal():
     for section in SECTIONS:
         section.build(tables)
     fig = gradient_profiles(tables["trials"], g)
+    grid = _grid(fig)
     labels = {ln.get_label() for ax in _panels(fig) for ln in ax.get_lines()}
-    assert {"_neginf seq_len=8", "_posinf seq_len=8"} <= labels
-    ax = next(a for a in _panels(fig) if "default" in a.get_title()
-              and "init" in a.get_title())
-    y = _line(ax, "_measured seq_len=8").get_ydata()
-    assert np.isnan(y[-1]) and np.isnan(y[-2]) and np.isfinite(y[:-2]).all()
+    assert {"_neginf first seq_len=8", "_neginf last seq_len=8",
+            "_posinf first seq_len=8", "_posinf last seq_len=8"} <= labels
+    assert not [lab for lab in labels if "inf" in lab and "seq_len=5" in lab]
+    ax = grid[1, 0]  # T=8, default init
+    for when in ("first", "last"):
+        y = _line(ax, f"_measured {when} seq_len=8").get_ydata()
+        assert np.isnan(y[-1]) and np.isnan(y[-2]) and np.isfinite(y[:-2]).all()
+    assert np.isfinite(ax.get_ylim()).all()
+    assert ax.get_ylim()[0] < -1.0 + SLOPE * 5  # the finite part stays in view
+    assert "exact zero (−∞)" in _legend_texts(fig)
 
 
 def test_single_trial_draws_every_section():
@@ -253,6 +354,11 @@ def test_single_trial_draws_every_section():
     for section in SECTIONS:
         fig = section.build(tables)
         assert _panels(fig), section.key
+        if section.key in ("profile", "jacobians"):
+            (ax,) = _panels(fig)
+            assert ax.get_ylabel() == "T = 6" and ax.get_title() == "all trials"
+            assert {"_measured first seq_len=6", "_measured last seq_len=6"} <= {
+                ln.get_label() for ln in ax.get_lines()}
 
 
 def test_failed_trial_without_rows_is_skipped():
@@ -271,8 +377,9 @@ def test_failed_trial_without_rows_is_skipped():
 def test_long_profiles_are_downsampled():
     tables = _tables([("a", 1000, None, 0, "ok")])
     fig = gradient_profiles(tables["trials"], tables["gradients"])
-    x = _line(_panels(fig)[0], "_measured seq_len=1000").get_xdata()
-    assert len(x) <= 400 and x[0] == 0 and x[-1] == 999
+    for when in ("first", "last"):
+        x = _line(_panels(fig)[0], f"_measured {when} seq_len=1000").get_xdata()
+        assert len(x) <= 400 and x[0] == 0 and x[-1] == 999
     heat = gradient_heatmaps(tables["trials"], tables["gradients"])
     mesh = next(c for c in _panels(heat)[0].collections if isinstance(c, QuadMesh))
     assert mesh.get_array().shape == (2, 150)
@@ -345,10 +452,19 @@ def test_jacobian_norms_drawn_when_recorded_and_missing_otherwise():
     tables = _tables()
     fig = jacobian_norms(tables["trials"], tables["gradients"], tables["spectra"],
                          tables["lyapunov"])
-    ax = _panels(fig)[0]
-    np.testing.assert_allclose(_line(ax, "_measured seq_len=8").get_ydata(),
-                               2 * SLOPE * np.arange(8))
-    assert "∂h_{T−1}/∂h_t" in ax.get_ylabel()
+    grid = _grid(fig)
+    assert sorted(grid) == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    ax = grid[1, 0]
+    assert ax.get_ylabel() == "T = 8"
+    for when in ("first", "last"):
+        np.testing.assert_allclose(_line(ax, f"_measured {when} seq_len=8").get_ydata(),
+                                   2 * SLOPE * np.arange(8))
+    # the product is the identity at distance 0: theory lines start at 0 decades
+    lyap = _line(ax, "_lyapunov seq_len=8")
+    assert lyap.get_ydata()[0] == pytest.approx(0.0) and _slope(lyap) == pytest.approx(SLOPE)
+    assert _slope(_line(ax, "_pascanu seq_len=8")) == pytest.approx(math.log10(0.8))
+    assert "∂h_{T−1}/∂h_t" in fig._supylabel.get_text()
+    assert grid[1, 0].get_xlabel() == "distance to the last step T−1−t (steps)"
     without = tables["gradients"][tables["gradients"].metric != "jacobian_mean"]
     with pytest.raises(MissingData, match="probes.jacobians"):
         jacobian_norms(tables["trials"], without)
@@ -402,6 +518,7 @@ def test_last_layer_and_hidden_state_are_drawn_and_said():
     cell = g.assign(state="c", value=g["value"] - 50.0)  # an LSTM cell state: not this figure
     tables["trials"]["model.num_layers"] = 2
     fig = gradient_profiles(tables["trials"], pd.concat([g, top, cell], ignore_index=True))
-    y = _line(_panels(fig)[0], "_measured seq_len=5").get_ydata()
-    np.testing.assert_allclose(y, 9.0 + SLOPE * np.arange(5))
+    for when in ("first", "last"):
+        y = _line(_panels(fig)[0], f"_measured {when} seq_len=5").get_ydata()
+        np.testing.assert_allclose(y, 9.0 + SLOPE * np.arange(5))
     assert "last of 2 layers" in fig._supxlabel.get_text()

@@ -1,5 +1,6 @@
-"""Figure 2: the gradient profile log10‖∂L/∂h_t‖ against the distance from the loss, at the
-first and the last recorded epoch, with theory lines (Lyapunov slope, Pascanu bound).
+"""Figure 2: the gradient profile log10‖∂L/∂h_t‖ against the distance from the loss, one row per
+sequence length and one column per setting, the first recorded epoch dashed and the last one
+solid, with theory lines at the last epoch (Lyapunov slope, Pascanu bound).
 
 The drawing is shared with figure 6 (Jacobian-product norms against distance), which has the
 same axes and the same theory lines.
@@ -16,12 +17,22 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from ._data import Trials, downsample, last_layer, require
-from .style import BAND_ALPHA, add_note, figure_style, new_figure, seq_len_palette
+from .style import (
+    BAND_ALPHA,
+    MISSING_COLOUR,
+    add_note,
+    figure_style,
+    new_figure,
+    seq_len_palette,
+)
 from .theory import Snapshots
 
 __all__ = ["gradient_profiles"]
 
-_MAX_COLS = 4
+#: At most this many settings (columns) and sequence lengths (rows), evenly picked; a note says
+#: when some are left out.
+_MAX_COLS = 5
+_MAX_ROWS = 5
 #: Points per drawn line: a T=1000 profile is smooth enough at this resolution and keeps the
 #: figure small in SVG.
 MAX_POINTS = 400
@@ -67,10 +78,9 @@ def _aggregate(group: pd.DataFrame) -> pd.DataFrame:
 
 
 def _epoch_text(epochs: np.ndarray) -> str:
-    lo, hi = int(epochs.min()), int(epochs.max())
-    if hi == 0:
-        return "at init (epoch 0)"
-    return f"after {lo} epochs" if lo == hi else f"after {lo}–{hi} epochs"
+    """The epoch(s) of one role ("first" or "last") over the trials: "epoch 0", "epochs 5–99"."""
+    lo, hi = int(np.min(epochs)), int(np.max(epochs))
+    return f"epoch {lo}" if lo == hi else f"epochs {lo}–{hi}"
 
 
 def _ylim(values: np.ndarray) -> tuple[float, float]:
@@ -82,113 +92,148 @@ def _ylim(values: np.ndarray) -> tuple[float, float]:
     return lo - pad, hi + pad
 
 
+def _pick(items: list, cap: int) -> list:
+    """At most ``cap`` of ``items``, evenly spaced, the first and the last kept."""
+    return [items[i] for i in downsample(np.arange(len(items)), cap)]
+
+
+#: How each drawn role looks. Colour = the row's seq_len for the measurements, dark grey for
+#: the theory lines, so a theory line is never mistaken for a measured one.
+THEORY_COLOUR = "#3a3a3a"
+_FIRST = {"ls": (0, (4, 2)), "lw": 1.0, "alpha": 0.6}
+_LAST = {"ls": "-", "lw": 2.0, "alpha": 1.0}
+# thinner than the measured lines and drawn over them: where they agree, both stay visible
+_LYAPUNOV = {"ls": "-.", "lw": 0.9, "color": THEORY_COLOUR}
+_PASCANU = {"ls": (0, (1, 1.5)), "lw": 1.2, "color": THEORY_COLOUR}
+
+
+def _draw_measured(ax: Axes, stats: pd.DataFrame, colour: str, when: str, seq_len: int,
+                   band: bool) -> bool:
+    """One measured line (mean over seeds, min-max band when ``band``) with the ±inf of the
+    full-resolution profile marked at the panel's edge; True when any was marked."""
+    style = _FIRST if when == "first" else _LAST
+    idx = downsample(stats.index.to_numpy(), MAX_POINTS)
+    s = stats.iloc[idx]
+    x = s.index.to_numpy(dtype=float)
+    ax.plot(x, s["mean"], color=colour, **style, label=f"_measured {when} seq_len={seq_len}",
+            zorder=3 if when == "last" else 2)
+    if band:
+        ax.fill_between(x, s["min"], s["max"], color=colour, lw=0,
+                        alpha=BAND_ALPHA * (1.0 if when == "last" else 0.6))
+    marked = False
+    for flag, y, marker in (("neg", 0.0, "v"), ("pos", 1.0, "^")):
+        d = stats.index[stats[flag].to_numpy()].to_numpy(dtype=float)
+        if d.size:
+            marked = True
+            d = d[downsample(d, 60)]
+            ax.plot(d, np.full(d.size, y), marker, color=colour, ms=3.5, alpha=style["alpha"],
+                    transform=ax.get_xaxis_transform(), clip_on=False,
+                    label=f"_{flag}inf {when} seq_len={seq_len}")
+    return marked
+
+
 def draw_profiles(info: Trials, df: pd.DataFrame, snapshots: Snapshots | None, *,
-                  ylabel: str, quantity: str,
-                  xlabel: str = "distance to the loss T−1−t (steps)",
+                  ylabel: str, xlabel: str = "distance to the loss T−1−t (steps)",
                   ) -> tuple[Figure, list[str]]:
-    """The grid of figures 2 and 6: rows = first/last epoch (per block of variants), columns
-    = variants, one line per seq_len (mean over seeds, min-max band), theory lines dashed
-    (Lyapunov) and dotted (Pascanu). Returns the figure and the notes to add."""
+    """The grid of figures 2 and 6: one row per seq_len (its own y scale, x from 0 to T−1),
+    one column per variant; in each panel the first recorded epoch dashed and light, the last
+    one solid (mean over seeds, min-max band), and at the last epoch the theory lines in dark
+    grey: Lyapunov slope dash-dotted, Pascanu bound dotted. Returns the figure and the notes
+    to add."""
     palette = seq_len_palette(info.seq_lens)
-    variants = [v for v in info.variants if (df["variant"] == v).any()]
-    whens = [w for w in ("first", "last") if (df["when"] == w).any()]
-    ncols = min(_MAX_COLS, len(variants))
-    blocks = math.ceil(len(variants) / ncols)
-    nrows = blocks * len(whens)
-    lo, hi = _ylim(df["value"].to_numpy(dtype=float))
-    used_lyap, used_pascanu, marked_inf, seeds = set(), set(), False, False
-    fig, axes = new_figure(nrows, ncols, sharex=True, sharey=True,
-                           panel_height=2.3 if ncols > 1 else 3.0)
-    for ax in axes.ravel():
-        ax.set_visible(False)
-    for i, variant in enumerate(variants):
-        block, col = divmod(i, ncols)
-        for j, when in enumerate(whens):
-            ax: Axes = axes[block * len(whens) + j, col]
-            part = df[(df["variant"] == variant) & (df["when"] == when)]
+    all_variants = [v for v in info.variants if (df["variant"] == v).any()]
+    all_lens = sorted(int(s) for s in df["seq_len"].unique())
+    variants, seq_lens = _pick(all_variants, _MAX_COLS), _pick(all_lens, _MAX_ROWS)
+    nrows, ncols = len(seq_lens), len(variants)
+    used_lyap, used_pascanu = set(), set()
+    marked_inf = seeds = False
+    fig, axes = new_figure(nrows, ncols, sharex="row", sharey="row",
+                           panel_height=2.2 if ncols > 1 else 2.8)
+    for r, seq_len in enumerate(seq_lens):
+        colour = palette.get(seq_len, MISSING_COLOUR)
+        rows = df[df["seq_len"] == seq_len]
+        for c, variant in enumerate(variants):
+            ax: Axes = axes[r, c]
+            if r == 0:
+                ax.set_title(info.variant_title(variant), fontsize=9)
+            part = rows[rows["variant"] == variant]
             if part.empty:
+                ax.text(0.5, 0.5, "not recorded", transform=ax.transAxes, ha="center",
+                        va="center", fontsize=8, color="#777777")
                 continue
-            ax.set_visible(True)
-            ax.set_title(f"{info.variant_title(variant)}\n{_epoch_text(part['epoch'].unique())}",
-                         fontsize=8.5)
-            # longest first, so the shorter profiles (often on the same line) stay visible
-            for seq_len, group in sorted(part.groupby("seq_len"), key=lambda g: -g[0]):
-                colour = palette.get(seq_len, "#7f7f7f")
-                stats = _aggregate(group)
-                idx = downsample(stats.index.to_numpy(), MAX_POINTS)
-                s = stats.iloc[idx]
-                x = s.index.to_numpy(dtype=float)
-                ax.plot(x, s["mean"], color=colour, lw=1.5, label=f"_measured seq_len={seq_len}")
+            whens = [w for w in ("first", "last") if (part["when"] == w).any()]
+            for when in whens:
+                group = part[part["when"] == when]
                 trials = sorted(group["trial"].unique())
-                if len(trials) > 1:
-                    seeds = True
-                    ax.fill_between(x, s["min"], s["max"], color=colour, alpha=BAND_ALPHA, lw=0)
-                # infinities of the full-resolution profile, marked at the panel's edge
-                for flag, y, marker in (("neg", 0.0, "v"), ("pos", 1.0, "^")):
-                    d = stats.index[stats[flag].to_numpy()].to_numpy(dtype=float)
-                    if d.size:
-                        marked_inf = True
-                        d = d[downsample(d, 60)]
-                        ax.plot(d, np.full(d.size, y), marker, color=colour, ms=3.5,
-                                transform=ax.get_xaxis_transform(), clip_on=False,
-                                label=f"_{flag}inf seq_len={seq_len}")
-                if snapshots is None:
-                    continue
-                start = stats["mean"].dropna()
-                if start.empty:
-                    continue
-                d0, y0 = float(start.index[0]), float(start.iloc[0])
-                dmax = float(stats.index.max())
-                epoch = float(group["epoch"].median())
-                for name, slope_of, style, used in (
-                        ("lyapunov", snapshots.lyapunov_slope, (0, (5, 3)), used_lyap),
-                        ("pascanu", snapshots.pascanu_slope, ":", used_pascanu)):
-                    slope, names = slope_of(trials, epoch)
-                    if math.isfinite(slope):
-                        used.update(names)
-                        ax.plot([d0, dmax], [y0, y0 + slope * (dmax - d0)], ls=style,
-                                color=colour, lw=1.1, alpha=0.9,
-                                label=f"_{name} seq_len={seq_len}")
-            ax.set_ylim(lo, hi)
-            ax.set_xlim(left=0)
-    for ax in axes.ravel():
-        if ax.get_visible():
-            # a long label would run into the next panel's
-            ax.set_xlabel(xlabel if ncols <= 3 else "distance T−1−t (steps)")
-            ax.xaxis.set_tick_params(labelbottom=True)
-    for row in axes:
-        visible = [ax for ax in row if ax.get_visible()]
-        if visible:
-            visible[0].set_ylabel(ylabel)
-    handles = [Line2D([], [], color=palette[s], lw=2, label=f"seq_len={s}")
-               for s in info.seq_lens if (df["seq_len"] == s).any()]
-    handles.append(Line2D([], [], color="black", lw=1.5, label=f"measured {quantity}"))
+                seeds |= len(trials) > 1
+                stats = _aggregate(group)
+                marked_inf |= _draw_measured(ax, stats, colour, when, seq_len, len(trials) > 1)
+            # theory at the latest epoch drawn (the last one, or the only one recorded)
+            if snapshots is None:
+                continue
+            start = stats["mean"].dropna()
+            if start.empty:
+                continue
+            d0, y0 = float(start.index[0]), float(start.iloc[0])
+            dmax = float(stats.index.max())
+            epoch = float(group["epoch"].median())
+            for name, slope_of, style, used in (
+                    ("lyapunov", snapshots.lyapunov_slope, _LYAPUNOV, used_lyap),
+                    ("pascanu", snapshots.pascanu_slope, _PASCANU, used_pascanu)):
+                slope, names = slope_of(trials, epoch)
+                if math.isfinite(slope):
+                    used.update(names)
+                    ax.plot([d0, dmax], [y0, y0 + slope * (dmax - d0)], **style, zorder=4,
+                            label=f"_{name} seq_len={seq_len}")
+        # one y scale per row, from the measurements only (a theory line may leave the panel)
+        lo, hi = _ylim(rows[rows["variant"].isin(variants)]["value"].to_numpy(dtype=float))
+        axes[r, 0].set_ylim(lo, hi)
+        dmax = rows["distance"].max()
+        axes[r, 0].set_xlim(0, float(dmax) if dmax > 0 else 1.0)
+        axes[r, 0].set_ylabel(f"T = {seq_len}", color=colour, fontweight="bold")
+    short = ncols > 3  # a long label would run into the next panel's
+    for ax in axes[-1]:
+        ax.set_xlabel("distance T−1−t (steps)" if short else xlabel)
+    fig.supylabel(ylabel, fontsize=9)
+    fig.align_ylabels(axes[:, 0])
+    handles = []
+    for when, style in (("first", _FIRST), ("last", _LAST)):
+        epochs = df.loc[df["when"] == when, "epoch"].to_numpy()
+        if epochs.size:
+            handles.append(Line2D([], [], color=THEORY_COLOUR, **style,
+                                  label=f"measured, {when} recorded epoch "
+                                        f"({_epoch_text(epochs)})"))
     if used_lyap:
-        handles.append(Line2D([], [], color="black", ls=(0, (5, 3)), lw=1.1,
-                              label="Lyapunov slope λ₁/ln10"))
+        handles.append(Line2D([], [], **_LYAPUNOV, label="Lyapunov slope λ₁/ln10 (last epoch)"))
     if used_pascanu:
-        handles.append(Line2D([], [], color="black", ls=":", lw=1.1,
-                              label="Pascanu bound σ_max^(T−1−t)"))
+        handles.append(Line2D([], [], **_PASCANU,
+                              label="Pascanu bound σ_max^(T−1−t) (last epoch)"))
     if marked_inf:
-        handles.append(Line2D([], [], color="black", ls="", marker="v", ms=4,
+        handles.append(Line2D([], [], color=THEORY_COLOUR, ls="", marker="v", ms=4,
                               label="exact zero (−∞)"))
-        handles.append(Line2D([], [], color="black", ls="", marker="^", ms=4,
+        handles.append(Line2D([], [], color=THEORY_COLOUR, ls="", marker="^", ms=4,
                               label="overflow (+∞)"))
-    fig.legend(handles=handles, loc="outside right upper", frameon=False)
-    notes = []
+    fig.legend(handles=handles, loc="outside upper center", frameon=False,
+               ncols=min(len(handles), 3 if ncols > 2 else 2))
+    notes = ["rows: sequence length T (colour), each row with its own y scale"]
+    if len(variants) < len(all_variants):
+        notes.append(f"{len(variants)} of {len(all_variants)} settings shown")
+    if len(seq_lens) < len(all_lens):
+        notes.append(f"{len(seq_lens)} of {len(all_lens)} sequence lengths shown")
     if seeds:
         notes.append("lines: mean over seeds, bands: min-max")
     used = sorted(used_lyap | used_pascanu, key=lambda w: (w != "init", w != "end", w))
     if used:
-        notes.append(f"theory lines from the snapshot nearest each epoch ({', '.join(used)})")
+        notes.append(f"theory lines from the snapshot nearest the last epoch ({', '.join(used)})")
     return fig, notes
 
 
 def gradient_profiles(trials: pd.DataFrame, gradients: pd.DataFrame,
                       spectra: pd.DataFrame | None = None,
                       lyapunov: pd.DataFrame | None = None) -> Figure:
-    """log10‖∂L/∂h_t‖ (batch mean, decades) against the distance T−1−t from the loss, one
-    line per seq_len, one column per variant, at each trial's first and last recorded epoch.
+    """log10‖∂L/∂h_t‖ (batch mean, decades) against the distance T−1−t from the loss: one row
+    per seq_len (each with its own y scale, so a T=10 profile is not flattened by a T=1000 one),
+    one column per variant, each trial's first recorded epoch dashed and its last one solid.
 
     Args:
         trials: the trials table.
@@ -199,15 +244,15 @@ def gradient_profiles(trials: pd.DataFrame, gradients: pd.DataFrame,
             σ_max^(T−1−t) (Elman RNN only).
         lyapunov: optional ``when, layer, index, exponent`` (nats/step): the slope λ₁/ln10.
 
-    ±inf values (an exact zero or an overflow) are marked at the panel's lower/upper edge;
-    long profiles are drawn with at most 400 points per line.
+    The theory lines are drawn for the last recorded epoch. ±inf values (an exact zero or an
+    overflow) are marked at the panel's lower/upper edge; long profiles are drawn with at most
+    400 points per line; at most 5 rows and 5 columns (evenly picked, said in the note).
     """
     info = Trials.from_table(trials)
     df, n_layers = profile_table(info, gradients, "total_mean")
     snapshots = Snapshots(info.info, spectra, lyapunov)
     with figure_style():
-        fig, notes = draw_profiles(info, df, snapshots, ylabel="log10 ‖∂L/∂h_t‖ (decades)",
-                                   quantity="log10 ‖∂L/∂h_t‖")
+        fig, notes = draw_profiles(info, df, snapshots, ylabel="log10 ‖∂L/∂h_t‖ (decades)")
         if n_layers > 1:
             notes.insert(0, f"last of {n_layers} layers (closest to the loss)")
         add_note(fig, "; ".join(notes))

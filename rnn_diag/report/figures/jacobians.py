@@ -19,8 +19,9 @@ def jacobian_norms(trials: pd.DataFrame, gradients: pd.DataFrame,
                    spectra: pd.DataFrame | None = None,
                    lyapunov: pd.DataFrame | None = None) -> Figure:
     """log10 ‖∂h_{T−1}/∂h_t‖₂ (spectral norm of the Jacobian product, mean over the probed
-    samples, decades) against the distance T−1−t, one line per seq_len, one column per
-    variant, at the first and the last recorded epoch.
+    samples, decades) against the distance T−1−t, laid out as :func:`gradient_profiles`: one
+    row per seq_len (own y scale), one column per variant, first recorded epoch dashed, last
+    one solid, theory lines at the last epoch.
 
     Args:
         trials: the trials table.
@@ -38,7 +39,6 @@ def jacobian_norms(trials: pd.DataFrame, gradients: pd.DataFrame,
     with figure_style():
         fig, notes = draw_profiles(info, df, Snapshots(info.info, spectra, lyapunov),
                                    ylabel="log10 ‖∂h_{T−1}/∂h_t‖₂ (decades)",
-                                   quantity="log10 ‖∂h_{T−1}/∂h_t‖₂",
                                    xlabel="distance to the last step T−1−t (steps)")
         if n_layers > 1:
             notes.insert(0, f"last of {n_layers} layers")

@@ -109,6 +109,23 @@ def _pct(x: float) -> str:
     return f"{p:.2g}%"
 
 
+#: Top Lyapunov exponents within this many nats per step of 0 are called near-neutral: a
+#: change of one decade takes more than 230 steps, and a finite-trajectory estimate (a few
+#: hundred steps) does not resolve the sign reliably.
+_NEUTRAL = 0.01
+
+
+def _span(values: pd.Series, sep: str = "–") -> str:
+    """``min–max`` of ``values`` with :func:`_down`, or one value when both read the same.
+
+    Example:
+        >>> _span(pd.Series([0.61, 0.61])), _span(pd.Series([0.5, 0.75]), " to ")
+        ('0.610', '0.500 to 0.750')
+    """
+    lo, hi = _down(values.min()), _down(values.max())
+    return lo if lo == hi else f"{lo}{sep}{hi}"
+
+
 def _down(x: float) -> str:
     """Three decimals, rounded down, so a value below 1 never reads as 1.000.
 
@@ -328,12 +345,13 @@ def _pascanu(trials: pd.DataFrame, labels: pd.Series, config: Mapping) -> list[F
     if forced.any():
         conds = list(dict.fromkeys(labels[forced]))
         lo, hi = np.nanmin(slope[forced]), np.nanmax(slope[forced])
-        span = (f"; their gradients before training fall by {-hi:.2f} to {-lo:.2f} decades "
-                f"per step back" if np.isfinite(lo) and lo < 0 and hi < 0 else "")
+        fall = f"{-hi:.2f}" if f"{-hi:.2f}" == f"{-lo:.2f}" else f"{-hi:.2f} to {-lo:.2f}"
+        span = (f"; their gradients before training fall by {fall} decades per step back"
+                if np.isfinite(lo) and lo < 0 and hi < 0 else "")
         out.append(Finding(
             f"In {int(forced.sum())} trial{'s' if forced.sum() != 1 else ''} the spectral norm "
-            f"σ_max of W_hh at initialisation is below 1 ({_down(sigma[forced].min())} to "
-            f"{_down(sigma[forced].max())}): for a tanh RNN whose loss reads the last step this "
+            f"σ_max of W_hh at initialisation is below 1 ({_span(sigma[forced], ' to ')}): "
+            f"for a tanh RNN whose loss reads the last step this "
             f"bounds ‖∂L/∂h_k‖ by σ_max^(T−k)·‖∂L/∂h_T‖, so the gradient must vanish "
             f"(Pascanu et al., 2013){span}. Conditions: {_list(conds)}.",
             "spectra",
@@ -343,8 +361,8 @@ def _pascanu(trials: pd.DataFrame, labels: pd.Series, config: Mapping) -> list[F
         conds = list(dict.fromkeys(labels[gap]))
         out.append(Finding(
             f"In {int(gap.sum())} trial{'s' if gap.sum() != 1 else ''} the spectral radius ρ of "
-            f"W_hh at initialisation is below 1 but σ_max is not ({_down(rho[gap].min())}–"
-            f"{_down(rho[gap].max())} vs {_down(sigma[gap].min())}–{_down(sigma[gap].max())}): the "
+            f"W_hh at initialisation is below 1 but σ_max is not ({_span(rho[gap])} vs "
+            f"{_span(sigma[gap])}): the "
             "guarantee of vanishing does not apply, ρ < 1 alone does not decide. Conditions: "
             f"{_list(conds)}.",
             "spectra",
@@ -371,10 +389,21 @@ def _lyapunov(trials: pd.DataFrame, labels: pd.Series) -> list[Finding]:
                 f"{top[lo]:+.3f} ({labels[lo]}) to {top[hi]:+.3f} nats per step ({labels[hi]}); "
                 f"{per_decade}, i.e. {top[lo] / math.log(10):+.3f} to "
                 f"{top[hi] / math.log(10):+.3f}.")
-        positive = int((finite > 0).sum())
-        if positive:
-            texts.append(f"{positive} trial{'s end' if positive != 1 else ' ends'} with a positive "
-                         "exponent: chaotic dynamics, where perturbations and gradients grow.")
+        positive = finite > _NEUTRAL
+        if positive.any():
+            n = int(positive.sum())
+            texts.append(
+                f"{n} trial{'s end' if n != 1 else ' ends'} with an exponent above "
+                f"+{_NEUTRAL} nats per step: chaotic dynamics, where perturbations and gradients "
+                f"grow ({_list(list(dict.fromkeys(labels[finite.index[positive]])))}).")
+        neutral = finite.abs() <= _NEUTRAL
+        if neutral.any():
+            n = int(neutral.sum())
+            texts.append(
+                f"{n} trial{'s end' if n != 1 else ' ends'} within ±{_NEUTRAL} nats per step of 0 "
+                f"({_list(list(dict.fromkeys(labels[finite.index[neutral]])))}): near-neutral "
+                "dynamics, where the gradient neither vanishes nor explodes over a few hundred "
+                "steps, the regime in which long memory is possible.")
     if collapsed:
         conds = list(dict.fromkeys(labels[top == -np.inf]))
         texts.append(

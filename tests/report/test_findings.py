@@ -135,11 +135,18 @@ def test_pascanu_bound_only_for_tanh_rnn():
     ])
     found = texts(compute_findings({"trials": trials}, SWEPT), "spectra")
     assert len(found) == 2
-    assert "In 1 trial the spectral norm σ_max of W_hh at initialisation is below 1 (0.900 to " \
-           "0.900)" in found[0] and "weight_scale 0.5" in found[0]
-    assert "fall by 0.30 to 0.30 decades per step back" in found[0]
-    assert "ρ of W_hh at initialisation is below 1 but σ_max is not (0.900–0.900 vs 1.800–1.800)" \
-           in found[1]
+    assert "In 1 trial the spectral norm σ_max of W_hh at initialisation is below 1 (0.900)" \
+           in found[0] and "weight_scale 0.5" in found[0]
+    assert "fall by 0.30 decades per step back" in found[0]
+    assert "ρ of W_hh at initialisation is below 1 but σ_max is not (0.900 vs 1.800)" in found[1]
+    two = _trials([
+        {"id": "a", "task.seq_len": 10, "model.weight_scale": 0.5, "spectral_norm_init": 0.9,
+         "spectral_radius_init": 0.5, "decay_per_step_first": -0.3},
+        {"id": "c", "task.seq_len": 100, "model.weight_scale": 0.5, "spectral_norm_init": 0.7,
+         "spectral_radius_init": 0.4, "decay_per_step_first": -0.2},
+    ])
+    (both,) = texts(compute_findings({"trials": two}, SWEPT), "spectra")
+    assert "below 1 (0.700 to 0.900)" in both and "fall by 0.20 to 0.30 decades" in both
     # weight_scale 1.0 sets ρ to 1 up to float32 rounding: not "below 1"
     one = trials.assign(spectral_radius_init=[0.99999994, 0.99999994],
                         spectral_norm_init=[1.45, 1.45])
@@ -165,7 +172,15 @@ def test_exploding_lyapunov_and_changed_verdicts():
     (lyap,) = texts(found, "lyapunov")
     assert "from -0.690 (seq_len 100, weight_scale 0.5) to +0.046 nats per step" in lyap
     # exponent / ln 10: -0.690 / 2.3026 = -0.2997, 0.046 / 2.3026 = 0.0200
-    assert "i.e. -0.300 to +0.020" in lyap and "1 trial ends with a positive exponent" in lyap
+    assert "i.e. -0.300 to +0.020" in lyap
+    assert "1 trial ends with an exponent above +0.01 nats per step: chaotic" in lyap
+    assert "(seq_len 100, weight_scale 1.5)." in lyap and "near-neutral" not in lyap
+    # within ±0.01 of 0 the sign is not resolved: near-neutral, not chaotic
+    near = trials.assign(lyapunov_top_end=[0.004, -0.69])
+    (lyap_near,) = texts(compute_findings({"trials": near}, SWEPT), "lyapunov")
+    assert "chaotic" not in lyap_near
+    assert "1 trial ends within ±0.01 nats per step of 0 (seq_len 100, weight_scale 1.5)" \
+        in lyap_near
     trials.loc[1, "lyapunov_top_end"] = -np.inf  # a state that collapsed to exactly zero
     (lyap,) = texts(compute_findings({"trials": trials}, SWEPT), "lyapunov")
     assert "at the end of training is +0.046 nats per step (seq_len 100, weight_scale 1.5)" \

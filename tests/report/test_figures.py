@@ -277,20 +277,92 @@ def test_gradient_profile_rows_have_their_own_y_scale():
     assert _line(grid[1, 1], "_pascanu seq_len=1000").get_ydata()[-1] > long[1] + 100
 
 
-def test_gradient_profile_caps_rows_and_columns_and_says_so():
-    specs = [(f"t{T}_{w}", T, float(w), 0, "ok") for T in range(2, 8) for w in range(7)]
+def _two_key_tables(seq_lens, scales, lags):
+    """One trial per (seq_len, weight scale, lag), a second swept key ``task.lag``; each trial's
+    gradient profile lifted by its own offset so a panel shows which trial it draws."""
+    specs, lag_of, offset = [], {}, {}
+    for T in seq_lens:
+        for i, ws in enumerate(scales):
+            for j, lag in enumerate(lags):
+                tid = f"T{T}_w{i}_l{j}"
+                specs.append((tid, T, ws, 0, "ok"))
+                lag_of[tid], offset[tid] = lag, 0.25 * (len(lags) * i + j)
+    tables = _tables(specs, epochs=2)
+    tables["trials"]["task.lag"] = tables["trials"]["id"].map(lag_of)
+    g = tables["gradients"]
+    g["value"] += g["trial"].map(offset)
+    return tables, offset
+
+
+def test_gradient_profile_wraps_many_settings_of_one_seq_len():
+    # 3 weight scales x 4 lags = 12 settings: one T=6 block of 3 rows (scales) x 4 columns (lags)
+    scales, lags = [None, 0.5, 2.0], [2, 10, 30, 50]
+    tables, offset = _two_key_tables([6], scales, lags)
+    fig = gradient_profiles(tables["trials"], tables["gradients"])
+    grid = _grid(fig)
+    assert sorted(grid) == [(r, c) for r in range(3) for c in range(4)]
+    names = ["default init", "0.5", "2"]
+    for (r, c), ax in grid.items():
+        assert ax.get_title() == f"weight_scale={names[r]} · lag={lags[c]}"
+        first = _line(ax, "_measured first seq_len=6")  # the trial of this setting
+        assert first.get_ydata()[0] == pytest.approx(-1.0 + offset[f"T6_w{r}_l{c}"])
+        assert ax.get_ylim() == grid[0, 0].get_ylim()  # one y scale for the block
+        assert ax.get_xlim() == pytest.approx((0, 5))
+        assert ax.get_xlabel() == ("distance T−1−t (steps)" if r == 2 else "")
+        assert ax.get_ylabel() == ("T = 6" if c == 0 else "")
+    assert len({ax.get_title() for ax in grid.values()}) == 12
+    lo, hi = grid[0, 0].get_ylim()
+    assert lo < -1.0 + SLOPE * 5 and hi > -1.0 + 0.25 * 11  # all 12 profiles in view
+    assert "settings shown" not in fig._supxlabel.get_text()
+    width, height = fig.get_size_inches()
+    assert width <= 11 and height <= 8
+
+
+def test_gradient_profile_wraps_settings_in_a_block_per_seq_len():
+    # 3 seq_lens x (3 weight scales x 2 lags): per T a block of 2 rows (lags) x 3 columns
+    scales, lags = [None, 0.5, 2.0], [1, 3]
+    tables, offset = _two_key_tables([5, 8, 20], scales, lags)
+    fig = jacobian_norms(tables["trials"], tables["gradients"])
+    grid = _grid(fig)
+    assert sorted(grid) == [(r, c) for r in range(6) for c in range(3)]
+    names = ["default init", "0.5", "2"]
+    for b, T in enumerate((5, 8, 20)):
+        block = [grid[2 * b + i, j] for i in range(2) for j in range(3)]
+        assert len({ax.get_ylim() for ax in block}) == 1
+        for i in range(2):
+            assert grid[2 * b + i, 0].get_ylabel() == f"T = {T}"
+            for j in range(3):
+                ax = grid[2 * b + i, j]
+                assert ax.get_title() == f"weight_scale={names[j]} · lag={lags[i]}"
+                assert ax.get_xlim() == pytest.approx((0, T - 1))
+                y = _line(ax, f"_measured first seq_len={T}").get_ydata()
+                assert y[0] == pytest.approx(offset[f"T{T}_w{j}_l{i}"])
+                assert ax.get_xlabel() == ("distance to the last step T−1−t (steps)"
+                                           if b == 2 and i == 1 else "")
+    assert grid[0, 0].get_ylim() != grid[2, 0].get_ylim() != grid[4, 0].get_ylim()
+    assert "blocks of 2 rows" in fig._supxlabel.get_text()
+    assert "settings shown" not in fig._supxlabel.get_text()
+    # the loss figure lays the 6 settings out the same way
+    loss = _grid(loss_history(tables["trials"], tables["curves"]))
+    assert {k: ax.get_title() for k, ax in loss.items()} == {
+        (i, j): f"weight_scale={names[j]} · lag={lags[i]}" for i in range(2) for j in range(3)}
+
+
+def test_gradient_profile_caps_rows_and_panels_and_says_so():
+    specs = [(f"t{T}_{w}", T, float(w), 0, "ok") for T in range(2, 8) for w in range(12)]
     tables = _tables(specs, epochs=2)
     fig = gradient_profiles(tables["trials"], tables["gradients"])
     grid = _grid(fig)
-    assert max(grid) == (4, 4) and len(grid) == 25
+    # 5 of 6 lengths; 12 settings in 5 blocks would be 60 panels: 6 settings, 2 rows x 3 each
+    assert sorted(grid) == [(r, c) for r in range(10) for c in range(3)]
     # evenly picked: the shortest and the longest, the first and the last setting kept
-    assert [grid[r, 0].get_ylabel() for r in range(5)] == ["T = 2", "T = 3", "T = 4", "T = 6",
-                                                           "T = 7"]
-    assert grid[0, 0].get_title() == "weight_scale=0" and grid[0, 4].get_title() == (
-        "weight_scale=6")
+    assert [grid[r, 0].get_ylabel() for r in range(0, 10, 2)] == ["T = 2", "T = 3", "T = 4",
+                                                                  "T = 6", "T = 7"]
+    assert [grid[r, c].get_title() for r in (0, 1) for c in range(3)] == [
+        f"weight_scale={w}" for w in (0, 2, 4, 7, 9, 11)]
     note = fig._supxlabel.get_text()
-    assert "5 of 7 settings shown" in note and "5 of 6 sequence lengths shown" in note
-    assert fig.get_size_inches()[0] <= 11 and fig.get_size_inches()[1] <= 13
+    assert "6 of 12 settings shown" in note and "5 of 6 sequence lengths shown" in note
+    assert fig.get_size_inches()[0] <= 11 and fig.get_size_inches()[1] <= 23
 
 
 def test_gradient_profile_one_recorded_epoch_draws_one_line_with_theory():

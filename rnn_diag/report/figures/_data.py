@@ -18,7 +18,8 @@ import pandas as pd
 
 from .style import weight_scale_text
 
-__all__ = ["MissingData", "Trials", "downsample", "last_layer", "require", "table"]
+__all__ = ["MissingData", "Trials", "downsample", "last_layer", "panel_layout", "require",
+           "table"]
 
 #: Settings that never define a panel: the colour (seq_len) and the aggregation (seed).
 _NOT_VARIANT = ("task.seq_len", "train.seed", "seed")
@@ -83,12 +84,14 @@ class Trials:
         variants: the variant labels in panel order.
         variant_keys: the dotted settings that vary between variants.
         seq_lens: the sequence lengths, increasing.
+        variant_parts: per variant (same order), the text of its value of each variant key.
     """
 
     info: pd.DataFrame
     variants: tuple[str, ...]
     variant_keys: tuple[str, ...]
     seq_lens: tuple[int, ...]
+    variant_parts: tuple[tuple[str, ...], ...] = ()
 
     @staticmethod
     def from_table(trials: pd.DataFrame) -> Trials:
@@ -98,10 +101,12 @@ class Trials:
         info = pd.DataFrame(index=pd.Index(trials["id"].astype(str), name="trial"))
         info["seq_len"] = pd.to_numeric(trials["task.seq_len"], errors="coerce").to_numpy()
         info["seq_len"] = info["seq_len"].fillna(-1).astype(int)
-        labels, ranks = [], []
+        labels, ranks, parts = [], [], {}
         for _, row in trials.iterrows():
-            labels.append(" · ".join(f"{_short(k, keys)}={_value_text(k, row[k])}" for k in keys))
+            texts = tuple(_value_text(k, row[k]) for k in keys)
+            labels.append(" · ".join(f"{_short(k, keys)}={v}" for k, v in zip(keys, texts)))
             ranks.append(tuple(_sort_value(row[k]) for k in keys))
+            parts.setdefault(labels[-1], texts)
         info["variant"] = labels
         order = sorted(set(zip(ranks, labels)))
         variants = tuple(dict.fromkeys(label for _, label in order))
@@ -114,7 +119,7 @@ class Trials:
         info["weight_scale"] = pd.to_numeric(info["weight_scale"], errors="coerce")
         info["label"] = [lab if lab else tid for lab, tid in zip(info["label"], info.index)]
         seq_lens = tuple(sorted(v for v in info["seq_len"].unique() if v >= 0))
-        return Trials(info, variants, keys, seq_lens)
+        return Trials(info, variants, keys, seq_lens, tuple(parts[v] for v in variants))
 
     def attach(self, df: pd.DataFrame) -> pd.DataFrame:
         """``df`` (a long table with a ``trial`` column) joined with ``seq_len``, ``variant``,
@@ -126,6 +131,47 @@ class Trials:
 
     def variant_title(self, variant: str) -> str:
         return variant if variant else "all trials"
+
+
+def panel_layout(info: Trials, variants: Sequence[str], max_cols: int = 4,
+                 ) -> tuple[int, int, dict[str, tuple[int, int]]]:
+    """Where each of ``variants`` goes in a grid of panels: ``(rows, columns, {variant: (row,
+    column)})``, shared by the figures with one panel per variant so they agree.
+
+    Up to ``max_cols`` variants: one row. More: as few rows as ``max_cols`` columns allow; when
+    the variants are every combination of the swept keys and one key has at most ``max_cols``
+    values that fill that few rows, the columns are that key's values (the last such key:
+    ``cell × lag`` gives one column per lag, one row per cell) and the rows the other keys';
+    otherwise the variants fill the rows in order, the columns evened out (6 → 2 rows of 3).
+
+    Example:
+        >>> info = Trials.from_table(pd.DataFrame({
+        ...     "id": list("abcdef"), "task.seq_len": 5,
+        ...     "model.cell": ["gru", "gru", "lstm", "lstm", "rnn", "rnn"],
+        ...     "train.clip": [1, 2, 1, 2, 1, 2]}))
+        >>> rows, cols, where = panel_layout(info, info.variants)
+        >>> rows, cols, where["cell=lstm · clip=2"]
+        (2, 3, (1, 1))
+    """
+    n = len(variants)
+    if n <= max_cols:
+        return 1, max(n, 1), {v: (0, c) for c, v in enumerate(variants)}
+    rows = math.ceil(n / max_cols)
+    lookup = dict(zip(info.variants, info.variant_parts))
+    parts = [lookup.get(v, ()) for v in variants]
+    nkeys = len(info.variant_keys)
+    if nkeys > 1 and all(len(p) == nkeys for p in parts) and len(set(parts)) == n:
+        values = [list(dict.fromkeys(p[k] for p in parts)) for k in range(nkeys)]
+        if math.prod(len(v) for v in values) == n:
+            for k in reversed(range(nkeys)):
+                if len(values[k]) <= max_cols and n // len(values[k]) <= rows:
+                    others = [p[:k] + p[k + 1:] for p in parts]
+                    row_of = {o: r for r, o in enumerate(dict.fromkeys(others))}
+                    return n // len(values[k]), len(values[k]), {
+                        v: (row_of[o], values[k].index(p[k]))
+                        for v, p, o in zip(variants, parts, others)}
+    cols = math.ceil(n / rows)
+    return rows, cols, {v: divmod(i, cols) for i, v in enumerate(variants)}
 
 
 def last_layer(df: pd.DataFrame) -> tuple[pd.DataFrame, int]:

@@ -1,6 +1,7 @@
-"""Figure 2: the gradient profile log10‖∂L/∂h_t‖ against the distance from the loss, one row per
-sequence length and one column per setting, the first recorded epoch dashed and the last one
-solid, with theory lines at the last epoch (Lyapunov slope, Pascanu bound).
+"""Figure 2: the gradient profile log10‖∂L/∂h_t‖ against the distance from the loss, one block of
+panel rows per sequence length and one panel per setting in it (up to 4 a row, laid out as the
+loss figure's), the first recorded epoch dashed and the last one solid, with theory
+lines at the last epoch (Lyapunov slope, Pascanu bound).
 
 The drawing is shared with figure 6 (Jacobian-product norms against distance), which has the
 same axes and the same theory lines.
@@ -16,7 +17,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from ._data import Trials, downsample, last_layer, require
+from ._data import Trials, downsample, last_layer, panel_layout, require
 from .style import (
     BAND_ALPHA,
     MISSING_COLOUR,
@@ -29,10 +30,12 @@ from .theory import Snapshots
 
 __all__ = ["gradient_profiles"]
 
-#: At most this many settings (columns) and sequence lengths (rows), evenly picked; a note says
-#: when some are left out.
-_MAX_COLS = 5
+#: Settings per panel row (more wrap over several rows, as in the loss figure), at most this many
+#: sequence lengths (blocks of rows) and panels in all: beyond, evenly picked settings and
+#: lengths are drawn and a note says how many.
+_MAX_COLS = 4
 _MAX_ROWS = 5
+MAX_PANELS = 30
 #: Points per drawn line: a T=1000 profile is smooth enough at this resolution and keeps the
 #: figure small in SVG.
 MAX_POINTS = 400
@@ -132,29 +135,58 @@ def _draw_measured(ax: Axes, stats: pd.DataFrame, colour: str, when: str, seq_le
     return marked
 
 
+def _fit_settings(variants: list, n_blocks: int, info: Trials) -> list:
+    """``variants``, or as many of them as fit in :data:`MAX_PANELS` panels with ``n_blocks``
+    seq_len blocks (evenly picked, the first and the last kept)."""
+    for m in range(len(variants), 0, -1):
+        picked = _pick(variants, m)
+        rows, cols, _ = panel_layout(info, picked, _MAX_COLS)
+        if m == 1 or rows * cols * n_blocks <= MAX_PANELS:
+            return picked
+    return variants
+
+
 def draw_profiles(info: Trials, df: pd.DataFrame, snapshots: Snapshots | None, *,
                   ylabel: str, xlabel: str = "distance to the loss T−1−t (steps)",
                   ) -> tuple[Figure, list[str]]:
-    """The grid of figures 2 and 6: one row per seq_len (its own y scale, x from 0 to T−1),
-    one column per variant; in each panel the first recorded epoch dashed and light, the last
-    one solid (mean over seeds, min-max band), and at the last epoch the theory lines in dark
-    grey: Lyapunov slope dash-dotted, Pascanu bound dotted. Returns the figure and the notes
-    to add."""
+    """The grid of figures 2 and 6: one block of panel rows per seq_len (its own y scale, x
+    from 0 to T−1), in it one panel per variant laid out as the loss figure's
+    (:func:`panel_layout`: up to 4 columns, wrapped over rows); in each panel the first
+    recorded epoch dashed and light, the last one solid (mean over seeds, min-max band), and at
+    the last epoch the theory lines in dark grey: Lyapunov slope dash-dotted, Pascanu bound
+    dotted. Returns the figure and the notes to add."""
     palette = seq_len_palette(info.seq_lens)
     all_variants = [v for v in info.variants if (df["variant"] == v).any()]
     all_lens = sorted(int(s) for s in df["seq_len"].unique())
-    variants, seq_lens = _pick(all_variants, _MAX_COLS), _pick(all_lens, _MAX_ROWS)
-    nrows, ncols = len(seq_lens), len(variants)
+    seq_lens = _pick(all_lens, _MAX_ROWS)
+    variants = _fit_settings(all_variants, len(seq_lens), info)
+    block, ncols, where = panel_layout(info, variants, _MAX_COLS)
+    wrapped = block > 1
+    nrows = block * len(seq_lens)
     used_lyap, used_pascanu = set(), set()
     marked_inf = seeds = False
-    fig, axes = new_figure(nrows, ncols, sharex="row", sharey="row",
-                           panel_height=2.2 if ncols > 1 else 2.8)
-    for r, seq_len in enumerate(seq_lens):
+    fig, axes = new_figure(nrows, ncols, panel_height=2.2 if ncols > 1 else 2.8)
+    filled = set(where.values())
+    for (r, c), ax in np.ndenumerate(axes):
+        if (r % block, c) not in filled:
+            ax.set_visible(False)
+    for b, seq_len in enumerate(seq_lens):
         colour = palette.get(seq_len, MISSING_COLOUR)
         rows = df[df["seq_len"] == seq_len]
-        for c, variant in enumerate(variants):
-            ax: Axes = axes[r, c]
-            if r == 0:
+        top = b * block
+        first_ax: Axes = axes[top, 0]
+        for variant in variants:
+            r, c = where[variant]
+            ax: Axes = axes[top + r, c]
+            if ax is not first_ax:  # one x and one y scale per seq_len block
+                ax.sharex(first_ax)
+                ax.sharey(first_ax)
+            if c > 0:
+                ax.tick_params(labelleft=False)
+            below = (r + 1, c) in filled
+            if below:  # the panel under it shows the ticks of the block's x scale
+                ax.tick_params(labelbottom=False)
+            if b == 0 or wrapped:
                 ax.set_title(info.variant_title(variant), fontsize=9)
             part = rows[rows["variant"] == variant]
             if part.empty:
@@ -185,15 +217,17 @@ def draw_profiles(info: Trials, df: pd.DataFrame, snapshots: Snapshots | None, *
                     used.update(names)
                     ax.plot([d0, dmax], [y0, y0 + slope * (dmax - d0)], **style, zorder=4,
                             label=f"_{name} seq_len={seq_len}")
-        # one y scale per row, from the measurements only (a theory line may leave the panel)
+        # one y scale per block, from the measurements only (a theory line may leave the panel)
         lo, hi = _ylim(rows[rows["variant"].isin(variants)]["value"].to_numpy(dtype=float))
-        axes[r, 0].set_ylim(lo, hi)
+        first_ax.set_ylim(lo, hi)
         dmax = rows["distance"].max()
-        axes[r, 0].set_xlim(0, float(dmax) if dmax > 0 else 1.0)
-        axes[r, 0].set_ylabel(f"T = {seq_len}", color=colour, fontweight="bold")
+        first_ax.set_xlim(0, float(dmax) if dmax > 0 else 1.0)
+        for r in range(block):
+            axes[top + r, 0].set_ylabel(f"T = {seq_len}", color=colour, fontweight="bold")
     short = ncols > 3  # a long label would run into the next panel's
-    for ax in axes[-1]:
-        ax.set_xlabel("distance T−1−t (steps)" if short else xlabel)
+    for (r, c) in filled:  # the bottom panel of each column of the last block
+        if (r + 1, c) not in filled:
+            axes[nrows - block + r, c].set_xlabel("distance T−1−t (steps)" if short else xlabel)
     fig.supylabel(ylabel, fontsize=9)
     fig.align_ylabels(axes[:, 0])
     handles = []
@@ -215,7 +249,9 @@ def draw_profiles(info: Trials, df: pd.DataFrame, snapshots: Snapshots | None, *
                               label="overflow (+∞)"))
     fig.legend(handles=handles, loc="outside upper center", frameon=False,
                ncols=min(len(handles), 3 if ncols > 2 else 2))
-    notes = ["rows: sequence length T (colour), each row with its own y scale"]
+    notes = ["rows: sequence length T (colour), each row with its own y scale" if block == 1
+             else f"rows: sequence length T (colour) in blocks of {block} rows, each block with "
+                  "its own y scale"]
     if len(variants) < len(all_variants):
         notes.append(f"{len(variants)} of {len(all_variants)} settings shown")
     if len(seq_lens) < len(all_lens):
@@ -232,8 +268,10 @@ def gradient_profiles(trials: pd.DataFrame, gradients: pd.DataFrame,
                       spectra: pd.DataFrame | None = None,
                       lyapunov: pd.DataFrame | None = None) -> Figure:
     """log10‖∂L/∂h_t‖ (batch mean, decades) against the distance T−1−t from the loss: one row
-    per seq_len (each with its own y scale, so a T=10 profile is not flattened by a T=1000 one),
-    one column per variant, each trial's first recorded epoch dashed and its last one solid.
+    block of panel rows per seq_len (each with its own y scale, so a T=10 profile is not
+    flattened by a T=1000 one), one panel per variant in it (up to 4 a row, wrapped as in the
+    loss figure, each panel titled when wrapped), each trial's first recorded epoch dashed and
+    its last one solid.
 
     Args:
         trials: the trials table.
@@ -246,7 +284,8 @@ def gradient_profiles(trials: pd.DataFrame, gradients: pd.DataFrame,
 
     The theory lines are drawn for the last recorded epoch. ±inf values (an exact zero or an
     overflow) are marked at the panel's lower/upper edge; long profiles are drawn with at most
-    400 points per line; at most 5 rows and 5 columns (evenly picked, said in the note).
+    400 points per line; at most 5 sequence lengths and 30 panels (evenly picked settings
+    beyond, said in the note).
     """
     info = Trials.from_table(trials)
     df, n_layers = profile_table(info, gradients, "total_mean")

@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from ._data import Trials, require
+from ._data import Trials, panel_layout, require
 from .style import BAND_ALPHA, add_note, figure_style, new_figure, seq_len_palette
 
 __all__ = ["loss_history"]
@@ -72,16 +72,17 @@ def loss_history(trials: pd.DataFrame, curves: pd.DataFrame) -> Figure:
     palette = seq_len_palette(info.seq_lens)
     chance = _chance(trials)
     variants = [v for v in info.variants if (df["variant"] == v).any()]
-    ncols = min(_MAX_COLS, len(variants))
-    nrows = math.ceil(len(variants) / ncols)
+    nrows, ncols, where = panel_layout(info, variants, _MAX_COLS)
     lo, hi, clipped = _ylim(df[["train_loss", "val_loss"]].to_numpy().ravel(), chance)
     has_val = bool(df["val_loss"].notna().any())
     with figure_style():
         fig, axes = new_figure(nrows, ncols, sharex=True, sharey=True,
                                panel_height=2.5 if ncols > 1 else 3.2)
-        for ax in axes.ravel()[len(variants):]:
-            ax.set_visible(False)
-        for ax, variant in zip(axes.ravel(), variants):
+        filled = set(where.values())
+        for (r, c), ax in np.ndenumerate(axes):
+            ax.set_visible((r, c) in filled)
+        for variant in variants:
+            ax = axes[where[variant]]
             part = df[df["variant"] == variant]
             for seq_len, group in part.groupby("seq_len"):
                 colour = palette.get(seq_len, "#7f7f7f")
@@ -106,9 +107,10 @@ def loss_history(trials: pd.DataFrame, curves: pd.DataFrame) -> Figure:
         for ax in axes[:, 0]:
             ax.set_ylabel(_loss_label(trials))
         # the last row may be partly hidden: label the x axis of the panels above the gap too
-        for ax in axes.ravel()[len(variants) - ncols: len(variants)]:
-            ax.set_xlabel("epoch")
-            ax.xaxis.set_tick_params(labelbottom=True)
+        for r, c in filled:
+            if (r + 1, c) not in filled:
+                axes[r, c].set_xlabel("epoch")
+                axes[r, c].xaxis.set_tick_params(labelbottom=True)
         handles = [Line2D([], [], color=palette[s], lw=2, label=f"seq_len={s}")
                    for s in info.seq_lens if (df["seq_len"] == s).any()]
         handles.append(Line2D([], [], color="black", ls="-", label="train"))

@@ -124,9 +124,9 @@ SECTIONS: tuple[FigureSection, ...] = (
         title="Gradient profile",
         caption=(
             "How strongly the learning signal reaches back: log10 of the gradient norm "
-            "‖∂L/∂h_t‖ at each step against its distance from the loss, one row per sequence "
-            "length T with its own y scale (T=1000 can fall hundreds of decades, T=10 a few), "
-            "one column per setting, the first recorded epoch dashed and the last solid. A "
+            "‖∂L/∂h_t‖ at each step against its distance from the loss, one block of rows per "
+            "sequence length T with its own y scale (T=1000 can fall hundreds of decades, T=10 "
+            "a few), one panel per setting, the first recorded epoch dashed and the last solid. A "
             "straight falling line is exponential vanishing (every 1 down is 10× weaker), a "
             "rising one exploding; look at how the slope changes from dashed to solid and "
             "across settings. Grey, for the last epoch: dash-dotted the slope predicted by the "
@@ -180,8 +180,9 @@ SECTIONS: tuple[FigureSection, ...] = (
         caption=(
             "How much a change of the hidden state at step t still moves the last state: "
             "log10 of the spectral norm of the product of step Jacobians ∂h_{T−1}/∂h_t, "
-            "against the distance, laid out like the gradient profile (rows: T with its own y "
-            "scale, columns: settings, dashed: first epoch, solid: last). Unlike the gradient "
+            "against the distance, laid out like the gradient profile (a block of rows per T "
+            "with its own y scale, a panel per setting, dashed: first epoch, solid: last). "
+            "Unlike the gradient "
             "it does not depend on the loss, so it shows the network's memory itself; compare "
             "the solid line's slope with the grey dash-dotted Lyapunov line and, for a vanilla "
             "RNN, check that it stays under the grey dotted Pascanu bound."

@@ -71,8 +71,12 @@ def _run_dirs(given: tuple[str, ...]) -> list[Path]:
               help="Output file [default: RUN_DIR/index.html]; only with one RUN_DIR.")
 @click.option("--format", "fmt", type=click.Choice(["auto", "png", "svg"]), default="auto",
               show_default=True, help="Image format of the figures (auto: the smaller one).")
+@click.option("--jobs", type=click.IntRange(min=1), default=None,
+              help="Processes drawing the figures; 1 draws them in this process "
+                   "[default: one per CPU, at most 4].")
 @click.option("--quiet", is_flag=True, help="No progress bars; print only the written paths.")
-def report(run_dirs: tuple[str, ...], out: str | None, fmt: str, quiet: bool) -> None:
+def report(run_dirs: tuple[str, ...], out: str | None, fmt: str, jobs: int | None,
+           quiet: bool) -> None:
     """Write the HTML report of each RUN_DIR (default: every run under ./reports/).
 
     The report is one self-contained file (figures inline, no network access) written to
@@ -100,7 +104,7 @@ def report(run_dirs: tuple[str, ...], out: str | None, fmt: str, quiet: bool) ->
             run = load_run(d)
         except NotARunError as exc:
             _fail(str(exc))
-        rendered = render_report(run, fmt=fmt, progress=not quiet)
+        rendered = render_report(run, fmt=fmt, progress=not quiet, jobs=jobs)
         target = Path(out) if out is not None else d / INDEX
         write_page(target, rendered.html)
         for s in rendered.errors:

@@ -85,7 +85,8 @@ def _missing_data() -> tuple[type[BaseException], ...]:
     return (MissingData,)
 
 
-def _build_section(section, tables: Mapping[str, pd.DataFrame], fmt: str) -> SectionResult:
+def build_section(section, tables: Mapping[str, pd.DataFrame], fmt: str) -> SectionResult:
+    """Draw and encode one figure section; never raises (an error becomes an error box)."""
     import matplotlib.pyplot as plt
 
     base = dict(key=section.key, title=section.title, caption=section.caption)
@@ -205,8 +206,41 @@ def _manifest_items(manifest: Mapping) -> list[tuple[str, str]]:
     return items
 
 
+def _draw_sections(name: str, sections: Sequence, tables: Mapping[str, pd.DataFrame],
+                   fmt: str, progress: bool, jobs: int | None) -> list[SectionResult]:
+    """Every section's result, in order; in worker processes when the sections are the
+    registered ones (workers look them up by key) and ``jobs`` allows more than one."""
+    from tqdm.auto import tqdm
+
+    from . import figures
+    from .parallel import default_jobs, draw_in_pool
+
+    registered = {id(s) for s in figures.SECTIONS}
+    todo = [s for s in sections
+            if all(tables.get(n) is not None and not tables[n].empty for n in s.needs)]
+    jobs = default_jobs(len(todo)) if jobs is None else jobs
+    bar = tqdm(total=len(sections), desc=f"{name}: figures", unit="fig", disable=not progress,
+               leave=False)
+    with bar:
+        if jobs > 1 and all(id(s) in registered for s in todo):
+            drawn = dict(zip([s.key for s in todo],
+                             draw_in_pool([s.key for s in todo], tables, fmt, jobs,
+                                          lambda: bar.update(1))))
+        else:
+            drawn = {}
+        results = []
+        for section in sections:
+            if section.key in drawn:
+                results.append(drawn[section.key])
+            else:  # not recorded (no drawing), or drawn here
+                results.append(build_section(section, tables, fmt))
+                bar.update(1)
+    return results
+
+
 def render_report(run: RunData, sections: Sequence | None = None, *, fmt: str = "auto",
-                  progress: bool = False, palette: Callable | None = None) -> Rendered:
+                  progress: bool = False, palette: Callable | None = None,
+                  jobs: int | None = None) -> Rendered:
     """Render a run as one HTML page.
 
     Args:
@@ -217,6 +251,8 @@ def render_report(run: RunData, sections: Sequence | None = None, *, fmt: str = 
         fmt: image format of the figures, "png", "svg" or "auto" (the smaller).
         progress: show a tqdm bar over the figures.
         palette: ``seq_len_palette`` for the table's colour swatches (default: the figures').
+        jobs: worker processes that draw the figures (None: one per CPU, at most 4; 1: draw
+            them in this process). Only the registered sections are drawn in workers.
 
     Returns:
         :class:`Rendered` with the HTML text, each section's outcome and the findings.
@@ -228,12 +264,7 @@ def render_report(run: RunData, sections: Sequence | None = None, *, fmt: str = 
         sections = figures.SECTIONS if sections is None else sections
         palette = getattr(figures, "seq_len_palette", None) if palette is None else palette
     tables = run.for_figures()
-    from tqdm.auto import tqdm
-
-    results = []
-    for section in tqdm(sections, desc=f"{run.name}: figures", unit="fig", disable=not progress,
-                        leave=False):
-        results.append(_build_section(section, tables, fmt))
+    results = _draw_sections(run.name, sections, tables, fmt, progress, jobs)
     findings = compute_findings(tables, run.swept, run.config)
     keys = {s.key for s in results}
     links = [(f, f.key if f.key in keys or f.key == "trials" else "trials") for f in findings]

@@ -57,7 +57,7 @@ def test_writes_index_html_in_the_run_folder_and_prints_its_path(small_run, tmp_
     assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]  # no temporary left
     # --out writes elsewhere and leaves the run folder alone
     other = tmp_path / "elsewhere" / "r.html"
-    result = invoke(str(run), "--out", str(other), "--quiet", "--format", "svg")
+    result = invoke(str(run), "--out", str(other), "--quiet", "--format", "svg", "--jobs", "1")
     assert result.exit_code == 0 and result.output.strip() == str(other)
     assert "data:image/svg+xml;base64," in other.read_text(encoding="utf-8")
 

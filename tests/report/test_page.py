@@ -68,8 +68,16 @@ FAKE = (
 
 @pytest.fixture(scope="module")
 def rendered(small_run):
-    """The small run with the real figures."""
-    return render_report(load_run(small_run))
+    """The small run with the real figures, drawn in this process."""
+    return render_report(load_run(small_run), jobs=1)
+
+
+def test_figures_drawn_by_worker_processes_are_the_same(rendered, small_run):
+    pooled = render_report(load_run(small_run), jobs=2)
+    assert [(s.key, s.state, s.note) for s in pooled.sections] == [
+        (s.key, s.state, s.note) for s in rendered.sections]
+    # encoding carries no date, so the same figure gives the same bytes in any process
+    assert [s.image for s in pooled.sections] == [s.image for s in rendered.sections]
 
 
 def test_every_real_figure_draws_for_a_run_with_failed_and_diverged_trials(rendered):

@@ -27,7 +27,7 @@ from concurrent.futures import ProcessPoolExecutor
 from typing import Protocol
 
 from .store import TrialResult
-from .trial import RESOLVED_KEYS, Progress, run_trial
+from .trial import Progress, resolved_settings, run_trial
 
 #: What the install hint says when the Dask extra is missing.
 DASK_HINT = "pip install 'rnn_diag[dask]'"
@@ -54,12 +54,9 @@ def failed_result(spec, reason: str) -> TrialResult:
     settings columns as a trial's own row, so that a failed row changes no column's type."""
     from .grid import trial_label
 
-    settings = {}
-    for key in RESOLVED_KEYS:
-        section, name = key.split(".")
-        settings[key] = getattr(getattr(spec.config, section), name)
-    return TrialResult(spec.id, {"label": trial_label(spec), **settings, **spec.params,
-                                 "status": "failed", "error": reason, "epochs_run": 0})
+    row = {"label": trial_label(spec), **resolved_settings(spec), **spec.params,
+           "status": "failed", "error": reason, "epochs_run": 0}
+    return TrialResult(spec.id, row)
 
 
 class Throttled:

@@ -74,16 +74,15 @@ def _clip(model, max_norm: float | None) -> Tensor:
     return torch.nn.utils.clip_grad_norm_(params, max_norm or math.inf)
 
 
-def _closure(model, task, optimizer, xb, yb, max_norm):
+def _closure(model, task, optimizer, xb, yb):
     """The loss closure of optimizers that re-evaluate it during a step (LBFGS). The recorded
     loss and gradients are those of the first evaluation, made before the step as for the
-    other optimizers."""
+    other optimizers. No clipping: the config refuses ``clip_grad_norm`` with LBFGS."""
 
     def closure():
         optimizer.zero_grad(set_to_none=True)
         loss = task.loss(model(xb), yb)
         loss.backward()
-        _clip(model, max_norm)
         return loss
 
     return closure
@@ -199,8 +198,7 @@ class _Recorder:
                     return
                 norm = _clip(model, cfg.train.clip_grad_norm)
                 if isinstance(optimizer, torch.optim.LBFGS):
-                    optimizer.step(_closure(model, task, optimizer, xb, yb,
-                                            cfg.train.clip_grad_norm))
+                    optimizer.step(_closure(model, task, optimizer, xb, yb))
                 else:
                     optimizer.step()
                 losses.append(loss_value)
@@ -266,7 +264,7 @@ class _Recorder:
     def result(self, seconds: float) -> TrialResult:
         spec = self.spec
         task = self.task
-        row = {"label": _label(spec), **_resolved_keys(spec), **spec.params,
+        row = {"label": _label(spec), **resolved_settings(spec), **spec.params,
                "status": self.status, "error": self.error, "seconds": seconds}
         last = self.curves[-1] if self.curves else {}
         row["epochs_run"] = len(self.curves)
@@ -309,7 +307,8 @@ RESOLVED_KEYS = ("task.name", "task.seq_len", "model.cell", "model.hidden_size",
                  "train.clip_grad_norm", "train.seed")
 
 
-def _resolved_keys(spec) -> dict:
+def resolved_settings(spec) -> dict:
+    """``{dotted key: value}`` of :data:`RESOLVED_KEYS` in the trial's resolved config."""
     values = {}
     for key in RESOLVED_KEYS:
         section, name = key.split(".")

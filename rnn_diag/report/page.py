@@ -76,21 +76,19 @@ def _environment():
     )
 
 
-def _missing_data() -> tuple[type[BaseException], ...]:
-    """The figures' "not recorded" exception (raised when a needed column is absent)."""
-    try:
-        from .figures import MissingData
-    except ImportError:
-        return ()
-    return (MissingData,)
+def _unrecorded(section, tables: Mapping[str, pd.DataFrame]) -> tuple[str, ...]:
+    """The tables a section needs that this run did not record (absent or empty)."""
+    return tuple(n for n in section.needs if tables.get(n) is None or tables[n].empty)
 
 
 def build_section(section, tables: Mapping[str, pd.DataFrame], fmt: str) -> SectionResult:
     """Draw and encode one figure section; never raises (an error becomes an error box)."""
     import matplotlib.pyplot as plt
 
+    from .figures import MissingData
+
     base = dict(key=section.key, title=section.title, caption=section.caption)
-    missing = tuple(n for n in section.needs if tables.get(n) is None or tables[n].empty)
+    missing = _unrecorded(section, tables)
     if missing:
         return SectionResult(state="missing", missing=missing, **base)
     before = set(plt.get_fignums())
@@ -101,7 +99,7 @@ def build_section(section, tables: Mapping[str, pd.DataFrame], fmt: str) -> Sect
     except Exception as exc:  # noqa: BLE001 - one broken figure must not lose the report
         for num in set(plt.get_fignums()) - before:
             plt.close(num)
-        if isinstance(exc, _missing_data()):  # e.g. a column that this run did not record
+        if isinstance(exc, MissingData):  # e.g. a column that this run did not record
             return SectionResult(state="missing", note=str(exc), **base)
         return SectionResult(state="error", error=f"{type(exc).__name__}: {exc}",
                              details=traceback.format_exc(),
@@ -216,8 +214,7 @@ def _draw_sections(name: str, sections: Sequence, tables: Mapping[str, pd.DataFr
     from .parallel import default_jobs, draw_in_pool
 
     registered = {id(s) for s in figures.SECTIONS}
-    todo = [s for s in sections
-            if all(tables.get(n) is not None and not tables[n].empty for n in s.needs)]
+    todo = [s for s in sections if not _unrecorded(s, tables)]
     jobs = default_jobs(len(todo)) if jobs is None else jobs
     bar = tqdm(total=len(sections), desc=f"{name}: figures", unit="fig", disable=not progress,
                leave=False)
@@ -262,7 +259,7 @@ def render_report(run: RunData, sections: Sequence | None = None, *, fmt: str = 
         from . import figures
 
         sections = figures.SECTIONS if sections is None else sections
-        palette = getattr(figures, "seq_len_palette", None) if palette is None else palette
+        palette = figures.seq_len_palette if palette is None else palette
     tables = run.for_figures()
     results = _draw_sections(run.name, sections, tables, fmt, progress, jobs)
     findings = compute_findings(tables, run.swept, run.config)

@@ -1,11 +1,16 @@
 """Total gradients for cells driven one step per call (nn.RNNCell/GRUCell/LSTMCell, custom cells).
 
-A *chain* is a run of calls in which each call receives the state the previous call returned.
-Each call's state tensors are real autograd nodes, so gradients can be observed on them:
+A *chain* is a run of calls in which each call receives the state the previous call returned,
+or a view of it (see :mod:`rnn_diag.probes.links`); a transformed state (a mask, a slice) starts a
+new chain, and :mod:`rnn_diag.probes.series` lays the chains of one backward end to end. Each
+call's state tensors are real autograd nodes, so gradients can be observed on them:
 
 * PyTorch's cells (*observed* mode): a hook on each returned state tensor receives the total
   ∂L/∂h_t exactly as autograd summed it; nothing in the graph changes, so parameter gradients are
-  bitwise those of the unprobed model. The immediate part is recovered as
+  bitwise those of the unprobed model. For an LSTM cell, the hook on c_t sees the path through
+  h_t = o_t tanh(c_t) only where h_t is computed from c_t in the graph (on CPU), not where both
+  come out of one node (the fused CUDA kernel); the chain checks which, and adds that path
+  itself where the graph does not. The immediate part is recovered as
   g_t = λ_t − J_{t+1}ᵀ λ_{t+1} from the known cell equations (in float64); a g_t below the
   rounding level of autograd's own sum (:data:`ROUNDING_TOLERANCE` · eps relative) is reported
   as exactly 0.
@@ -28,6 +33,7 @@ from ..dynamics.adjoint import adjoint_scan, immediate_from_total
 from ..dynamics.cells import CallableSteps, CellWeights, linearise
 from ..dynamics.lognorm import log_norm
 from .jacobians import product_log10_norms
+from .links import Handed, reads
 from .result import LayerResult, ScaledSeries
 
 #: An immediate gradient recovered by subtraction is 0 when its norm is below this many
@@ -61,6 +67,10 @@ def _batched(x: Tensor) -> Tensor:
     return x if x.dim() >= 2 else x.unsqueeze(0)
 
 
+class StaleRecord(RuntimeError):
+    """A recorded state or input was changed in place after the call: its values are gone."""
+
+
 class CellChain:
     """The calls of one cell that form one sequence, recorded as references.
 
@@ -71,32 +81,51 @@ class CellChain:
         handed: what the latest call returned to the user (to recognise continuation).
         grads: ``{step: [gradient per component]}`` of the current backward: totals in observed
             mode, immediate gradients in aliased mode.
-        seq: order of creation among all recorded calls (the latest chain wins).
+        seq: order of creation among all recorded calls.
+        link: how the first call's state relates to the previous chain's (links.SAME, ...).
+        grads_seen: whether a gradient reached any of its states in the current backward.
+        c_seen_through_h: per call, whether the hook on c_t also sees the path through h_t
+            (LSTM cells; see the module docstring).
     """
 
-    def __init__(self, module: nn.Module, initial, seq: int):
+    def __init__(self, module: nn.Module, initial, seq: int, link: str):
         self.module = module
         self.kind = cell_kind(module)
         self.initial = None if initial is None else components(initial)
         self.inputs: list[Tensor] = []
         self.outputs: list[tuple[Tensor, ...]] = []
-        self.handed: tuple[Tensor, ...] | None = None
+        self.handed: Handed | None = None
         self.tuple_state = False
         self.grads: dict[int, list[Tensor | None]] = {}
         self.seq = seq
+        self.link = link
+        self.grads_seen = False
+        self.c_seen_through_h: list[bool] = []
+        self._versions: list[tuple[int, ...]] = []
 
     @property
     def aliased(self) -> bool:
         return self.kind is None
 
-    def continues_with(self, state) -> bool:
-        """Whether ``state`` is exactly what the latest call handed to the user."""
-        if self.handed is None or state is None:
-            return False
-        parts = components(state)
-        return len(parts) == len(self.handed) and all(
-            a is b for a, b in zip(parts, self.handed, strict=True)
-        )
+    def record(self, x: Tensor, parts: tuple[Tensor, ...]) -> None:
+        """Remember one call's input and raw outputs (and their versions, to detect in-place
+        changes before the analysis)."""
+        self.inputs.append(x)
+        self.outputs.append(parts)
+        self._versions.append(tuple(t._version for t in (x, *parts)))
+        if self.kind == "lstm":
+            self.c_seen_through_h.append(reads(parts[0], parts[1]))
+
+    def check_unchanged(self) -> None:
+        """Raise :class:`StaleRecord` if a recorded input or state was modified in place."""
+        for step, (x, parts) in enumerate(zip(self.inputs, self.outputs, strict=True)):
+            now = tuple(t._version for t in (x, *parts))
+            if now != self._versions[step]:
+                raise StaleRecord(
+                    f"the input or state of step {step} was modified in place after the call "
+                    "(e.g. h[done] = 0 on the returned state), so its recorded values are lost; "
+                    "use an out-of-place operation such as h = h * mask"
+                )
 
     def raw_last(self):
         """The latest raw outputs, in the structure the cell expects."""
@@ -111,6 +140,7 @@ class CellChain:
     ) -> LayerResult:
         """Total and immediate gradients over the chain, for the gradients of this backward
         (Jacobian-product norms for the first ``jacobian_samples`` samples, None: all)."""
+        self.check_unchanged()
         dtype = self.outputs[0][0].dtype
         if self.aliased:
             work = dtype
@@ -146,6 +176,10 @@ class CellChain:
             c0 = prev[1][0] if self.kind == "lstm" else None
             steps = linearise(w, x, prev[0], states[0], c0, saturation=saturation)
             if self.kind == "lstm":
+                # Where h_t and c_t come out of one node, the hook on c_t saw only the gradient
+                # from outside the step (e_t): add the path through h_t.
+                fused = ~torch.tensor(self.c_seen_through_h, device=x.device).view(T, 1, 1)
+                grads[1] = torch.where(fused, grads[1] + steps.k * grads[0], grads[1])
                 total = steps.pair_from_total(*grads)
                 # e = ∂L/∂c - a k is itself a difference: its rounding scales with both terms
                 h_grads, c_grads = grads

@@ -5,10 +5,17 @@ state and the output; a multi-gradient hook on (output, h_n[, c_n]) receives the
 gradients. After backward, :func:`analyse` recomputes what the fused kernel does not expose (the
 lower layers' outputs, gate activations, LSTM cell states — all without grad, from the same
 weights) and runs the log-space adjoint recursion layer by layer, from the top layer down.
+
+Inter-layer dropout in training mode is replayed: the forward pre-hook saves the RNG state, the
+lower layers are recomputed with the same dropout masks drawn from that state (inside
+``fork_rng``, so the user's stream is untouched), and the recomputed top layer is checked against
+the module's actual output before anything is recorded (:class:`ReplayMismatch` otherwise, e.g.
+cuDNN, which keeps its own dropout state).
 """
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -36,37 +43,51 @@ def module_kind(module: nn.RNNBase) -> str:
 
 
 def check_supported(module: nn.RNNBase, name: str) -> None:
-    """Refuse, at attach time, settings whose total gradients we cannot compute exactly."""
-    if getattr(module, "proj_size", 0) > 0:
-        raise ValueError(
-            f"rnn_diag cannot probe {name or 'the model'!r}: nn.LSTM with proj_size="
-            f"{module.proj_size} is not supported (its hidden state is a projection of the "
-            "cell output). Exclude it with attach(..., modules=[...])."
-        )
+    """Refuse, at attach time, settings whose total gradients we cannot compute exactly.
+
+    Every setting of PyTorch's fused modules is supported today (``proj_size``, inter-layer
+    dropout in training mode); the hook stays for modules whose settings are not."""
+    del module, name
 
 
-def check_forward(module: nn.RNNBase, name: str) -> None:
-    """Refuse a forward whose lower-layer states cannot be reproduced (random dropout masks)."""
-    if module.training and module.dropout > 0 and module.num_layers > 1:
-        raise RuntimeError(
-            f"rnn_diag cannot probe {name or 'the model'!r} in training mode: it has "
-            f"dropout={module.dropout} between its {module.num_layers} layers, and the fused "
-            "kernel's dropout masks are not observable, so the lower layers' gradients would be "
-            "wrong. Call model.eval(), set dropout=0, or exclude this module from attach()."
-        )
+class ReplayMismatch(RuntimeError):
+    """The recomputed top layer differs from the module's output: the lower layers (their
+    dropout masks) could not be reproduced, so nothing is recorded for this call."""
+
+
+def output_size(module: nn.RNNBase) -> int:
+    """Size of h (and of each direction's output): ``proj_size`` when set, else hidden_size."""
+    return getattr(module, "proj_size", 0) or module.hidden_size
+
+
+def replays_dropout(module: nn.RNNBase) -> bool:
+    """Whether a forward of ``module`` now draws inter-layer dropout masks."""
+    return module.training and module.dropout > 0 and module.num_layers > 1
+
+
+def save_rng_state(module: nn.RNNBase, inp) -> tuple[torch.device, Tensor]:
+    """The state of the generator the module's dropout will draw from (no draw is made)."""
+    data = inp.data if isinstance(inp, PackedSequence) else inp
+    device = data.device
+    if device.type == "cuda":
+        return device, torch.cuda.get_rng_state(device)
+    return device, torch.get_rng_state()
 
 
 def layer_weights(module: nn.RNNBase, layer: int, direction: int) -> CellWeights:
     """The weights of one layer and direction, named as PyTorch names them."""
     suffix = f"_l{layer}" + ("_reverse" if direction == 1 else "")
     bias = module.bias
-    return CellWeights(
+    weights = CellWeights(
         kind=module_kind(module),
         weight_ih=getattr(module, "weight_ih" + suffix),
         weight_hh=getattr(module, "weight_hh" + suffix),
         bias_ih=getattr(module, "bias_ih" + suffix) if bias else None,
         bias_hh=getattr(module, "bias_hh" + suffix) if bias else None,
     )
+    if getattr(module, "proj_size", 0):
+        weights.weight_hr = getattr(module, "weight_hr" + suffix)
+    return weights
 
 
 def single_layer_shadow(module: nn.RNNBase, input_size: int, batch_first: bool) -> nn.RNNBase:
@@ -81,6 +102,8 @@ def single_layer_shadow(module: nn.RNNBase, input_size: int, batch_first: bool) 
     )
     if isinstance(module, nn.RNN):
         kwargs["nonlinearity"] = module.nonlinearity
+    if getattr(module, "proj_size", 0):
+        kwargs["proj_size"] = module.proj_size
     with torch.random.fork_rng(devices=[]):
         return type(module)(input_size, module.hidden_size, **kwargs)
 
@@ -94,16 +117,20 @@ def single_layer_params(module: nn.RNNBase, layer: int) -> dict[str, Tensor]:
         params["weight_ih" + sfx], params["weight_hh" + sfx] = w.weight_ih, w.weight_hh
         if module.bias:
             params["bias_ih" + sfx], params["bias_hh" + sfx] = w.bias_ih, w.bias_hh
+        if getattr(w, "weight_hr", None) is not None:
+            params["weight_hr" + sfx] = w.weight_hr
     return params
 
 
 def make_shadows(module: nn.RNNBase) -> list[nn.RNNBase]:
-    """Single-layer copies (see :func:`single_layer_shadow`) used to recompute the lower
-    layers' outputs with the real weights."""
+    """Single-layer copies (see :func:`single_layer_shadow`), one per layer, used to recompute
+    the lower layers' outputs with the real weights (and the top layer, to check a dropout
+    replay)."""
     if module.num_layers == 1:
         return []
     directions = 2 if module.bidirectional else 1
-    sizes = [module.input_size] + [directions * module.hidden_size] * (module.num_layers - 2)
+    upper = directions * output_size(module)
+    sizes = [module.input_size] + [upper] * (module.num_layers - 1)
     return [single_layer_shadow(module, size, module.batch_first) for size in sizes]
 
 
@@ -116,6 +143,16 @@ class FusedCall:
     input: Tensor | PackedSequence
     hx: Tensor | tuple[Tensor, Tensor] | None
     output: Tensor | PackedSequence
+    #: ``(device, state)`` of the generator before the call, when dropout is replayed.
+    rng: tuple[torch.device, Tensor] | None = None
+    #: Order among all recorded calls, and how its initial state relates to the previous
+    #: call's returned one (see :mod:`rnn_diag.probes.links`).
+    seq: int = -1
+    link: str = "fresh"
+    #: ``_version`` of the referenced tensors at the call (an in-place change loses them).
+    versions: tuple[int, ...] = ()
+    #: ``(grad_output, grad_h_n[, grad_c_n])`` of the current backward, None until reached.
+    grads: tuple | None = None
 
     @property
     def unbatched(self) -> bool:
@@ -141,32 +178,92 @@ class FusedCall:
     def initial_states(self, B: int, dtype, device) -> tuple[Tensor, Tensor | None]:
         """h0 and c0 (None unless LSTM) as ``[L*D, B, H]``; zeros when not given."""
         m = self.module
-        shape = (m.num_layers * (2 if m.bidirectional else 1), B, m.hidden_size)
+        rows = m.num_layers * (2 if m.bidirectional else 1)
         hx = self.hx
         h0, c0 = (hx if isinstance(hx, tuple) else (hx, None)) if hx is not None else (None, None)
         if h0 is not None and self.unbatched:
             h0 = h0.unsqueeze(1)
             c0 = c0.unsqueeze(1) if c0 is not None else None
         if h0 is None:
-            h0 = torch.zeros(shape, dtype=dtype, device=device)
+            h0 = torch.zeros(rows, B, output_size(m), dtype=dtype, device=device)
         if isinstance(m, nn.LSTM) and c0 is None:
-            c0 = torch.zeros(shape, dtype=dtype, device=device)
+            c0 = torch.zeros(rows, B, m.hidden_size, dtype=dtype, device=device)
         return h0, c0
 
-    def lower_layer_outputs(self) -> list[Tensor]:
-        """Outputs of layers 0..L-2, recomputed with the module's weights, ``[T, B, D*H]``."""
+    def lower_layers(self) -> tuple[list[Tensor], list[Tensor], list[Tensor | None]]:
+        """Recompute layers 0..L-2 with the module's weights (and its dropout masks).
+
+        Returns:
+            ``(outputs, inputs, masks)``: the outputs of layers 0..L-2 and the inputs of layers
+            0..L-1, all time-major ``[T, B, F]``; ``masks[l]`` is the scaled dropout mask
+            (0 or 1/(1-p)) applied between layer l and l+1, ``[T, B, D*H]``, or None.
+
+        Raises:
+            ReplayMismatch: with dropout, when the recomputed top layer differs from the output.
+        """
         m = self.module
+        p = m.dropout if self.rng is not None else 0.0
         D = 2 if m.bidirectional else 1
-        outputs, inp = [], self.input
-        for layer, shadow in enumerate(self.shadows):
-            params = single_layer_params(m, layer)
-            hx = self.hx
-            if hx is not None:
-                rows = slice(layer * D, (layer + 1) * D)
-                hx = tuple(s[rows] for s in hx) if isinstance(hx, tuple) else hx[rows]
-            inp, _ = functional_call(shadow, params, (inp, hx))
-            outputs.append(self.time_major(inp)[0])
-        return outputs
+        outputs, masks, inputs = [], [], [self.time_major(self.input)[0]]
+        if p:
+            device, state = self.rng
+            forked = torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
+        else:
+            forked = nullcontext()
+        with forked:
+            if p:
+                (torch.cuda.set_rng_state(state, device) if device.type == "cuda"
+                 else torch.set_rng_state(state))
+            inp = self.input
+            for layer in range(m.num_layers - 1 if not p else m.num_layers):
+                params = single_layer_params(m, layer)
+                hx = self.hx
+                if hx is not None:
+                    rows = slice(layer * D, (layer + 1) * D)
+                    hx = tuple(s[rows] for s in hx) if isinstance(hx, tuple) else hx[rows]
+                out, _ = functional_call(self.shadows[layer], params, (inp, hx))
+                if layer == m.num_layers - 1:  # the replay check
+                    self._check_replay(out)
+                    break
+                outputs.append(self.time_major(out)[0])
+                inp, mask = self._dropout(out, p)
+                masks.append(mask)
+                inputs.append(self.time_major(inp)[0])
+        return outputs, inputs, masks
+
+    def _dropout(self, out, p: float):
+        """``(dropped output in the module's layout, time-major mask or None)``, drawing the
+        noise as ATen's CPU dropout does (``empty_like(x).bernoulli_(1 - p).div_(1 - p)`` on the
+        time-major layer output, or on the packed data)."""
+        if not p:
+            return out, None
+        if isinstance(out, PackedSequence):
+            noise = torch.empty_like(out.data).bernoulli_(1 - p).div_(1 - p)
+            dropped = PackedSequence(out.data * noise, out.batch_sizes, out.sorted_indices,
+                                     out.unsorted_indices)
+            mask = PackedSequence(noise, out.batch_sizes, out.sorted_indices, out.unsorted_indices)
+            return dropped, self.time_major(mask)[0]
+        tm = self.time_major(out)[0]
+        noise = torch.empty_like(tm).bernoulli_(1 - p).div_(1 - p)
+        dropped = tm * noise
+        if self.unbatched:
+            return dropped.squeeze(1), noise
+        return (dropped.transpose(0, 1) if self.module.batch_first else dropped), noise
+
+    def _check_replay(self, top) -> None:
+        got = top.data if isinstance(top, PackedSequence) else top
+        want = self.output.data if isinstance(self.output, PackedSequence) else self.output
+        if got.shape == want.shape and torch.equal(got, want):
+            return
+        scale = float(want.abs().amax()) if want.numel() else 0.0
+        tol = 64 * torch.finfo(want.dtype).eps * max(scale, 1.0)
+        if got.shape != want.shape or float((got - want).abs().amax()) > tol:
+            raise ReplayMismatch(
+                "the inter-layer dropout masks could not be reproduced from the saved RNG state "
+                f"(on {want.device.type}"
+                + (", where cuDNN keeps its own dropout state" if want.is_cuda else "")
+                + "), so the lower layers' states are unknown"
+            )
 
 
 def _reverse_order(T: int, B: int, lengths: Tensor | None, device) -> Tensor:
@@ -186,6 +283,16 @@ def _gather_time(x: Tensor, order: Tensor | None) -> Tensor:
     return torch.gather(x, 0, index)
 
 
+@dataclass
+class Carry:
+    """A gradient in scaled form, ``values * exp(log_scale)``: ``values [B, S]`` in the model's
+    dtype, ``log_scale [B]`` float64 natural log. S is the adjoint state's size (H, or the
+    ``[h | c]`` pair for LSTM)."""
+
+    values: Tensor
+    log_scale: Tensor
+
+
 def analyse(
     call: FusedCall,
     grad_output: Tensor | None,
@@ -195,7 +302,9 @@ def analyse(
     saturation: bool = False,
     jacobians: str | None = None,
     jacobian_samples: int | None = None,
-) -> dict[tuple[int, int], LayerResult]:
+    carry: dict[int, Carry] | None = None,
+    want_initial: bool = False,
+) -> tuple[dict[tuple[int, int], LayerResult], dict[int, Carry]]:
     """Total and immediate gradients of every layer and direction of one fused call.
 
     Args:
@@ -207,12 +316,22 @@ def analyse(
         jacobians: None, or "exact"/"estimate": also record log10 ‖∂s_last/∂s_k‖₂ of each
             layer's own recurrence (see :mod:`rnn_diag.probes.jacobians`).
         jacobian_samples: compute those norms for the first N samples only (None: all).
+        carry: ``{layer * D + direction: Carry}``, gradient reaching each layer's final state
+            through the recurrence of *later calls* (see :mod:`rnn_diag.probes.series`): added
+            to the adjoint at each sample's last step, but not to the immediate gradient.
+        want_initial: also return the gradient each layer sends into its initial state,
+            J_0ᵀ λ_0 (the recurrence's part of ∂L/∂h0), in scaled form.
 
     Returns:
-        ``{(layer, direction): LayerResult}``.
+        ``({(layer, direction): LayerResult}, {layer * D + direction: Carry})``; the second
+        dict is empty unless ``want_initial``.
+
+    Raises:
+        ReplayMismatch: inter-layer dropout that could not be replayed.
     """
     m = call.module
-    L, D, H = m.num_layers, (2 if m.bidirectional else 1), m.hidden_size
+    L, D, H = m.num_layers, (2 if m.bidirectional else 1), output_size(m)
+    Hc = m.hidden_size
     x0, lengths = call.time_major(call.input)
     top, _ = call.time_major(call.output)
     T, B = top.shape[:2]
@@ -220,8 +339,11 @@ def analyse(
     lstm = isinstance(m, nn.LSTM)
 
     h0, c0 = call.initial_states(B, dtype, device)
-    outputs = call.lower_layer_outputs() + [top]
-    inputs = [x0] + outputs[:-1]
+    if L > 1:
+        lower, inputs, masks = call.lower_layers()
+    else:
+        lower, inputs, masks = [], [x0], []
+    outputs = lower + [top]
     last = (lengths - 1) if lengths is not None else torch.full((B,), T - 1, device=device)
     valid = None
     if lengths is not None:
@@ -229,6 +351,7 @@ def analyse(
     orders = [None, _reverse_order(T, B, lengths, device)][:D]
     grad_h_n = _batched_final(grad_h_n, call.unbatched)
     grad_c_n = _batched_final(grad_c_n, call.unbatched)
+    carry = carry or {}
 
     # Immediate gradient of the current layer's output, [T, B, D*H], input order. Scale None
     # means plain values (the top layer); lower layers receive scaled values.
@@ -237,6 +360,7 @@ def analyse(
     zero_scale = torch.zeros(T, B, dtype=torch.float64, device=device)
 
     results: dict[tuple[int, int], LayerResult] = {}
+    initial: dict[int, Carry] = {}
     for layer in range(L - 1, -1, -1):
         below, below_scale = None, None
         for d in range(D):
@@ -255,7 +379,7 @@ def analyse(
             immediate = {"h": ScaledSeries(g_h, _or(g_scale, zero_scale), g_h_ln)}
             g_state, g_state_ln = g_h, g_h_ln
             if lstm:
-                g_c = g_h.new_zeros(T, B, H)
+                g_c = g_h.new_zeros(T, B, Hc)
                 if grad_c_n is not None:
                     g_c = _add_at_last_step(g_c, None, grad_c_n[idx], last)[0]
                 g_c_ln = log_norm(g_c)
@@ -266,8 +390,12 @@ def analyse(
                 else:
                     g_state = torch.cat([g_h, torch.zeros_like(g_c)], -1)
                     if grad_c_n is not None:
-                        c_only = torch.cat([torch.zeros_like(grad_c_n[idx]), grad_c_n[idx]], -1)
+                        c_only = torch.cat([torch.zeros_like(grad_h_n[idx]) if grad_h_n is not None
+                                            else g_h.new_zeros(B, H), grad_c_n[idx]], -1)
                         g_state, g_scale = _add_at_last_step(g_state, g_scale, c_only, last)
+            if idx in carry:
+                g_state, g_scale = _add_scaled_at_last_step(g_state, g_scale, carry[idx], last)
+                g_state_ln = log_norm(g_state) + _or(g_scale, zero_scale)
 
             x = _gather_time(inputs[layer], order)
             h = _gather_time(outputs[layer][..., d * H : (d + 1) * H], order)
@@ -284,6 +412,10 @@ def analyse(
                 }
             else:
                 total = {"h": ScaledSeries(adj.scaled, adj.log_scale, adj.log_norm)}
+            if want_initial:
+                into = torch.empty_like(adj.scaled[0])
+                steps.vjp_into(0, adj.scaled[0], None, into)
+                initial[idx] = Carry(into, adj.log_scale[0].clone())
             result = LayerResult(total, immediate, order, valid, dtype, steps.saturation)
             if jacobians is not None:
                 n = B if jacobian_samples is None else min(B, jacobian_samples)
@@ -300,8 +432,10 @@ def analyse(
                     below, below_scale = dx, scale
                 else:
                     below, below_scale = add_scaled(below, below_scale, dx, scale)
+        if layer > 0 and masks[layer - 1] is not None:
+            below = below * masks[layer - 1]  # ∂L/∂(output of the layer below) through dropout
         above, above_scale = below, below_scale
-    return results
+    return results, initial
 
 
 def _relinearise(w: CellWeights, x: Tensor, h_prev: Tensor, h: Tensor, c0: Tensor | None):
@@ -312,6 +446,22 @@ def _relinearise(w: CellWeights, x: Tensor, h_prev: Tensor, h: Tensor, c0: Tenso
             w.weight_ih, w.weight_hh, w.bias_ih, w.bias_hh))
     )
     return lambda: linearise(snapshot, x, h_prev, h, c0)
+
+
+def _add_scaled_at_last_step(
+    g: Tensor, g_scale: Tensor | None, extra: Carry, last: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Add the scaled ``[B, S]`` gradient ``extra`` at step ``last[b]`` of ``g`` (``[T, B, S]``,
+    scaled by ``exp(g_scale)``, or plain when g_scale is None). Returns new scaled tensors."""
+    T, B, S = g.shape
+    if g_scale is None:
+        g_scale = torch.zeros(T, B, dtype=torch.float64, device=g.device)
+    index = last.view(1, B, 1).expand(1, B, S)
+    current = g.gather(0, index)[0]
+    current_scale = g_scale.gather(0, last.view(1, B))[0]
+    new, new_scale = add_scaled(current, current_scale, extra.values.to(g.dtype), extra.log_scale)
+    g = g.scatter(0, index, new.unsqueeze(0))
+    return g, g_scale.scatter(0, last.view(1, B), new_scale.unsqueeze(0))
 
 
 def _or(x: Tensor | None, default: Tensor) -> Tensor:

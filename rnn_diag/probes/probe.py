@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import warnings
+import weakref
 
 import torch
 from torch import Tensor, nn
@@ -10,12 +12,27 @@ from torch.nn.utils.rnn import PackedSequence
 
 from ..dynamics.denormals import flush_denormals
 from ..dynamics.workspace import Workspace
-from .cell_chain import CellChain, components
+from .cell_chain import CellChain, StaleRecord, components
 from .discovery import find_recurrent
-from .fused import FUSED_TYPES, FusedCall, analyse, check_forward, check_supported, make_shadows
+from .fused import (
+    FUSED_TYPES,
+    FusedCall,
+    ReplayMismatch,
+    check_supported,
+    make_shadows,
+    replays_dropout,
+    save_rng_state,
+)
 from .history import History
 from .jacobians import check_method, product_log10_norms
+from .links import FRESH, SAME, TRANSFORM, VIEW, Handed, classify
 from .result import LayerResult
+from .series import analyse_fused_calls, concat, joins, mark_last_immediate_undefined
+
+
+class ProbeWarning(UserWarning):
+    """The probe could not record something exactly, or records it with a caveat; the message
+    names the module and the reason. Each (module, reason) is warned once per probe."""
 
 
 def attach(
@@ -108,8 +125,15 @@ class Probe:
         self._seq = itertools.count()
         self._backwards = 0
         self._in_backward = False
-        self._pending_calls: dict[str, tuple[int, FusedCall, tuple]] = {}
-        self._pending_chains: dict[str, CellChain] = {}
+        # Per module: the calls since the last backward (weakly: they die with their graph),
+        # the calls a gradient reached in the current backward, what the latest call returned
+        # (to classify how the next call's state relates to it), and a fused call's pre-hook
+        # findings until its forward hook runs.
+        self._window: dict[str, list[weakref.ref]] = {}
+        self._reached: dict[str, dict[int, FusedCall | CellChain]] = {}
+        self._handed: dict[str, Handed | None] = {}
+        self._before_call: dict[str, tuple[str, object]] = {}
+        self._warned: set[tuple[str, str]] = set()
         self._latest: dict[str, dict[tuple[int, int], LayerResult]] = {}
         self._history = History()
         self._workspace = Workspace()
@@ -137,8 +161,10 @@ class Probe:
         self._handles.clear()
         self._shadows.clear()
         self._chains.clear()
-        self._pending_calls.clear()
-        self._pending_chains.clear()
+        self._window.clear()
+        self._reached.clear()
+        self._handed.clear()
+        self._before_call.clear()
         self._workspace.clear()
         self._attached = False
 
@@ -290,89 +316,152 @@ class Probe:
         return module
 
     # ---------------------------------------------------------------- hooks
+    # Hooks never raise into the user's forward or backward: anything unexpected becomes a
+    # ProbeWarning naming the module, and that module is not recorded for the pass.
     def _install(self, name: str, module: nn.Module) -> None:
         if isinstance(module, FUSED_TYPES):
-            hook = self._fused_hook(name)
-            self._handles.append(module.register_forward_hook(hook, with_kwargs=True))
+            pre, post = self._fused_hooks(name)
         else:
             self._chains[name] = None
             pre, post = self._cell_hooks(name)
-            self._handles.append(module.register_forward_pre_hook(pre, with_kwargs=True))
-            self._handles.append(module.register_forward_hook(post))
+        self._handles.append(module.register_forward_pre_hook(pre, with_kwargs=True))
+        self._handles.append(module.register_forward_hook(post, with_kwargs=True))
 
-    def _fused_hook(self, name: str):
-        def hook(module, args, kwargs, output):
-            out, final = output
-            data = out.data if isinstance(out, PackedSequence) else out
-            if not (self._attached and torch.is_grad_enabled() and data.requires_grad):
+    def _recording(self) -> bool:
+        return self._attached and torch.is_grad_enabled()
+
+    def _fused_hooks(self, name: str):
+        def pre(module, args, kwargs):
+            if not self._recording():
                 return None
-            check_forward(module, name)
-            inp = args[0] if args else kwargs["input"]
-            hx = args[1] if len(args) > 1 else kwargs.get("hx")
-            call = FusedCall(module, self._shadows[name], inp, hx, out)
-            seq = next(self._seq)
-            finals = final if isinstance(final, tuple) else (final,)
-
-            def on_grads(grads):
-                if self._begin_backward():
-                    current = self._pending_calls.get(name)
-                    if current is None or current[0] < seq:
-                        self._pending_calls[name] = (seq, call, tuple(grads))
-
-            torch.autograd.graph.register_multi_grad_hook((data, *finals), on_grads)
+            try:
+                inp = args[0] if args else kwargs["input"]
+                hx = args[1] if len(args) > 1 else kwargs.get("hx")
+                link = classify(None if hx is None else components(hx), self._handed.get(name))
+                rng = save_rng_state(module, inp) if replays_dropout(module) else None
+                self._before_call[name] = (link, rng)
+            except Exception as error:  # noqa: BLE001 - never raise into the user's forward
+                self._warn(name, "internal", f"the probe could not inspect a call ({error!r})")
             return None
 
-        return hook
+        def post(module, args, kwargs, output):
+            before = self._before_call.pop(name, None)
+            if before is None or not self._recording():
+                return None
+            try:
+                out, final = output
+                data = out.data if isinstance(out, PackedSequence) else out
+                if not data.requires_grad:
+                    return None
+                inp = args[0] if args else kwargs["input"]
+                hx = args[1] if len(args) > 1 else kwargs.get("hx")
+                link, rng = before
+                call = FusedCall(module, self._shadows[name], inp, hx, out, rng,
+                                 seq=next(self._seq), link=link, versions=_versions(inp, hx, out))
+                finals = final if isinstance(final, tuple) else (final,)
+                self._add_to_window(name, call)
+                self._handed[name] = Handed.of(finals)
+                torch.autograd.graph.register_multi_grad_hook(
+                    (data, *finals), self._fused_grad_hook(name, call)
+                )
+            except Exception as error:  # noqa: BLE001
+                self._warn(name, "internal", f"the probe could not record a call ({error!r})")
+            return None
+
+        return pre, post
+
+    def _fused_grad_hook(self, name: str, call: FusedCall):
+        def on_grads(grads):
+            if self._begin_backward():
+                call.grads = tuple(grads)
+                self._reached.setdefault(name, {})[id(call)] = call
+
+        return on_grads
 
     def _cell_hooks(self, name: str):
         def pre(module, args, kwargs):
-            if not (self._attached and torch.is_grad_enabled()):
+            if not self._recording():
                 return None
-            in_args = len(args) > 1
-            state = args[1] if in_args else kwargs.get("hx")
-            chain = self._chains.get(name)
-            if chain is not None and chain.continues_with(state):
-                if chain.aliased:  # the recurrence reads the raw output, the user the alias
-                    state = chain.raw_last()
-                    if in_args:
-                        args = (args[0], state, *args[2:])
-                    else:
-                        kwargs = {**kwargs, "hx": state}
-            else:
-                chain = CellChain(module, state, next(self._seq))
-                self._chains[name] = chain
-            chain.inputs.append(args[0] if args else kwargs["input"])
-            return args, kwargs
+            try:
+                return self._cell_pre(name, module, args, kwargs)
+            except Exception as error:  # noqa: BLE001
+                self._chains[name] = None
+                self._warn(name, "internal", f"the probe could not inspect a call ({error!r})")
+                return None
 
-        def post(module, args, output):
+        def post(module, args, kwargs, output):
             chain = self._chains.get(name)
-            if not (self._attached and torch.is_grad_enabled()) or chain is None:
+            if not self._recording() or chain is None or len(chain.inputs) == len(chain.outputs):
                 return None
-            parts = components(output)
-            chain.tuple_state = isinstance(output, (tuple, list))
-            chain.outputs.append(parts)
-            watched = tuple(p.view_as(p) for p in parts) if chain.aliased else parts
-            if parts[0].requires_grad:
-                step = len(chain.outputs) - 1
-                for i, tensor in enumerate(watched):
-                    tensor.register_hook(self._cell_grad_hook(name, chain, step, i, len(parts)))
-            chain.handed = watched
-            if not chain.aliased:
+            try:
+                return self._cell_post(name, chain, output)
+            except Exception as error:  # noqa: BLE001
+                self._chains[name] = None
+                self._warn(name, "internal", f"the probe could not record a call ({error!r})")
                 return None
-            return watched if chain.tuple_state else watched[0]
 
         return pre, post
+
+    def _cell_pre(self, name: str, module, args, kwargs):
+        in_args = len(args) > 1
+        state = args[1] if in_args else kwargs.get("hx")
+        parts = None if state is None else components(state)
+        link = classify(parts, self._handed.get(name))
+        chain = self._chains.get(name)
+        if chain is not None and link in (SAME, VIEW) and len(chain.inputs) == len(chain.outputs):
+            if chain.aliased:  # the recurrence reads the raw output, the user the alias
+                raw = chain.outputs[-1]
+                if link == VIEW:
+                    raw = tuple(r.view(p.shape) for r, p in zip(raw, parts, strict=True))
+                state = raw if chain.tuple_state else raw[0]
+                if in_args:
+                    args = (args[0], state, *args[2:])
+                else:
+                    kwargs = {**kwargs, "hx": state}
+        else:
+            chain = CellChain(module, state, next(self._seq), link)
+            self._chains[name] = chain
+            self._add_to_window(name, chain)
+        chain.inputs.append(args[0] if args else kwargs["input"])
+        return args, kwargs
+
+    def _cell_post(self, name: str, chain: CellChain, output):
+        parts = components(output)
+        chain.tuple_state = isinstance(output, (tuple, list))
+        x = chain.inputs.pop()
+        chain.record(x, parts)
+        watched = tuple(p.view_as(p) for p in parts) if chain.aliased else parts
+        if parts[0].requires_grad:
+            step = len(chain.outputs) - 1
+            for i, tensor in enumerate(watched):
+                tensor.register_hook(self._cell_grad_hook(name, chain, step, i, len(parts)))
+        self._handed[name] = Handed.of(watched)
+        if not chain.aliased:
+            return None
+        return watched if chain.tuple_state else watched[0]
 
     def _cell_grad_hook(self, name: str, chain: CellChain, step: int, i: int, n: int):
         def hook(grad):
             if self._begin_backward():
                 chain.grads.setdefault(step, [None] * n)[i] = grad
-                current = self._pending_chains.get(name)
-                if current is None or current.seq <= chain.seq:
-                    self._pending_chains[name] = chain
+                chain.grads_seen = True
+                self._reached.setdefault(name, {})[id(chain)] = chain
             return None
 
         return hook
+
+    def _add_to_window(self, name: str, entry) -> None:
+        window = self._window.setdefault(name, [])
+        if len(window) >= 64 and len(window) % 64 == 0:  # forwards without backward: prune
+            window[:] = [ref for ref in window if ref() is not None]
+        window.append(weakref.ref(entry))
+
+    def _warn(self, name: str, reason: str, message: str) -> None:
+        if (name, reason) in self._warned:
+            return
+        self._warned.add((name, reason))
+        warnings.warn(f"rnn_diag: module {name or '<root>'!r}: {message}", ProbeWarning,
+                      stacklevel=3)
 
     # ---------------------------------------------------------------- backward bookkeeping
     def _begin_backward(self) -> bool:
@@ -389,23 +478,67 @@ class Probe:
         iteration = self._backwards
         self._backwards += 1
         self._in_backward = False
-        calls, self._pending_calls = self._pending_calls, {}
-        chains, self._pending_chains = self._pending_chains, {}
-        if not (calls or chains):
-            return
-        with torch.no_grad(), flush_denormals():
-            for name, (_, call, grads) in calls.items():
-                results = analyse(
-                    call, *_three(grads), self._workspace, self._saturation, self._jacobians,
-                    self._jacobian_samples,
-                )
-                self._store(iteration, name, results)
-            for name, chain in chains.items():
-                result = chain.analyse(
-                    self._saturation, self._jacobians, self._jacobian_samples
-                )
-                chain.grads.clear()
-                self._store(iteration, name, {(0, 0): result})
+        reached, self._reached = self._reached, {}
+        windows, self._window = self._window, {}
+        for name, entries in reached.items():
+            window = [e for e in (ref() for ref in windows.get(name, [])) if e is not None]
+            series = _series_entries(window, entries)
+            try:
+                with torch.no_grad(), flush_denormals():
+                    results = self._analyse_series(name, series)
+            except (ReplayMismatch, StaleRecord) as error:
+                self._warn(name, type(error).__name__, f"not recorded: {error}")
+                continue
+            except Exception as error:  # noqa: BLE001 - never raise into the user's backward
+                self._warn(name, "internal", f"not recorded: the analysis failed ({error!r})")
+                continue
+            finally:
+                for entry in series:
+                    if isinstance(entry, CellChain):
+                        entry.grads.clear()
+                        entry.grads_seen = False
+                    else:
+                        entry.grads = None
+            self._store(iteration, name, results)
+
+    def _analyse_series(self, name: str, series: list) -> dict[tuple[int, int], LayerResult]:
+        """One time series, in call order, from the calls of one module in this backward."""
+        links = [entry.link for entry in series[1:]] + [None]
+        if TRANSFORM in links:
+            self._warn(name, "transform", "the state handed from one call to the next is "
+                       "transformed (not the returned tensor or a view of it, e.g. a mask or a "
+                       "slice): across those links the series holds autograd's values in the "
+                       "model's dtype (a norm below its range reads as -inf), and the immediate "
+                       "gradient of the step before each such link is NaN (undefined)")
+        if any(link == FRESH for link in links[:-1]):
+            self._warn(name, "fresh", "it ran several separate sequences (calls whose state "
+                       "does not come from the previous call) in one backward; they are laid "
+                       "end to end in call order in one series")
+        if isinstance(series[0], CellChain):
+            parts = []
+            for chain in series:
+                result = chain.analyse(self._saturation, self._jacobians, self._jacobian_samples)
+                parts.append({(0, 0): result})
+        else:
+            for call in series:
+                if _versions(call.input, call.hx, call.output) != call.versions:
+                    raise StaleRecord(
+                        "an input, initial state or output was modified in place after the "
+                        "call, so its recorded values are lost; use out-of-place operations"
+                    )
+            parts = analyse_fused_calls(series, self._workspace, self._saturation,
+                                        self._jacobians, self._jacobian_samples)
+        for i, part in enumerate(parts[:-1]):
+            nxt = series[i + 1]
+            undefined = nxt.link == TRANSFORM or (
+                nxt.link in (SAME, VIEW) and not isinstance(nxt, CellChain) and not joins(nxt)
+            )
+            if undefined:
+                for result in part.values():
+                    mark_last_immediate_undefined(result)
+        if len(parts) == 1:
+            return parts[0]
+        return {key: concat([part[key] for part in parts]) for key in parts[0]}
 
     def _store(self, iteration: int, name: str, results: dict[tuple[int, int], LayerResult]):
         self._latest[name] = results
@@ -413,10 +546,39 @@ class Probe:
             self._history.add(iteration, name, layer, direction, result.summary())
 
 
+def _series_entries(window: list, reached: dict) -> list:
+    """The calls that form this backward's series, in call order: every call a gradient
+    reached, plus the calls of the same sequences that none reached (they get zeros). A run of
+    calls linked by anything but a fresh state is one sequence; sequences that no gradient
+    reached at all (another forward's) are left out."""
+    entries = {id(e): e for e in window}
+    entries.update(reached)
+    ordered = sorted(entries.values(), key=lambda e: e.seq)
+    keep, run, run_reached = [], [], False
+    for entry in ordered:
+        if entry.link == FRESH and run:
+            if run_reached:
+                keep.extend(run)
+            run, run_reached = [], False
+        run.append(entry)
+        run_reached = run_reached or id(entry) in reached
+    if run_reached:
+        keep.extend(run)
+    return keep
+
+
+def _versions(*tensors) -> tuple[int, ...]:
+    flat = []
+    for t in tensors:
+        if isinstance(t, PackedSequence):
+            t = t.data
+        if isinstance(t, (tuple, list)):
+            flat.extend(x._version for x in t if isinstance(x, Tensor))
+        elif isinstance(t, Tensor):
+            flat.append(t._version)
+    return tuple(flat)
+
+
 def _lengths(valid: Tensor | None) -> Tensor | None:
     return None if valid is None else valid.sum(0)
 
-
-def _three(grads: tuple) -> tuple:
-    """(grad_output, grad_h_n, grad_c_n) from the multi-grad hook's tuple."""
-    return tuple(grads) + (None,) * (3 - len(grads))

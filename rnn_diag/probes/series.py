@@ -1,0 +1,176 @@
+"""One time series from several calls of the same module in one backward.
+
+Models that step their RNN themselves call a fused module once per step (attention decoders,
+recurrent RL policies) or hand a cell's state through their own code between steps. Each call's
+steps are analysed from what autograd delivered to that call's outputs — exact in the model's
+dtype whatever the user's code did to the state — and the calls are then laid end to end in call
+order. Where the next call received the returned state itself or a view of it, the calls are
+*joined*: the gradient the later call sends back into its initial state is carried in log space
+into the earlier call's final state, so the norms stay finite far below the dtype's range, as
+for a single fused call.
+
+Batches that shrink or grow between calls are padded as packed sequences are: row i stays row i,
+and rows a call did not have hold 0 (log10 norm -inf) and are not ``valid``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from ..dynamics.lognorm import log_norm
+from .fused import Carry, FusedCall, analyse, output_size
+from .links import SAME, VIEW
+from .result import LayerResult, ScaledSeries
+
+#: A direct part recovered as G − ρ is 0 below this many epsilons of ‖G‖ + ‖ρ‖ (rounding).
+ROUNDING_TOLERANCE = 16
+
+
+def joins(call: FusedCall) -> bool:
+    """Whether ``call`` continues the previous call's recursion (its initial state is the
+    returned one, or a view of it). The reverse direction of a bidirectional module runs
+    against call order, so its calls are never joined."""
+    return call.link in (SAME, VIEW) and not call.module.bidirectional
+
+
+def analyse_fused_calls(calls: list[FusedCall], workspace, saturation, jacobians, samples):
+    """Per call ``{(layer, direction): LayerResult}``, in call order (see the module docstring).
+
+    Args:
+        calls: the calls of one module in this backward, in call order; each carries ``grads``
+            (``(grad_output, grad_h_n, grad_c_n)`` or None when no gradient reached it).
+        workspace, saturation, jacobians, samples: as for :func:`rnn_diag.probes.fused.analyse`.
+    """
+    out: list[dict | None] = [None] * len(calls)
+    carry: dict[int, Carry] | None = None
+    for i in range(len(calls) - 1, -1, -1):
+        call = calls[i]
+        grad_out, grad_h, grad_c = _three(call.grads)
+        if carry is not None:
+            grad_h, grad_c = _direct_parts(call, grad_h, grad_c, carry)
+        joined_before = i > 0 and joins(call)
+        results, initial = analyse(
+            call, grad_out, grad_h, grad_c, workspace, saturation, jacobians, samples,
+            carry=carry, want_initial=joined_before,
+        )
+        out[i] = results
+        carry = initial if joined_before else None
+    return out
+
+
+def _direct_parts(call: FusedCall, grad_h, grad_c, carry: dict[int, Carry]):
+    """Split autograd's gradients on h_n (and c_n) into the direct part — the uses outside
+    the next call's recurrence — by subtracting the carried recurrent part ρ (in float64).
+    Vectors at rounding level are set to exactly 0."""
+    H = output_size(call.module)
+    eps = torch.finfo(call.output.data.dtype).eps
+    parts = []
+    for which, grad in enumerate((grad_h, grad_c)):
+        if grad is None:
+            parts.append(None)
+            continue
+        unbatched = grad.dim() == 2
+        G = grad.unsqueeze(1) if unbatched else grad
+        direct = torch.empty_like(G)
+        for idx in range(G.shape[0]):
+            rho = carry[idx]
+            piece = rho.values[..., :H] if which == 0 else rho.values[..., H:]
+            rho_norm = torch.exp(log_norm(piece) + rho.log_scale)
+            g = G[idx].double()
+            d = g - piece.double() * rho.log_scale.exp().unsqueeze(-1)
+            level = ROUNDING_TOLERANCE * eps * (torch.linalg.vector_norm(g, dim=-1) + rho_norm)
+            keep = torch.linalg.vector_norm(d, dim=-1) > level
+            direct[idx] = (d * keep.unsqueeze(-1)).to(G.dtype)
+        parts.append(direct.squeeze(1) if unbatched else direct)
+    return parts[0], parts[1]
+
+
+def _three(grads) -> tuple:
+    if grads is None:
+        return (None, None, None)
+    return tuple(grads) + (None,) * (3 - len(grads))
+
+
+def mark_last_immediate_undefined(result: LayerResult) -> None:
+    """NaN for the immediate gradient at each sample's last processed step: the gradient there
+    went on through the user's transform of the state into later calls, so the split into a
+    direct and a recurrent part is not defined."""
+    T, B = next(iter(result.immediate.values())).log_norm.shape
+    # In processing order each sample's last step is at its length - 1, in both directions.
+    if result.valid is None:
+        last = torch.full((B,), T - 1, dtype=torch.long)
+    else:
+        last = result.valid.long().sum(0).cpu() - 1
+    rows = torch.arange(B)
+    keep = last >= 0
+    rows, last = rows[keep], last[keep]
+    for name, series in result.immediate.items():
+        scaled = series.scaled.clone()
+        ln = series.log_norm.clone()
+        scaled[last.to(scaled.device), rows.to(scaled.device)] = float("nan")
+        ln[last.to(ln.device), rows.to(ln.device)] = float("nan")
+        result.immediate[name] = ScaledSeries(scaled, series.log_scale, ln)
+
+
+def concat(parts: list[LayerResult]) -> LayerResult:
+    """Lay the results of consecutive calls end to end (input time order, rows padded to the
+    largest batch). The Jacobian-product norms are kept for the steps of the last part only
+    (NaN before it); ``relinearise`` is dropped."""
+    if len(parts) == 1:
+        return parts[0]
+    B = max(p.total[next(iter(p.total))].scaled.shape[1] for p in parts)
+    states = list(parts[0].total)
+    total = {s: _cat([_series(p, p.total[s]) for p in parts], B) for s in states}
+    immediate = {s: _cat([_series(p, p.immediate[s]) for p in parts], B) for s in states}
+    valid = torch.cat([_pad_rows(_valid(p), B, False) for p in parts])
+    saturation = {}
+    for gate in parts[0].saturation:
+        if all(gate in p.saturation for p in parts):
+            saturation[gate] = torch.cat(
+                [_pad_rows(p.in_input_order(p.saturation[gate]), B, 0) for p in parts]
+            )
+    result = LayerResult(total, immediate, None, valid, parts[0].dtype, saturation)
+    last = parts[-1]
+    if last.jacobian is not None:
+        steps = sum(_length(p) for p in parts[:-1])
+        head = torch.full((steps, last.jacobian.shape[1]), float("nan"), dtype=torch.float64,
+                          device=last.jacobian.device)
+        result.jacobian = torch.cat([head, last.in_input_order(last.jacobian)])
+    return result
+
+
+def _length(p: LayerResult) -> int:
+    return next(iter(p.total.values())).scaled.shape[0]
+
+
+def _valid(p: LayerResult) -> Tensor:
+    series = next(iter(p.total.values()))
+    if p.valid is not None:
+        return p.valid
+    return torch.ones(series.log_norm.shape, dtype=torch.bool, device=series.log_norm.device)
+
+
+def _series(p: LayerResult, s: ScaledSeries) -> ScaledSeries:
+    return ScaledSeries(
+        p.in_input_order(s.scaled), p.in_input_order(s.log_scale), p.in_input_order(s.log_norm)
+    )
+
+
+def _cat(series: list[ScaledSeries], B: int) -> ScaledSeries:
+    return ScaledSeries(
+        torch.cat([_pad_rows(s.scaled, B, 0) for s in series]),
+        torch.cat([_pad_rows(s.log_scale, B, 0) for s in series]),
+        torch.cat([_pad_rows(s.log_norm, B, -math.inf) for s in series]),
+    )
+
+
+def _pad_rows(x: Tensor, B: int, value) -> Tensor:
+    """Pad dimension 1 (the batch) of ``x`` to ``B`` rows with ``value``."""
+    if x.shape[1] == B:
+        return x
+    pad = x.new_full((x.shape[0], B - x.shape[1], *x.shape[2:]), value)
+    return torch.cat([x, pad], dim=1)
+

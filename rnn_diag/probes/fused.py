@@ -117,7 +117,7 @@ def single_layer_params(module: nn.RNNBase, layer: int) -> dict[str, Tensor]:
         params["weight_ih" + sfx], params["weight_hh" + sfx] = w.weight_ih, w.weight_hh
         if module.bias:
             params["bias_ih" + sfx], params["bias_hh" + sfx] = w.bias_ih, w.bias_hh
-        if getattr(w, "weight_hr", None) is not None:
+        if w.weight_hr is not None:
             params["weight_hr" + sfx] = w.weight_hr
     return params
 
@@ -443,7 +443,7 @@ def _relinearise(w: CellWeights, x: Tensor, h_prev: Tensor, h: Tensor, c0: Tenso
     as they were at this forward (the optimizer may change them in place)."""
     snapshot = CellWeights(
         w.kind, *(None if p is None else p.detach().clone() for p in (
-            w.weight_ih, w.weight_hh, w.bias_ih, w.bias_hh))
+            w.weight_ih, w.weight_hh, w.bias_ih, w.bias_hh, w.weight_hr))
     )
     return lambda: linearise(snapshot, x, h_prev, h, c0)
 

@@ -52,23 +52,28 @@ SPECTRA_COLUMNS = [
 CELL_TYPES = (nn.RNNCell, nn.GRUCell, nn.LSTMCell)
 
 
-def _recurrent_matrices(name: str, module: nn.Module):
-    """``(layer, direction, kind, weight_hh)`` of every layer and direction of a module."""
+def _gate_blocks(w: CellWeights) -> list[Tensor]:
+    """The square recurrent matrix of each gate: the row blocks ``W_hh[g]`` ``[H, H]``, or
+    ``W_hr @ W_hh[g]`` ``[P, P]`` with a projection."""
+    G = len(GATES[w.kind])
+    blocks = list(w.weight_hh.detach().chunk(G, 0))
+    if w.weight_hr is not None:  # the product in float64, as spectrum() takes it
+        w_hr = w.weight_hr.detach().cpu().double()
+        blocks = [w_hr @ b.cpu().double() for b in blocks]
+    return blocks
+
+
+def _recurrent_matrices(module: nn.Module):
+    """``(layer, direction, kind, gate blocks)`` of every layer and direction of a module."""
     if isinstance(module, FUSED_TYPES):
-        if getattr(module, "proj_size", 0) > 0:
-            warnings.warn(
-                f"recurrent_spectra skips {name or 'the model'!r}: nn.LSTM with proj_size > 0 "
-                "has a non-square weight_hh",
-                UserWarning,
-                stacklevel=3,
-            )
-            return
         kind = module_kind(module)
         for layer in range(module.num_layers):
             for direction in range(2 if module.bidirectional else 1):
-                yield layer, direction, kind, layer_weights(module, layer, direction).weight_hh
+                yield layer, direction, kind, _gate_blocks(layer_weights(module, layer, direction))
     else:
-        yield 0, 0, cell_kind(module), module.weight_hh
+        kind = cell_kind(module)
+        yield 0, 0, kind, _gate_blocks(CellWeights(kind, module.weight_ih, module.weight_hh, None,
+                                                   None))
 
 
 def recurrent_spectra(model: nn.Module) -> pd.DataFrame:
@@ -78,18 +83,25 @@ def recurrent_spectra(model: nn.Module) -> pd.DataFrame:
     in ``model`` (``named_modules`` order). Each layer and direction of ``weight_hh`` is split
     into its gate blocks ``[H, H]`` (rnn: "hh"; gru: "r", "z", "n"; lstm: "i", "f", "g", "o")
     and each block's :func:`rnn_diag.dynamics.spectrum.spectrum` is taken (float64). Cells count
-    as layer 0, direction 0. ``nn.LSTM`` with ``proj_size > 0`` is skipped with a warning.
+    as layer 0, direction 0.
+
+    ``nn.LSTM`` with ``proj_size = P > 0`` (h_t = W_hr (o_t ⊙ tanh c_t), ``weight_hh`` ``[4H, P]``,
+    ``weight_hr`` ``[P, H]``): gate g's block is the ``[P, P]`` map ``W_hr @ W_hh[g]`` from h_{t-1}
+    through the gate pre-activation and back to h-space, so P rows per gate. Its eigenvalues are
+    the non-zero eigenvalues of the ``[H, H]`` map ``W_hh[g] @ W_hr`` (m_{t-1} = o ⊙ tanh c to
+    the pre-activation), whose other H − P eigenvalues are zero; its singular values are those
+    of the ``[P, P]`` matrix.
 
     Args:
         model: any ``nn.Module`` (may itself be the recurrent module; its name is then "").
 
     Returns:
-        A tidy DataFrame, one row per eigenvalue (H rows per gate block), columns ``module``
-        (qualified name), ``layer``, ``direction``, ``gate``, ``index`` (rank, 0 = largest),
-        ``real``, ``imag``, ``modulus`` (eigenvalues sorted by modulus, descending) and
-        ``singular_value`` (the index-th largest singular value of the same block, so the
-        block's spectral radius is the modulus at index 0 and its spectral norm the
-        singular_value at index 0).
+        A tidy DataFrame, one row per eigenvalue (H rows per gate block, P for a projected
+        LSTM), columns ``module`` (qualified name), ``layer``, ``direction``, ``gate``,
+        ``index`` (rank, 0 = largest), ``real``, ``imag``, ``modulus`` (eigenvalues sorted by
+        modulus, descending) and ``singular_value`` (the index-th largest singular value of the
+        same block, so the block's spectral radius is the modulus at index 0 and its spectral
+        norm the singular_value at index 0).
 
     Raises:
         ValueError: the model has no recurrent module.
@@ -110,10 +122,10 @@ def recurrent_spectra(model: nn.Module) -> pd.DataFrame:
         )
     frames = []
     for name, module in found:
-        for layer, direction, kind, W in _recurrent_matrices(name, module):
-            H = W.shape[1]
-            for g, gate in enumerate(GATES[kind]):
-                s = spectrum(W[g * H : (g + 1) * H])
+        for layer, direction, kind, blocks in _recurrent_matrices(module):
+            for gate, block in zip(GATES[kind], blocks, strict=True):
+                H = block.shape[0]
+                s = spectrum(block)
                 ev = s.eigenvalues.numpy()
                 frames.append(
                     pd.DataFrame(
@@ -167,12 +179,16 @@ def _inputs(module, inputs, steps, input_size: int, dtype, device) -> Tensor:
     return x
 
 
-def _split_state(h0, lstm: bool, H: int, rows: int, name: str):
-    """``(h, c)`` as ``[rows, 1, H]`` tensors (c None unless LSTM; None where not given) from
-    the user's h0: ``[H]``/``[1, H]`` (LSTM: a ``(h, c)`` pair or ``[2H]``/``[1, 2H]``) for the
-    analysed layer, or the module's own ``[rows, H]``/``[rows, 1, H]`` layout."""
+def _split_state(h0, lstm: bool, sizes: tuple[int, int], rows: int, name: str):
+    """``(h, c)`` as ``[rows, 1, size]`` tensors (c None unless LSTM; None where not given) from
+    the user's h0: ``[H]``/``[1, H]`` (LSTM: a ``(h, c)`` pair or ``[H + C]``/``[1, H + C]``) for
+    the analysed layer, or the module's own ``[rows, H]``/``[rows, 1, H]`` layout.
+
+    ``sizes`` is (H, C), the sizes of h and c: C = H, except for an LSTM with ``proj_size = P``
+    (h has P entries, c has hidden_size)."""
     if h0 is None:
         return None, None, False
+    Hh, Hc = sizes
     if lstm:
         if isinstance(h0, (tuple, list)):
             if len(h0) != 2:
@@ -180,17 +196,17 @@ def _split_state(h0, lstm: bool, H: int, rows: int, name: str):
             h, c = (torch.as_tensor(s) for s in h0)
         else:
             s = torch.as_tensor(h0)
-            if s.shape[-1] != 2 * H:
+            if s.shape[-1] != Hh + Hc:
                 raise ValueError(
-                    f"h0 for {name} must be a (h, c) pair or a joint [2H] = [{2 * H}] vector "
-                    f"(h first), got shape {tuple(s.shape)}"
+                    f"h0 for {name} must be a (h, c) pair or a joint [{Hh + Hc}] vector "
+                    f"(h first: {Hh}, then c: {Hc}), got shape {tuple(s.shape)}"
                 )
-            h, c = s[..., :H], s[..., H:]
+            h, c = s[..., :Hh], s[..., Hh:]
     else:
         h, c = torch.as_tensor(h0), None
     full = False
     shaped = []
-    for s in (h, c):
+    for s, H in ((h, Hh), (c, Hc)):
         if s is None:
             shaped.append(None)
             continue
@@ -219,9 +235,8 @@ def _single_layer(module: nn.RNNBase, layer: int, input_size: int):
 
 def _fused_trajectory(module, x, h0, layer, direction):
     name = type(module).__name__
-    if getattr(module, "proj_size", 0) > 0:
-        raise ValueError(f"{name} with proj_size > 0 is not supported")
-    L, D, H = module.num_layers, (2 if module.bidirectional else 1), module.hidden_size
+    L, D, C = module.num_layers, (2 if module.bidirectional else 1), module.hidden_size
+    H = getattr(module, "proj_size", 0) or C  # the size of h
     if layer is None:
         if L > 1:
             raise ValueError(f"{name} has {L} layers: pass layer= (0..{L - 1})")
@@ -231,11 +246,10 @@ def _fused_trajectory(module, x, h0, layer, direction):
     if not 0 <= direction < D:
         raise ValueError(f"direction={direction} is out of range for {name} with {D} direction(s)")
     lstm = isinstance(module, nn.LSTM)
-    h_init, c_init, full = _split_state(h0, lstm, H, L * D, name)
+    h_init, c_init, full = _split_state(h0, lstm, (H, C), L * D, name)
     dtype, device = x.dtype, x.device
-    zeros = torch.zeros(L * D, 1, H, dtype=dtype, device=device)
-    hs = zeros.clone()
-    cs = zeros.clone()
+    hs = torch.zeros(L * D, 1, H, dtype=dtype, device=device)
+    cs = torch.zeros(L * D, 1, C, dtype=dtype, device=device)
     idx = layer * D + direction
     if full:
         hs = h_init.to(dtype=dtype, device=device)
@@ -265,7 +279,7 @@ def _cell_trajectory(module, x, h0):
     kind = cell_kind(module)
     lstm = kind == "lstm"
     H = module.hidden_size
-    h_init, c_init, _ = _split_state(h0, lstm, H, 1, name)
+    h_init, c_init, _ = _split_state(h0, lstm, (H, H), 1, name)
     dtype, device = x.dtype, x.device
     h = torch.zeros(1, H, dtype=dtype, device=device) if h_init is None else h_init[0]
     c = torch.zeros(1, H, dtype=dtype, device=device) if c_init is None else c_init[0]
@@ -298,13 +312,14 @@ def module_linearisation(
     not applied (eval-mode semantics).
 
     Args:
-        module: ``nn.RNN``/``nn.GRU``/``nn.LSTM`` (``proj_size`` 0) or
+        module: ``nn.RNN``/``nn.GRU``/``nn.LSTM`` (``proj_size`` allowed) or
             ``nn.RNNCell``/``nn.GRUCell``/``nn.LSTMCell``.
         inputs: ``[T, I]`` or ``[T, 1, I]``, time-major whatever ``batch_first`` says; None for
             ``steps`` steps of zero input.
         h0: initial state: None (zeros); ``[H]`` or ``[1, H]`` for the analysed layer/direction
             (other layers start at zero); or the module's own ``[L*D, H]``/``[L*D, 1, H]``.
-            LSTM: a pair ``(h, c)`` of those, or one joint ``[2H]``/``[1, 2H]`` vector, h first.
+            LSTM: a pair ``(h, c)`` of those, or one joint ``[2H]``/``[1, 2H]`` vector, h first;
+            with ``proj_size = P`` h has P entries and c H, so the joint vector is ``[P + H]``.
         steps: number of steps (default: all inputs).
         layer: which layer (default 0; required for multi-layer modules).
         direction: 0 (forward) or 1 (reverse; its steps run backwards in input time, and the
@@ -312,8 +327,9 @@ def module_linearisation(
 
     Returns:
         ``(steps_obj, h)``: the linearisation (``state_size``, ``jacobian(t) -> [1, S, S]``,
-        ``vjp_into``; S = H, or 2H for the joint LSTM state (h, c)) and the hidden states
-        ``[T, 1, H]`` of the trajectory in processing order.
+        ``vjp_into``; S = H, or 2H for the joint LSTM state (h, c), P + H with a projection:
+        :class:`rnn_diag.dynamics.cells.ProjectedLSTMSteps`) and the hidden states
+        ``[T, 1, H]`` (``[T, 1, P]``) of the trajectory in processing order.
     """
     if not isinstance(module, FUSED_TYPES + CELL_TYPES):
         raise TypeError(
@@ -331,7 +347,7 @@ def module_linearisation(
     w = CellWeights(
         w.kind,
         *(None if p is None else p.detach() for p in (w.weight_ih, w.weight_hh, w.bias_ih,
-                                                      w.bias_hh)),
+                                                      w.bias_hh, w.weight_hr)),
     )
     h_prev = torch.cat([h_start.reshape(1, 1, -1), h[:-1]])
     with torch.no_grad():
@@ -361,7 +377,8 @@ def lyapunov_spectrum(
       the module is run without grad on ``inputs`` from ``h0`` (see
       :func:`module_linearisation` for the accepted shapes; h0 None = zeros), and the Jacobians
       come from the cell equations. For LSTM the state is the joint (h, c), so there are 2H
-      exponents; h0 is a ``(h, c)`` pair or a ``[2H]`` vector (h first).
+      exponents; h0 is a ``(h, c)`` pair or a ``[2H]`` vector (h first). With ``proj_size = P``
+      h has P entries: P + H exponents, h0 ``[P + H]``.
     * any other callable ``step(h, x) -> h_next`` on one state vector ``h [S]`` (x is
       ``inputs[t]``, or None when ``inputs`` is None — then ``steps`` is required); h0 ``[S]``
       is required; Jacobians come from ``torch.func.jacrev``. A custom ``nn.Module`` is treated

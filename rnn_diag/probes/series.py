@@ -21,12 +21,10 @@ import torch
 from torch import Tensor
 
 from ..dynamics.lognorm import log_norm
+from .cell_chain import rounding_level
 from .fused import Carry, FusedCall, analyse, output_size
 from .links import SAME, VIEW
 from .result import LayerResult, ScaledSeries
-
-#: A direct part recovered as G − ρ is 0 below this many epsilons of ‖G‖ + ‖ρ‖ (rounding).
-ROUNDING_TOLERANCE = 16
 
 
 def joins(call: FusedCall) -> bool:
@@ -66,7 +64,6 @@ def _direct_parts(call: FusedCall, grad_h, grad_c, carry: dict[int, Carry]):
     the next call's recurrence — by subtracting the carried recurrent part ρ (in float64).
     Vectors at rounding level are set to exactly 0."""
     H = output_size(call.module)
-    eps = torch.finfo(call.output.data.dtype).eps
     parts = []
     for which, grad in enumerate((grad_h, grad_c)):
         if grad is None:
@@ -81,7 +78,8 @@ def _direct_parts(call: FusedCall, grad_h, grad_c, carry: dict[int, Carry]):
             rho_norm = torch.exp(log_norm(piece) + rho.log_scale)
             g = G[idx].double()
             d = g - piece.double() * rho.log_scale.exp().unsqueeze(-1)
-            level = ROUNDING_TOLERANCE * eps * (torch.linalg.vector_norm(g, dim=-1) + rho_norm)
+            level = rounding_level(G.dtype, rho.values.shape[-1],
+                                   torch.linalg.vector_norm(g, dim=-1), rho_norm)
             keep = torch.linalg.vector_norm(d, dim=-1) > level
             direct[idx] = (d * keep.unsqueeze(-1)).to(G.dtype)
         parts.append(direct.squeeze(1) if unbatched else direct)

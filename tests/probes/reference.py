@@ -23,7 +23,8 @@ Gate conventions (PyTorch documentation):
   RNN:  h = act(W_ih x + b_ih + W_hh h_prev + b_hh), act = tanh or relu.
   GRU:  rows (r, z, n); r = s(W_ir x + b_ir + W_hr h + b_hr), z likewise,
         n = tanh(W_in x + b_in + r * (W_hn h + b_hn)), h = (1 - z) * n + z * h_prev.
-  LSTM: rows (i, f, g, o); i, f, o sigmoid, g tanh; c = f * c_prev + i * g, h = o * tanh(c).
+  LSTM: rows (i, f, g, o); i, f, o sigmoid, g tanh; c = f * c_prev + i * g, h = o * tanh(c);
+        with proj_size = P > 0, h = W_hr (o * tanh(c)) (W_hr [P, H]), so h has P entries, c H.
 """
 
 from __future__ import annotations
@@ -43,20 +44,23 @@ Step = Callable[[Tensor, State], State]
 
 @dataclass
 class CellParams:
-    """float64 copies of one cell's weights; missing biases are zeros."""
+    """float64 copies of one cell's weights; missing biases are zeros. w_hr: the LSTM
+    projection [P, H], or None."""
 
     w_ih: Tensor
     w_hh: Tensor
     b_ih: Tensor
     b_hh: Tensor
+    w_hr: Tensor | None = None
 
 
-def _params(w_ih, w_hh, b_ih, b_hh) -> CellParams:
+def _params(w_ih, w_hh, b_ih, b_hh, w_hr=None) -> CellParams:
     w_ih, w_hh = w_ih.detach().double(), w_hh.detach().double()
     zeros = torch.zeros(w_hh.shape[0], dtype=torch.float64)
     b_ih = zeros if b_ih is None else b_ih.detach().double()
     b_hh = zeros if b_hh is None else b_hh.detach().double()
-    return CellParams(w_ih, w_hh, b_ih, b_hh)
+    w_hr = None if w_hr is None else w_hr.detach().double()
+    return CellParams(w_ih, w_hh, b_ih, b_hh, w_hr)
 
 
 def rnn_step(p: CellParams, nonlinearity: str) -> Step:
@@ -91,7 +95,10 @@ def lstm_step(p: CellParams) -> Step:
         i, f, g, o = gates.chunk(4, -1)
         i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
         c = f * c + i * g
-        return (o * torch.tanh(c), c)
+        h = o * torch.tanh(c)
+        if p.w_hr is not None:
+            h = h @ p.w_hr.T
+        return (h, c)
 
     return step
 
@@ -207,7 +214,8 @@ def _zero_grad_if_none(x: Tensor) -> Tensor:
 class Trace:
     """One layer and direction of an unrolled model: one Chain per sample.
 
-    The tables below are [T, B, H] float64 in input time order, zero past each sample's length.
+    The tables below are [T, B, H] float64 in input time order, zero past each sample's length
+    (H is the size of h; the c tables are [T, B, C], C = H unless the LSTM has a projection).
     """
 
     chains: list[Chain]
@@ -215,9 +223,13 @@ class Trace:
     reverse: bool
     T: int
     H: int
+    C: int | None = None
 
-    def _table(self, value: Callable[[Chain, int], Tensor]) -> Tensor:
-        out = torch.zeros(self.T, len(self.chains), self.H, dtype=torch.float64)
+    def _width(self, i: int) -> int:
+        return self.H if i == 0 or self.C is None else self.C
+
+    def _table(self, value: Callable[[Chain, int], Tensor], i: int = 0) -> Tensor:
+        out = torch.zeros(self.T, len(self.chains), self._width(i), dtype=torch.float64)
         for b, (chain, n) in enumerate(zip(self.chains, self.lengths)):
             for k in range(n):
                 t = n - 1 - k if self.reverse else k
@@ -227,12 +239,12 @@ class Trace:
     def states(self, state: str = "h") -> Tensor:
         """The forward values h_t (or c_t)."""
         i = "hc".index(state)
-        return self._table(lambda ch, k: ch.states[k][i])
+        return self._table(lambda ch, k: ch.states[k][i], i)
 
     def hidden_grads(self, state: str = "h") -> Tensor:
         """Plain-autograd total dL/dh_t (or dL/dc_t): the .grad of each retained state."""
         i = "hc".index(state)
-        return self._table(lambda ch, k: _zero_grad_if_none(ch.states[k][i]))
+        return self._table(lambda ch, k: _zero_grad_if_none(ch.states[k][i]), i)
 
     def immediate_grads(self, state: str = "h") -> Tensor:
         """The gradient reaching h_t (c_t) from outside the recurrence: the .grad of its exit
@@ -240,12 +252,12 @@ class Trace:
         i = "hc".index(state)
 
         def value(ch: Chain, k: int) -> Tensor:
-            g = _zero_grad_if_none(ch.exits[k]) if i == 0 else torch.zeros(self.H).double()
+            g = _zero_grad_if_none(ch.exits[k]) if i == 0 else torch.zeros(self._width(1)).double()
             if k == len(ch.states) - 1:
                 g = g + _zero_grad_if_none(ch.final[i])
             return g
 
-        return self._table(value)
+        return self._table(value, i)
 
 
 @dataclass
@@ -253,11 +265,12 @@ class Unrolled:
     """Result of a reference run, all float64 and in the user's batch order.
 
     output: [T, B, D*H] time-major, zero past each sample's length (like pad_packed_sequence).
-    h_n, c_n: [L*D, B, H] (c_n is None without a cell state).
+    h_n, c_n: [L*D, B, H] (c_n is None without a cell state). With an LSTM projection h (so the
+        output and h_n) has P = proj_size entries instead of H; c keeps H.
     traces: {(layer, direction): Trace}.
     x: the time-major [T, B, I] input as a leaf, so x.grad is the reference's dL/dx.
-    initial: the initial states as leaves ([L*D, B, H] each for fused modules, [B, H] for
-        cell loops; zeros when none was given).
+    initial: the initial states as leaves ([L*D, B, H] each for fused modules — h [L*D, B, P]
+        with a projection — and [B, H] for cell loops; zeros when none was given).
     """
 
     output: Tensor
@@ -297,6 +310,7 @@ def _fused_step(module: nn.RNNBase, layer: int, direction: int) -> Step:
         getattr(module, "weight_hh" + sfx),
         getattr(module, "bias_ih" + sfx) if module.bias else None,
         getattr(module, "bias_hh" + sfx) if module.bias else None,
+        getattr(module, "weight_hr" + sfx) if getattr(module, "proj_size", 0) else None,
     )
     if isinstance(module, nn.LSTM):
         return lstm_step(p)
@@ -305,10 +319,10 @@ def _fused_step(module: nn.RNNBase, layer: int, direction: int) -> Step:
     return rnn_step(p, module.nonlinearity)
 
 
-def _initial(hx, n_states: int, LD: int, B: int, H: int) -> list[Tensor]:
-    """hx as a list of float64 [L*D, B, H] tensors (zeros when None)."""
+def _initial(hx, sizes: Sequence[int], LD: int, B: int) -> list[Tensor]:
+    """hx as a list of float64 [L*D, B, sizes[i]] tensors (zeros when None)."""
     if hx is None:
-        out = [torch.zeros(LD, B, H, dtype=torch.float64) for _ in range(n_states)]
+        out = [torch.zeros(LD, B, size, dtype=torch.float64) for size in sizes]
     else:
         hx = hx if isinstance(hx, tuple) else (hx,)
         out = [s.detach().double() for s in hx]
@@ -319,15 +333,14 @@ def _initial(hx, n_states: int, LD: int, B: int, H: int) -> list[Tensor]:
 def unroll_fused(module: nn.RNNBase, x, hx=None) -> Unrolled:
     """Unroll an nn.RNN / nn.GRU / nn.LSTM on ``x`` (tensor in the module's layout, unbatched
     2-D, or PackedSequence) from ``hx`` (h0, or (h0, c0), or None for zeros)."""
-    if getattr(module, "proj_size", 0):
-        raise NotImplementedError("proj_size is not covered by the reference")
-    L, H = module.num_layers, module.hidden_size
+    L, C = module.num_layers, module.hidden_size
+    H = getattr(module, "proj_size", 0) or C  # the size of h
     D = 2 if module.bidirectional else 1
     n_states = state_count(module)
     x_tm, lengths = input_time_major(module, x)
     x_tm = x_tm.clone().requires_grad_()
     T, B = x_tm.shape[:2]
-    init = _initial(hx, n_states, L * D, B, H)
+    init = _initial(hx, (H, C)[:n_states], L * D, B)
 
     layer_in = [[x_tm[t, b] for t in range(n)] for b, n in enumerate(lengths)]
     traces: dict[tuple[int, int], Trace] = {}
@@ -341,7 +354,7 @@ def unroll_fused(module: nn.RNNBase, x, hx=None) -> Unrolled:
                 xs = layer_in[b] if d == 0 else layer_in[b][::-1]
                 state0 = tuple(s[layer * D + d, b] for s in init)
                 chains.append(unroll_chain(step, xs, state0))
-            traces[(layer, d)] = Trace(chains, lengths, bool(d), T, H)
+            traces[(layer, d)] = Trace(chains, lengths, bool(d), T, H, C)
             finals.append([ch.final for ch in chains])
             # exits in input time order, per sample
             per_dir_exits.append([ch.exits if d == 0 else ch.exits[::-1] for ch in chains])

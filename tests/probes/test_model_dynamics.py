@@ -2,6 +2,7 @@
 lyapunov_spectrum against the callable form on PyTorch's own cells (Jacobians by torch.func)."""
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -70,10 +71,16 @@ def test_recurrent_spectra_on_a_bare_module_and_errors():
     assert len(df) == 6 and set(df["module"]) == {""} and set(df["gate"]) == {"hh"}
     with pytest.raises(ValueError, match="no recurrent module"):
         recurrent_spectra(nn.Linear(2, 2))
-    with pytest.warns(UserWarning, match="proj_size"):
+    # nn.LSTM(proj_size=P): one [P, P] block W_hr @ W_hh[g] per gate (values checked in
+    # tests/dynamics/test_projected_lstm.py)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
         df = recurrent_spectra(nn.ModuleDict({"a": nn.LSTM(2, 4, proj_size=2),
                                               "b": nn.GRUCell(2, 3)}))
-    assert set(df["module"]) == {"b"}
+    assert set(df["module"]) == {"a", "b"}
+    assert df[df["module"] == "a"].groupby("gate").size().to_dict() == {
+        "f": 2, "g": 2, "i": 2, "o": 2
+    }
 
 
 # ---------------------------------------------------------------- Lyapunov, module form

@@ -27,14 +27,14 @@ Definitions (t = 0..T-1 in input order, y_t = log10‖λ_t‖, λ_t = ∂L/∂h_
       factor compounds with T), or if any y_t = +inf at t ≤ anchor (overflow);
     - "vanishing" if Δ ≤ −``vanish_decades`` (default 3: the earliest steps get less than
       1/1000 of the signal, the same cut as the horizon — too little to learn from next to the
-      recent steps), or if fewer than two points are finite but some step before the anchor
-      has an exactly zero gradient (−inf);
-    - "stable" otherwise (also for a single finite point with nothing zero before it, e.g.
-      T = 1); None when no value is finite.
+      recent steps);
+    - "stable" otherwise;
+    - "undetermined" when fewer than two points are finite (and none overflowed): one point
+      has no slope, whether the steps before it are exact zeros (a ``detach()``, a one-step
+      profile from a module called once per step) or NaN. No verdict is guessed from it.
 
 Non-finite values: NaN is ignored everywhere (except ratio_log10); −inf (an exactly zero
-gradient) is excluded from the fit, never within the horizon, and only decides the verdict as
-described; +inf (overflow) is excluded from the fit and the peak and forces "exploding".
+gradient) is excluded from the fit and never within the horizon; +inf (overflow) is excluded from the fit and the peak and forces "exploding".
 """
 
 from __future__ import annotations
@@ -83,8 +83,8 @@ def _summarise(y: np.ndarray, anchor, decades, vanish_decades, explode_decades) 
     finite = np.isfinite(window)
     with np.errstate(invalid="ignore"):  # inf - inf is NaN, silently
         ratio = float(y[0] - y[-1])
-    out = {"decay_per_step": math.nan, "horizon": -1, "ratio_log10": ratio, "verdict": None,
-           "anchor": a}
+    out = {"decay_per_step": math.nan, "horizon": -1, "ratio_log10": ratio,
+           "verdict": "undetermined", "anchor": a}
     if finite.any():
         peak = window[finite].max()
         within = finite & (window >= peak - decades)
@@ -104,10 +104,6 @@ def _summarise(y: np.ndarray, anchor, decades, vanish_decades, explode_decades) 
             out["verdict"] = "vanishing"
         else:
             out["verdict"] = "stable"
-    elif (window == -np.inf).any():
-        out["verdict"] = "vanishing"
-    elif n == 1:
-        out["verdict"] = "stable"
     return out
 
 
@@ -133,7 +129,7 @@ def gradient_summary(
     Returns:
         For ``[T]``: a dict with ``decay_per_step`` (float, decades per step), ``horizon`` (int,
         steps), ``ratio_log10`` (float, decades), ``verdict`` ("vanishing", "stable",
-        "exploding" or None) and ``anchor`` (int step). For ``[T, B]``: a pandas DataFrame with
+        "exploding" or "undetermined") and ``anchor`` (int step). For ``[T, B]``: a pandas DataFrame with
         one row per sample, columns ``sample`` and the same keys.
 
     Example:

@@ -179,8 +179,9 @@ def _verdicts(trials: pd.DataFrame) -> list[Finding]:
     n = int(verdict.notna().sum())
     counts = verdict.value_counts()
     if n == 1:
-        word = {"vanishing": "vanishes", "exploding": "explodes"}.get(counts.index[0],
-                                                                       "is stable")
+        word = {"vanishing": "vanishes", "exploding": "explodes",
+                "undetermined": "has no readable trend (fewer than two finite points)"}.get(
+            counts.index[0], "is stable")
         return [Finding(
             f"At the last recorded epoch the gradient {word} (vanishing: the fitted line falls "
             "by 3 decades or more over the window; exploding: it rises by 1 decade or more).",
@@ -188,6 +189,9 @@ def _verdicts(trials: pd.DataFrame) -> list[Finding]:
     words = [f"vanishes in {counts.get('vanishing', 0)}",
              f"explodes in {counts.get('exploding', 0)}",
              f"is stable in {counts.get('stable', 0)}"]
+    if counts.get("undetermined", 0):
+        words.append(f"has no readable trend (fewer than two finite points) in "
+                     f"{counts['undetermined']}")
     return [Finding(
         f"At the last recorded epoch the gradient {', '.join(words)} of the {n} trials with a "
         "gradient profile (vanishing: the fitted line falls by 3 decades or more over the "

@@ -30,7 +30,8 @@ __all__ = ["Rendered", "SectionResult", "render_report"]
 #: Manifest entries shown in the header, in this order (others follow).
 _MANIFEST_FIRST = ("rnn_diag", "torch", "python", "platform", "started", "ended", "command",
                    "config", "jobs", "git_commit")
-_VERDICT_CLASS = {"vanishing": "vanishing", "exploding": "exploding", "stable": "stable"}
+_VERDICT_CLASS = {"vanishing": "vanishing", "exploding": "exploding", "stable": "stable",
+                  "undetermined": "undetermined"}
 
 
 @dataclass

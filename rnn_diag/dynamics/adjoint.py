@@ -60,6 +60,7 @@ def adjoint_scan(
     g_log_norm: Tensor,
     *,
     block: int = 32,
+    starts: list[int] | None = None,
 ) -> AdjointResult:
     """Run λ_{t-1} = g_{t-1} + J_tᵀ λ_t from t = T-1 down to 0, in log space.
 
@@ -69,6 +70,9 @@ def adjoint_scan(
         g_log_scale: ``[T, B]`` float64 natural-log scale of ``g``; None means 0.
         g_log_norm: ``[T, B]`` float64 ``ln ‖g_t‖`` of the true vectors (``-inf`` where zero).
         block: steps between renormalisations of the carried vector.
+        starts: steps t >= 1 where the recursion restarts: λ_{t-1} = g_{t-1}, without J_tᵀ λ_t
+            (step t does not read state t-1 through this recurrence, e.g. the user's code
+            handed a transformed state to the call that ran step t).
 
     Returns:
         :class:`AdjointResult` with λ_t for every t.
@@ -148,9 +152,13 @@ def adjoint_scan(
         log = out_log_norm[t]
         return _Carry(unit, log, torch.where(torch.isneginf(log), torch.zeros_like(log), log))
 
+    restarts = sorted({int(t) for t in starts or () if 0 < int(t) < T}, reverse=True)
     size, carry, hi = block, None, T - 1
     while hi >= 0:
-        lo = max(0, hi - size + 1)
+        while restarts and restarts[0] > hi:
+            restarts.pop(0)
+        floor = restarts[0] if restarts else 0
+        lo = max(floor, hi - size + 1)
         safe, rate, norm = run(lo, hi, carry)
         if safe or lo == hi:
             carry = carry_at(lo, norm)
@@ -159,6 +167,8 @@ def adjoint_scan(
                 step_rate, norm = run(t, t, carry)[1:]
                 rate = max(rate, step_rate)
                 carry = carry_at(t, norm)
+        if lo == floor and restarts:
+            carry = None  # the recurrence does not cross into step lo - 1
         size = block if not rate > 0 else int(min(block, max(1.0, budget / rate)))
         hi = lo - 1
     return AdjointResult(scaled, log_scale, out_log_norm)

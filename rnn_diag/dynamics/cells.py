@@ -276,8 +276,11 @@ class LSTMSteps:
             }
         ig = torch.mul(i, g, out=ws.empty("lstm.ig", (T, B, H), **like))
         c = ws.empty("lstm.c", (T, B, H), **like)
+        per_step = c0.dim() == 3  # the cell state entering each step, given
+        if per_step:
+            torch.addcmul(ig, f, c0, out=c)
         prev = c0
-        for t in range(T):  # elementwise linear recurrence; one fused op per step
+        for t in range(0 if per_step else T):  # a linear recurrence; one fused op per step
             prev = torch.addcmul(ig[t], f[t], prev, out=c[t])
         tanh_c = torch.tanh(c, out=ws.empty("lstm.tanh_c", (T, B, H), **like))
         if saturation:
@@ -289,8 +292,11 @@ class LSTMSteps:
         i.addcmul_(i, i, value=-1).mul_(g)  # g i (1 - i)
         g.copy_(ig)
         f.addcmul_(f, f, value=-1)  # c_prev f (1 - f)
-        f[0].mul_(c0)
-        f[1:].mul_(c[:-1])
+        if per_step:
+            f.mul_(c0)
+        else:
+            f[0].mul_(c0)
+            f[1:].mul_(c[:-1])
         o.addcmul_(o, o, value=-1).mul_(tanh_c)  # tanh(c) o (1 - o)
         self.factors = gates
         self._dpre = torch.empty(B, 4, H, **like)  # per-step scratch, batch-major for the mm
@@ -432,8 +438,11 @@ class ProjectedLSTMSteps:
             }
         ig = torch.mul(i, g, out=ws.empty("lstmp.ig", (T, B, H), **like))
         c = ws.empty("lstmp.c", (T, B, H), **like)
+        per_step = c0.dim() == 3  # the cell state entering each step, given
+        if per_step:
+            torch.addcmul(ig, f, c0, out=c)
         prev = c0
-        for t in range(T):
+        for t in range(0 if per_step else T):
             prev = torch.addcmul(ig[t], f[t], prev, out=c[t])
         tanh_c = torch.tanh(c, out=ws.empty("lstmp.tanh_c", (T, B, H), **like))
         if saturation:
@@ -446,8 +455,11 @@ class ProjectedLSTMSteps:
         i.addcmul_(i, i, value=-1).mul_(g)  # g i (1 - i)
         g.copy_(ig)
         f.addcmul_(f, f, value=-1)  # c_prev f (1 - f)
-        f[0].mul_(c0)
-        f[1:].mul_(c[:-1])
+        if per_step:
+            f.mul_(c0)
+        else:
+            f[0].mul_(c0)
+            f[1:].mul_(c[:-1])
         o.addcmul_(o, o, value=-1).mul_(tanh_c)  # tanh(c) o (1 - o)
         self.factors = gates  # [4, T, B, H], gate-major as in LSTMSteps
         self._dpre = torch.empty(B, 4, H, **like)
@@ -545,7 +557,9 @@ def linearise(
             :class:`ProjectedLSTMSteps`).
         x: ``[T, B, I]`` inputs; h_prev: ``[T, B, H]`` states h_{t-1}; h: ``[T, B, H]`` states h_t
             (``[T, B, P]`` for a projected LSTM).
-        c0: ``[B, H]`` initial cell state (LSTM only).
+        c0: ``[B, H]`` initial cell state (LSTM only), or ``[T, B, H]``: the cell state
+            entering every step, for steps that are separate calls whose state the user's
+            code may change in between (c_t is then ``f_t c0[t] + i_t g_t``, no recurrence).
         workspace: reuse its buffers for the large factors (the returned object is then valid
             until the next call with the same workspace).
         saturation: also measure the fraction of saturated units per gate (``.saturation``,

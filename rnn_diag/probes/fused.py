@@ -153,6 +153,8 @@ class FusedCall:
     versions: tuple[int, ...] = ()
     #: ``(grad_output, grad_h_n[, grad_c_n])`` of the current backward, None until reached.
     grads: tuple | None = None
+    #: The returned final states ``(h_n[, c_n])``, as returned (references).
+    finals: tuple = ()
 
     @property
     def unbatched(self) -> bool:

@@ -356,9 +356,10 @@ class Probe:
                 inp = args[0] if args else kwargs["input"]
                 hx = args[1] if len(args) > 1 else kwargs.get("hx")
                 link, rng = before
-                call = FusedCall(module, self._shadows[name], inp, hx, out, rng,
-                                 seq=next(self._seq), link=link, versions=_versions(inp, hx, out))
                 finals = final if isinstance(final, tuple) else (final,)
+                call = FusedCall(module, self._shadows[name], inp, hx, out, rng,
+                                 seq=next(self._seq), link=link, finals=finals,
+                                 versions=_versions(inp, hx, out, finals))
                 self._add_to_window(name, call)
                 self._handed[name] = Handed.of(finals)
                 torch.autograd.graph.register_multi_grad_hook(
@@ -521,7 +522,7 @@ class Probe:
                 parts.append({(0, 0): result})
         else:
             for call in series:
-                if _versions(call.input, call.hx, call.output) != call.versions:
+                if _versions(call.input, call.hx, call.output, call.finals) != call.versions:
                     raise StaleRecord(
                         "an input, initial state or output was modified in place after the "
                         "call, so its recorded values are lost; use out-of-place operations"

@@ -23,8 +23,9 @@ from torch import Tensor
 from ..dynamics.lognorm import log_norm
 from .cell_chain import rounding_level
 from .fused import Carry, FusedCall, analyse, output_size
-from .links import SAME, VIEW
+from .links import SAME, TRANSFORM, VIEW
 from .result import LayerResult, ScaledSeries
+from .step_calls import analyse_step_calls, eligible
 
 
 def joins(call: FusedCall) -> bool:
@@ -34,29 +35,63 @@ def joins(call: FusedCall) -> bool:
     return call.link in (SAME, VIEW) and not call.module.bidirectional
 
 
-def analyse_fused_calls(calls: list[FusedCall], workspace, saturation, jacobians, samples):
-    """Per call ``{(layer, direction): LayerResult}``, in call order (see the module docstring).
+def analyse_fused_calls(
+    calls: list[FusedCall], workspace, saturation, jacobians, samples
+) -> list[dict[tuple[int, int], LayerResult]]:
+    """Results of consecutive stretches of ``calls`` (see the module docstring), in call order;
+    laid end to end they cover every step of every call.
+
+    Runs of one-step calls with the same batch (a module stepped by the user's loop) are
+    analysed together by :func:`rnn_diag.probes.step_calls.analyse_step_calls`; other calls
+    one by one, joined through :class:`Carry` where the next call received the returned state.
 
     Args:
         calls: the calls of one module in this backward, in call order; each carries ``grads``
             (``(grad_output, grad_h_n, grad_c_n)`` or None when no gradient reached it).
         workspace, saturation, jacobians, samples: as for :func:`rnn_diag.probes.fused.analyse`.
     """
-    out: list[dict | None] = [None] * len(calls)
+    groups = _groups(calls)
+    parts: list[dict | None] = [None] * len(groups)
     carry: dict[int, Carry] | None = None
-    for i in range(len(calls) - 1, -1, -1):
-        call = calls[i]
-        grad_out, grad_h, grad_c = _three(call.grads)
-        if carry is not None:
-            grad_h, grad_c = _direct_parts(call, grad_h, grad_c, carry)
-        joined_before = i > 0 and joins(call)
-        results, initial = analyse(
-            call, grad_out, grad_h, grad_c, workspace, saturation, jacobians, samples,
-            carry=carry, want_initial=joined_before,
-        )
-        out[i] = results
-        carry = initial if joined_before else None
-    return out
+    for g in range(len(groups) - 1, -1, -1):
+        group = groups[g]
+        after = groups[g + 1][0] if g + 1 < len(groups) else None
+        if len(group) > 1 or (eligible(group[0]) and carry is None):
+            results = analyse_step_calls(group, workspace, saturation, jacobians, samples,
+                                         next_link=None if after is None else after.link)
+            carry = None
+        else:
+            call = group[0]
+            grad_out, grad_h, grad_c = _three(call.grads)
+            if carry is not None:
+                grad_h, grad_c = _direct_parts(call, grad_h, grad_c, carry)
+            joined_before = g > 0 and joins(call) and len(groups[g - 1]) == 1
+            results, initial = analyse(
+                call, grad_out, grad_h, grad_c, workspace, saturation, jacobians, samples,
+                carry=carry, want_initial=joined_before,
+            )
+            if after is not None and carry is None and after.link in (SAME, VIEW, TRANSFORM):
+                for result in results.values():  # h_n's gradient went on into later calls
+                    mark_last_immediate_undefined(result)
+            carry = initial if joined_before else None
+        parts[g] = results
+    return parts
+
+
+def _groups(calls: list[FusedCall]) -> list[list[FusedCall]]:
+    """Maximal runs of eligible one-step calls with the same batch; other calls alone."""
+    groups: list[list[FusedCall]] = []
+    for call in calls:
+        if eligible(call) and groups and eligible(groups[-1][-1]) and _batch(call) == _batch(
+                groups[-1][-1]):
+            groups[-1].append(call)
+        else:
+            groups.append([call])
+    return groups
+
+
+def _batch(call: FusedCall) -> int:
+    return call.time_major(call.output)[0].shape[1]
 
 
 def _direct_parts(call: FusedCall, grad_h, grad_c, carry: dict[int, Carry]):

@@ -1,0 +1,312 @@
+"""Modules run several times in one forward: how calls are linked, joined and laid end to end.
+
+Truths: ``retain_grad()`` on every state a call returns (what autograd delivers there, through
+every path), float64 log-space recursions written here for ranges beyond float, and products
+of autograd Jacobians for the Jacobian-product norms.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import pytest
+import torch
+from published_models import ExplicitLSTM
+from torch import nn
+
+import rnn_diag as rd
+from rnn_diag.dynamics.adjoint import adjoint_scan
+from rnn_diag.dynamics.lognorm import LN10, log_norm
+from rnn_diag.probes import links
+from rnn_diag.probes.probe import ProbeWarning
+
+# --------------------------------------------------------------------------- links
+
+
+def _handed(*tensors):
+    return links.Handed.of(tuple(tensors))
+
+
+def test_link_kinds_of_the_ways_code_hands_a_state_on():
+    h = torch.randn(3, 4, requires_grad=True) * 2
+    c = torch.randn(3, 4, requires_grad=True) * 2
+    handed = _handed(h)
+    assert links.classify((h,), handed) == links.SAME
+    assert links.classify((h.unsqueeze(0),), handed) == links.VIEW
+    assert links.classify((h.unsqueeze(0).squeeze(0),), handed) == links.VIEW
+    assert links.classify((h.view(3, 4),), handed) == links.VIEW
+    assert links.classify((h.reshape(1, 3, 4),), handed) == links.VIEW
+    assert links.classify((h[:2],), handed) == links.TRANSFORM  # fewer rows: not the same values
+    assert links.classify((h * 0.5,), handed) == links.TRANSFORM
+    assert links.classify((h.t(),), handed) == links.TRANSFORM  # same memory, other order
+    assert links.classify((h.detach(),), handed) == links.DETACHED
+    assert links.classify((torch.zeros(3, 4),), handed) == links.FRESH
+    assert links.classify(None, handed) == links.FRESH
+    assert links.classify((h,), None) == links.FRESH
+    # pairs: every component must qualify
+    pair = _handed(h, c)
+    assert links.classify((h, c), pair) == links.SAME
+    assert links.classify((h.unsqueeze(0), c), pair) == links.VIEW
+    assert links.classify((h, c * 0), pair) == links.TRANSFORM
+    assert links.classify((h.detach(), c.detach()), pair) == links.DETACHED
+
+
+def test_a_state_changed_in_place_after_the_call_is_not_the_same():
+    h = torch.randn(3, 4, requires_grad=True) * 2
+    handed = _handed(h)
+    h[0] = 0.0  # e.g. h[done] = 0
+    assert links.classify((h,), handed) == links.TRANSFORM
+
+
+def test_reads_tells_whether_h_was_computed_from_c():
+    cell = nn.LSTMCell(2, 3)
+    h, c = cell(torch.randn(4, 2))
+    assert links.reads(h, c)  # CPU LSTMCell: h = o * tanh(c) in the graph
+    both = torch.stack([h, c]) * 1.0
+    h1, c1 = both.unbind(0)
+    assert not links.reads(h1, c1)  # both out of one node, as on CUDA
+
+
+# --------------------------------------------------------------------------- adjoint restarts
+
+
+def test_adjoint_scan_restarts_where_told():
+    """λ_{t-1} = g_{t-1} + 0.5 λ_t, except that step 5 does not read step 4: λ_4 = g_4."""
+
+    class Half:
+        def vjp_into(self, t, v, add, out):
+            torch.mul(v, 0.5, out=out)
+            if add is not None:
+                out.add_(add)
+
+    g = torch.zeros(10, 1, 1, dtype=torch.float64)
+    g[9], g[4] = 1.0, 3.0
+    res = adjoint_scan(Half(), g, None, log_norm(g), starts=[5])
+    got = (res.scaled[..., 0] * res.log_scale.exp())[:, 0]
+    want = torch.tensor([3 * 0.5**k for k in (4, 3, 2, 1, 0)] + [0.5**k for k in (4, 3, 2, 1, 0)],
+                        dtype=torch.float64)
+    torch.testing.assert_close(got, want)
+
+
+# --------------------------------------------------------------------------- fused, per step
+
+
+def _g(x):
+    return torch.zeros_like(x) if x.grad is None else x.grad
+
+
+@pytest.mark.parametrize("hand_over", ["same", "view", "mask", "detach"])
+def test_multilayer_lstm_called_per_step_equals_the_unrolled_truth(hand_over):
+    """A 2-layer nn.LSTM run one step per call, the state handed over four ways; the loss
+    reads the outputs and layer 0's hidden state directly (as attention queries do). The truth
+    is ``ExplicitLSTM`` (float64, the documented equations, every h_t and c_t retained) run in
+    the same loop: total ∂L/∂h_t and ∂L/∂c_t of both layers."""
+    torch.manual_seed(0)
+    T, B = 9, 3
+    lstm = nn.LSTM(2, 4, num_layers=2).double()
+    xs = torch.randn(T, B, 2, dtype=torch.float64)
+    mask = (torch.rand(T, B) > 0.3).double()
+
+    def hand(t, new):
+        h, c = new
+        if hand_over == "view":
+            return (h.view(2, B, 4), c.reshape(2, B, 4))
+        if hand_over == "mask":
+            m = mask[t].view(1, -1, 1)
+            return (m * h, m * c)
+        if hand_over == "detach":
+            return (h.detach(), c.detach()) if t == 4 else (h, c)
+        return (h, c)
+
+    def run(module):
+        state, loss = None, 0
+        for t in range(T):
+            out, new = module(xs[t : t + 1]) if state is None else module(xs[t : t + 1], state)
+            loss = loss + (out.tanh() * (t + 1)).sum() + (new[0][0] ** 2).sum() * 0.1
+            state = hand(t, new)
+        loss.backward()
+
+    explicit = ExplicitLSTM(lstm)
+    run(explicit)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ProbeWarning)
+        with rd.attach(lstm) as probe:
+            run(lstm)
+    for layer in (0, 1):
+        for i, state in enumerate("hc"):
+            want = torch.stack([_g(s[i]) for s in explicit.states[(layer, 0)]])
+            got = probe.hidden_grads(layer=layer, state=state)
+            assert got.shape == (T, B, 4)
+            torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12,
+                                       msg=f"layer {layer} {state}")
+    imm = probe.immediate_grads(layer=1)
+    torch.testing.assert_close(imm[-1], probe.hidden_grads(layer=1)[-1])
+    if hand_over == "mask":
+        assert torch.isnan(imm[:-1]).all()
+    else:
+        assert not torch.isnan(imm).any()
+    if hand_over == "detach":  # nothing flows back across the detach: step 4 gets only g_4
+        assert not torch.isnan(imm[4]).any()
+        torch.testing.assert_close(imm[4], probe.hidden_grads(layer=1)[4])
+
+
+def _log_space_truth(W: torch.Tensor, h: torch.Tensor, g_last: torch.Tensor) -> torch.Tensor:
+    """float64 log10 ‖λ_t‖ of an Elman tanh RNN with the loss on the last state only."""
+    T = h.shape[0]
+    lam = g_last.double()
+    out = torch.empty(T, lam.shape[0], dtype=torch.float64)
+    logs = torch.zeros(lam.shape[0], dtype=torch.float64)
+    n = lam.norm(dim=1)
+    lam, logs = lam / n[:, None], n.log10()
+    out[T - 1] = logs
+    for t in range(T - 1, 0, -1):
+        lam = (lam * (1 - h[t].double() ** 2)) @ W.double()
+        n = lam.norm(dim=1)
+        lam, logs = lam / n[:, None], logs + n.log10()
+        out[t - 1] = logs
+    return out
+
+
+@pytest.mark.parametrize("kind", ["fused", "cell"])
+def test_joined_calls_stay_in_log_space_far_below_float(kind):
+    """T = 1500 steps at spectral radius 0.3: the gradient falls ~700 decades. Calls that
+    hand the returned state on (through unsqueeze/squeeze views) are joined in log space."""
+    torch.manual_seed(1)
+    T, B, H = 1500, 2, 6
+    rnn = nn.RNN(2, H) if kind == "fused" else nn.RNNCell(2, H)
+    W = rnn.weight_hh_l0 if kind == "fused" else rnn.weight_hh
+    with torch.no_grad():
+        W.mul_(0.3 / torch.linalg.eigvals(W).abs().max())
+    xs = torch.randn(T, B, 2)
+    hs = []
+    with rd.attach(rnn) as probe:
+        h = torch.zeros(1, B, H)
+        for t in range(T):
+            if kind == "fused":
+                out, h = rnn(xs[t : t + 1], h.view(1, B, H))
+            else:
+                h = rnn(xs[t], h.squeeze(0)).unsqueeze(0)
+            hs.append(h.detach()[0])
+        h.sum().backward()
+    got = probe.hidden_grad_log10_norms()
+    want = _log_space_truth(W.detach(), torch.stack(hs), torch.ones(B, H))
+    assert got[0].max() < -500  # far below float64's range too
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-6 * 700)
+
+
+def test_jacobian_norms_over_per_step_calls_equal_autograd_products():
+    """``jacobians="exact"`` on a GRU stepped by the user's loop: norms of ∂h_T/∂h_k over
+    the joined calls, equal to products of per-step autograd Jacobians; NaN before a masked
+    link (the user's transform is not a Jacobian the probe knows)."""
+    torch.manual_seed(2)
+    T, H = 8, 3
+    gru = nn.GRU(2, H).double()
+    xs = torch.randn(T, 1, 2, dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ProbeWarning)
+        with rd.attach(gru, jacobians="exact") as probe:
+            h, hs = torch.zeros(1, 1, H, dtype=torch.float64), []
+            for t in range(T):
+                h = h * 0.5 if t == 3 else h  # a transform before step 3: products stop there
+                hs.append(h)
+                _, h = gru(xs[t : t + 1], h)
+            h.sum().backward()
+    got = probe.jacobian_log10_norms()[:, 0]
+    assert torch.isnan(got[:3]).all()
+
+    def step(t, s):
+        return gru(xs[t : t + 1], s.view(1, 1, H))[1].view(H)
+
+    prod = torch.eye(H, dtype=torch.float64)
+    for k in range(T - 1, 2, -1):
+        torch.testing.assert_close(got[k], torch.linalg.matrix_norm(prod, 2).log10(),
+                                   rtol=1e-9, atol=1e-9)
+        prev = hs[k].detach().view(H)
+        prod = prod @ torch.autograd.functional.jacobian(lambda s, k=k: step(k, s), prev)
+
+
+# --------------------------------------------------------------------------- which calls
+
+
+def test_calls_no_gradient_reached_are_zero_and_other_forwards_are_left_out():
+    """The loss reads only the first 3 of 6 steps: the later calls get no gradient at all, yet
+    belong to the series (zeros, log10 -inf); a separate forward whose loss is kept but never
+    backpropagated is not part of it."""
+    torch.manual_seed(3)
+    cell = nn.GRUCell(2, 3)
+    xs = torch.randn(6, 2, 2)
+    with rd.attach(cell) as probe:
+        other = cell(xs[0]).sum()  # another forward, kept alive, never backpropagated
+        h, outs = torch.zeros(2, 3), []
+        for t in range(6):
+            h = cell(xs[t], h)
+            outs.append(h)
+        sum(o.sum() for o in outs[:3]).backward()
+    norms = probe.hidden_grad_log10_norms()
+    assert norms.shape == (6, 2)
+    assert torch.isfinite(norms[:3]).all() and torch.isneginf(norms[3:]).all()
+    assert other.requires_grad
+
+
+def test_in_place_change_of_a_recorded_state_warns_and_records_nothing():
+    torch.manual_seed(4)
+    cell = nn.LSTMCell(2, 3)
+    xs = torch.randn(4, 2, 2)
+    with rd.attach(cell) as probe, pytest.warns(ProbeWarning, match="in place"):
+        h, c = torch.zeros(2, 3), torch.zeros(2, 3)
+        loss = 0
+        for t in range(4):
+            h, c = cell(xs[t], (h, c))
+            loss = loss + h.sum()
+            h[0] = 0.0  # autograd allows it (h is not saved by this graph); values are gone
+        loss.backward()
+    with pytest.raises(RuntimeError, match="no backward pass"):
+        probe.hidden_grads()
+
+
+def test_a_failing_analysis_warns_instead_of_raising_into_backward(monkeypatch):
+    from rnn_diag.probes import series
+
+    def broken(*args, **kwargs):
+        raise IndexError("simulated bug")
+
+    monkeypatch.setattr(series, "analyse_step_calls", broken)
+    gru = nn.GRU(2, 3)
+    with rd.attach(gru), pytest.warns(ProbeWarning, match="simulated bug"):
+        h = None
+        for _ in range(3):
+            out, h = gru(torch.randn(1, 2, 2), h)
+        out.sum().backward()  # must not raise
+
+
+def test_separate_sequences_in_one_backward_warn_and_are_concatenated():
+    """A shared encoder run on two sequences (question and answer): one series of 5 + 4
+    steps in call order, with a warning naming the module."""
+    torch.manual_seed(5)
+    enc = nn.GRU(2, 3)
+    a, b = torch.randn(5, 2, 2), torch.randn(4, 2, 2)
+    with rd.attach(nn.ModuleDict({"enc": enc})) as probe, pytest.warns(ProbeWarning,
+                                                                      match="'enc'"):
+        oa, _ = enc(a)
+        ob, _ = enc(b)
+        (oa[-1] * ob[-1]).sum().backward()
+    assert probe.hidden_grads("enc").shape == (9, 2, 3)
+
+
+def test_frame_and_summary_of_a_per_step_loop():
+    """The frame has one row per step of the series, and a loop's profile is summarised like
+    a fused module's."""
+    torch.manual_seed(6)
+    gru = nn.GRU(2, 4)
+    with rd.attach(gru) as probe:
+        h = None
+        for _ in range(20):
+            out, h = gru(torch.randn(1, 3, 2), h)
+        out.sum().backward()
+    df = probe.frame()
+    assert sorted(df.t.unique()) == list(range(20))
+    s = rd.gradient_summary(probe.hidden_grad_log10_norms().mean(1))
+    assert s["verdict"] in ("vanishing", "stable", "exploding")
+    assert s["anchor"] == 19 and not math.isnan(s["decay_per_step"])
+    assert LN10 > 0

@@ -4,6 +4,7 @@ Public API (imported lazily, so ``rnn-diag --help`` does not pay for importing t
 
     attach(model, modules=None, every=1, *, saturation=False, jacobians=None) -> Probe
     Probe
+    ProbeWarning                                  what the probe could not record exactly, and why
     spectrum(W) -> Spectrum                       eigen/singular values of one matrix
     recurrent_spectra(model) -> DataFrame         every recurrent weight block of a model
     lyapunov_spectrum(step, h0, inputs=None, ...) -> Tensor [k], nats per step
@@ -20,6 +21,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "attach": ".probes",
     "Probe": ".probes",
+    "ProbeWarning": ".probes",
     "spectrum": ".dynamics.spectrum",
     "Spectrum": ".dynamics.spectrum",
     "gradient_summary": ".dynamics.summary",
@@ -29,6 +31,7 @@ _EXPORTS = {
 
 __all__ = [
     "Probe",
+    "ProbeWarning",
     "Spectrum",
     "__version__",
     "attach",
@@ -41,7 +44,7 @@ __all__ = [
 if TYPE_CHECKING:
     from .dynamics.spectrum import Spectrum, spectrum
     from .dynamics.summary import gradient_summary
-    from .probes import Probe, attach
+    from .probes import Probe, ProbeWarning, attach
     from .probes.model_dynamics import lyapunov_spectrum, recurrent_spectra
 
 

@@ -34,7 +34,8 @@ Definitions (t = 0..T-1 in input order, y_t = log10‖λ_t‖, λ_t = ∂L/∂h_
       profile from a module called once per step) or NaN. No verdict is guessed from it.
 
 Non-finite values: NaN is ignored everywhere (except ratio_log10); −inf (an exactly zero
-gradient) is excluded from the fit and never within the horizon; +inf (overflow) is excluded from the fit and the peak and forces "exploding".
+gradient) is excluded from the fit and never within the horizon; +inf (overflow) is excluded
+from the fit and the peak and forces "exploding".
 """
 
 from __future__ import annotations
@@ -129,8 +130,8 @@ def gradient_summary(
     Returns:
         For ``[T]``: a dict with ``decay_per_step`` (float, decades per step), ``horizon`` (int,
         steps), ``ratio_log10`` (float, decades), ``verdict`` ("vanishing", "stable",
-        "exploding" or "undetermined") and ``anchor`` (int step). For ``[T, B]``: a pandas DataFrame with
-        one row per sample, columns ``sample`` and the same keys.
+        "exploding" or "undetermined") and ``anchor`` (int step). For ``[T, B]``: a pandas
+        DataFrame with one row per sample, columns ``sample`` and the same keys.
 
     Example:
         >>> import numpy as np

@@ -1,5 +1,5 @@
 """Attaching to models and recording per-timestep gradients."""
 
-from .probe import Probe, attach
+from .probe import Probe, ProbeWarning, attach
 
-__all__ = ["Probe", "attach"]
+__all__ = ["Probe", "ProbeWarning", "attach"]

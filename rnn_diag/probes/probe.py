@@ -88,6 +88,20 @@ class Probe:
     pass are readable through :meth:`hidden_grads`, :meth:`immediate_grads` and
     :meth:`hidden_grad_log10_norms`; per-timestep batch aggregates of every recorded pass are
     kept in :meth:`frame`. The probe never changes what the model computes.
+
+    **Modules run several times in one forward** (a fused module or a cell stepped by the
+    user's loop, a module run on chunks) give one time series in call order; a call on L steps
+    contributes L steps. The total at each step is what autograd delivered to the state that
+    call returned, through every path, whatever the user's code did to the state in between.
+    Where the next call received that state itself or a view of it (reshape, (un)squeeze), the
+    recursion continues in log space across the calls (norms stay finite far below the dtype's
+    range); across any other hand-over (a mask, a slice, ``detach()``) the values are
+    autograd's, in the model's dtype, and a norm that underflowed there is -inf. Batches that
+    shrink or grow between calls are padded: row i stays row i (as ``h[:b]`` keeps it), rows a
+    call did not have are 0 (log10 -inf) and left out of :meth:`frame`'s aggregates.
+
+    The probe never raises inside the user's forward or backward: what it cannot record
+    exactly it leaves out with a :class:`ProbeWarning` naming the module and the reason.
     """
 
     def __init__(
@@ -186,7 +200,9 @@ class Probe:
         Returns:
             ``[T, B, H]`` in the model's dtype, time-major, in input time order for both
             directions; zero past each sample's length for PackedSequence inputs. Values below
-            the dtype's range are 0 here; :meth:`hidden_grad_log10_norms` keeps them.
+            the dtype's range are 0 here; :meth:`hidden_grad_log10_norms` keeps them. For a
+            module run several times in one forward, T counts the steps of all its calls, in
+            call order, and B is the largest batch among them (see the class docstring).
         """
         return self._result(module, layer, direction).values("total", state)
 
@@ -196,7 +212,12 @@ class Probe:
         """The direct part g_t of the gradient: what reaches h_t from outside the recurrence
         (for the top layer: the gradient on the module's output at t, plus the gradient on h_n
         at each sample's last step; for lower layers: what the layer above's input projection
-        sends back). Same shape and conventions as :meth:`hidden_grads`."""
+        sends back). Same shape and conventions as :meth:`hidden_grads`.
+
+        For a module run several times in one forward, g_t at a call's last step is what
+        reached its final state from outside the next call's recurrence. Where the user's code
+        transformed the state before handing it on (a mask, a slice), that split is not
+        defined: those steps are NaN (never a guess)."""
         return self._result(module, layer, direction).values("immediate", state)
 
     def hidden_grad_log10_norms(
@@ -235,7 +256,10 @@ class Probe:
         Returns:
             float64 ``[T, N]`` in input time order (N = B, or ``jacobian_samples`` when the
             batch is larger), in decades: 0 at k = target, NaN for the steps the direction
-            processes after the target and past each sample's length.
+            processes after the target and past each sample's length. For a module run several
+            times in one forward the products run over the last stretch of calls joined by the
+            returned state (or a view of it) and are NaN before it: they do not cross the
+            user's code.
         """
         result = self._result(module, layer, direction)
         if result.jacobian is None:
@@ -252,6 +276,11 @@ class Probe:
         processing_target = target if direction == 0 else T - 1 - target
         n = result.jacobian.shape[1]
         valid = None if result.valid is None else result.valid[:, :n]
+        if result.relinearise is None:
+            raise ValueError(
+                f"target={target} needs one call's trajectory; module {self._resolve(module)!r} "
+                "ran several calls in the recorded forward: use target=-1"
+            )
         with torch.no_grad(), flush_denormals():
             steps = result.relinearise()
             norms = product_log10_norms(

@@ -95,11 +95,21 @@ def add_scaled(a: Tensor, log_a: Tensor, b: Tensor, log_b: Tensor) -> tuple[Tens
         log_a, log_b: ``[...]`` float64 natural-log scales.
 
     Returns:
-        ``(c, log_c)`` with ``c * exp(log_c)`` equal to the sum; ``log_c`` is the larger scale,
-        so neither term is multiplied by more than 1 and nothing overflows.
+        ``(c, log_c)`` with ``c * exp(log_c)`` equal to the sum; ``log_c`` is the log norm of the
+        larger term, so neither term is multiplied by more than 1 and nothing overflows. (The
+        larger *scale* would not do: a zero vector at scale 0 would wipe out a tiny one.)
+
+    Example:
+        >>> a, b = torch.zeros(1, 2), torch.ones(1, 2)
+        >>> c, log_c = add_scaled(a, torch.zeros(1, dtype=torch.float64), b,
+        ...                       torch.full((1,), -800.0, dtype=torch.float64))
+        >>> round(float(log_norm(c) + log_c), 3)   # ln(sqrt(2) e^-800)
+        -799.653
     """
-    ref = torch.maximum(log_a, log_b)
-    ref = torch.where(torch.isneginf(ref), torch.zeros_like(ref), ref)
-    wa = (log_a - ref).exp().to(a.dtype).unsqueeze(-1)
-    wb = (log_b - ref).exp().to(b.dtype).unsqueeze(-1)
+    size_a, size_b = log_norm(a) + log_a, log_norm(b) + log_b
+    ref = torch.maximum(size_a, size_b)
+    ref = torch.where(torch.isfinite(ref), ref, torch.zeros_like(ref))
+    # A zero vector gets weight 0 (its scale may be far above ref: 0 * inf would be NaN).
+    wa = torch.where(torch.isneginf(size_a), 0.0, (log_a - ref).exp()).to(a.dtype).unsqueeze(-1)
+    wb = torch.where(torch.isneginf(size_b), 0.0, (log_b - ref).exp()).to(b.dtype).unsqueeze(-1)
     return a * wa + b * wb, ref

@@ -396,7 +396,7 @@ def analyse(
                                             else g_h.new_zeros(B, H), grad_c_n[idx]], -1)
                         g_state, g_scale = _add_at_last_step(g_state, g_scale, c_only, last)
             if idx in carry:
-                g_state, g_scale = _add_scaled_at_last_step(g_state, g_scale, carry[idx], last)
+                g_state, g_scale = add_scaled_at_last_step(g_state, g_scale, carry[idx], last)
                 g_state_ln = log_norm(g_state) + _or(g_scale, zero_scale)
 
             x = _gather_time(inputs[layer], order)
@@ -450,7 +450,7 @@ def _relinearise(w: CellWeights, x: Tensor, h_prev: Tensor, h: Tensor, c0: Tenso
     return lambda: linearise(snapshot, x, h_prev, h, c0)
 
 
-def _add_scaled_at_last_step(
+def add_scaled_at_last_step(
     g: Tensor, g_scale: Tensor | None, extra: Carry, last: Tensor
 ) -> tuple[Tensor, Tensor]:
     """Add the scaled ``[B, S]`` gradient ``extra`` at step ``last[b]`` of ``g`` (``[T, B, S]``,

@@ -27,7 +27,7 @@ from .history import History
 from .jacobians import check_method, product_log10_norms
 from .links import FRESH, SAME, TRANSFORM, VIEW, Handed, classify
 from .result import LayerResult
-from .series import analyse_fused_calls, concat, joins, mark_last_immediate_undefined
+from .series import analyse_fused_calls, concat, mark_last_immediate_undefined
 
 
 class ProbeWarning(UserWarning):
@@ -546,8 +546,10 @@ class Probe:
                        "end to end in call order in one series")
         if isinstance(series[0], CellChain):
             parts = []
-            for chain in series:
+            for i, chain in enumerate(series):
                 result = chain.analyse(self._saturation, self._jacobians, self._jacobian_samples)
+                if i + 1 < len(series) and series[i + 1].link == TRANSFORM:
+                    mark_last_immediate_undefined(result)  # its gradient went on, transformed
                 parts.append({(0, 0): result})
         else:
             for call in series:
@@ -558,14 +560,6 @@ class Probe:
                     )
             parts = analyse_fused_calls(series, self._workspace, self._saturation,
                                         self._jacobians, self._jacobian_samples)
-        for i, part in enumerate(parts[:-1]):
-            nxt = series[i + 1]
-            undefined = nxt.link == TRANSFORM or (
-                nxt.link in (SAME, VIEW) and not isinstance(nxt, CellChain) and not joins(nxt)
-            )
-            if undefined:
-                for result in part.values():
-                    mark_last_immediate_undefined(result)
         if len(parts) == 1:
             return parts[0]
         return {key: concat([part[key] for part in parts]) for key in parts[0]}

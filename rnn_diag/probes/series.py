@@ -1,13 +1,19 @@
 """One time series from several calls of the same module in one backward.
 
 Models that step their RNN themselves call a fused module once per step (attention decoders,
-recurrent RL policies) or hand a cell's state through their own code between steps. Each call's
-steps are analysed from what autograd delivered to that call's outputs — exact in the model's
-dtype whatever the user's code did to the state — and the calls are then laid end to end in call
-order. Where the next call received the returned state itself or a view of it, the calls are
-*joined*: the gradient the later call sends back into its initial state is carried in log space
-into the earlier call's final state, so the norms stay finite far below the dtype's range, as
-for a single fused call.
+recurrent RL policies), run it on chunks, or hand a cell's state through their own code between
+steps. Each call's steps are analysed from what autograd delivered to that call's outputs —
+exact in the model's dtype whatever the user's code did to the state — and the calls are laid
+end to end in call order. Where the next call received the returned state itself or a view of
+it, the calls are *joined*: the recursion continues across them in log space, so the norms stay
+finite far below the dtype's range, as inside a single fused call.
+
+Fused calls come in two kinds of stretches. Runs of one-step calls (a module stepped by the
+user's loop) expose every layer's states and are analysed in one stacked pass
+(:mod:`rnn_diag.probes.step_calls`). Other calls are analysed one by one with
+:func:`rnn_diag.probes.fused.analyse`; a joined call hands the gradient it sends back into its
+initial state (a :class:`~rnn_diag.probes.fused.Carry`) to the previous call's final state.
+Cell calls are joined into chains while they run (:mod:`rnn_diag.probes.cell_chain`).
 
 Batches that shrink or grow between calls are padded as packed sequences are: row i stays row i,
 and rows a call did not have hold 0 (log10 norm -inf) and are not ``valid``.
@@ -56,16 +62,18 @@ def analyse_fused_calls(
     for g in range(len(groups) - 1, -1, -1):
         group = groups[g]
         after = groups[g + 1][0] if g + 1 < len(groups) else None
-        if len(group) > 1 or (eligible(group[0]) and carry is None):
-            results = analyse_step_calls(group, workspace, saturation, jacobians, samples,
-                                         next_link=None if after is None else after.link)
-            carry = None
+        joined_before = g > 0 and joins(group[0])
+        if len(group) > 1 or eligible(group[0]):
+            results, initial = analyse_step_calls(
+                group, workspace, saturation, jacobians, samples,
+                next_link=None if after is None else after.link, carry=carry,
+                want_initial=joined_before,
+            )
         else:
             call = group[0]
             grad_out, grad_h, grad_c = _three(call.grads)
             if carry is not None:
                 grad_h, grad_c = _direct_parts(call, grad_h, grad_c, carry)
-            joined_before = g > 0 and joins(call) and len(groups[g - 1]) == 1
             results, initial = analyse(
                 call, grad_out, grad_h, grad_c, workspace, saturation, jacobians, samples,
                 carry=carry, want_initial=joined_before,
@@ -73,7 +81,7 @@ def analyse_fused_calls(
             if after is not None and carry is None and after.link in (SAME, VIEW, TRANSFORM):
                 for result in results.values():  # h_n's gradient went on into later calls
                     mark_last_immediate_undefined(result)
-            carry = initial if joined_before else None
+        carry = initial if joined_before else None
         parts[g] = results
     return parts
 

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from ..dynamics.adjoint import adjoint_scan
 from ..dynamics.lognorm import add_scaled, log_norm
 from .cell_chain import rounding_level
-from .fused import FusedCall, layer_weights, output_size
+from .fused import Carry, FusedCall, add_scaled_at_last_step, layer_weights, output_size
 from .jacobians import product_log10_norms
 from .links import SAME, TRANSFORM, VIEW
 from .result import LayerResult, ScaledSeries
@@ -51,7 +51,9 @@ def analyse_step_calls(
     jacobians: str | None = None,
     jacobian_samples: int | None = None,
     next_link: str | None = None,
-) -> dict[tuple[int, int], LayerResult]:
+    carry: dict[int, Carry] | None = None,
+    want_initial: bool = False,
+) -> tuple[dict[tuple[int, int], LayerResult], dict[int, Carry]]:
     """``{(layer, 0): LayerResult}`` over T = len(calls) steps, one per call, in call order.
 
     Args:
@@ -62,7 +64,14 @@ def analyse_step_calls(
             :func:`rnn_diag.probes.fused.analyse`; the Jacobian-product norms cover the last
             joined stretch of calls (NaN before it: products do not cross the user's code).
         next_link: the link of the call after the last one, when that call is analysed
-            separately: the last immediate gradient is then NaN unless it is detached/fresh.
+            separately (None: there is none).
+        carry, want_initial: as for :func:`rnn_diag.probes.fused.analyse`: the gradient the
+            next call sends into the last call's final state, in log space (then the last
+            step's direct part is recovered too), and whether to return the gradient the first
+            call sends into its initial state.
+
+    Returns:
+        ``({(layer, 0): LayerResult}, {layer: Carry})``, the second empty unless want_initial.
     """
     m = calls[0].module
     L, H, Hc = m.num_layers, output_size(m), m.hidden_size
@@ -83,10 +92,13 @@ def analyse_step_calls(
     G_c = torch.stack([_grad_final(c, 2, L, B, Hc, dtype, device) for c in calls]) if lstm else None
     after = [calls[t + 1].link if t + 1 < T else None for t in range(T)]
     undefined = [link == TRANSFORM for link in after]
-    undefined[-1] = next_link in (SAME, VIEW, TRANSFORM)
+    undefined[-1] = next_link == TRANSFORM or (next_link in (SAME, VIEW) and carry is None)
     undefined = torch.tensor(undefined, device=device)
-    recovered = torch.tensor([bool(t + 1 < T and joined[t + 1]) for t in range(T)],
-                             device=device)
+    recovered = torch.tensor([bool(t + 1 < T and joined[t + 1]) for t in range(T)]
+                             + [False], device=device)[:T]
+    recovered[-1] = carry is not None
+    last = torch.full((B,), T - 1, device=device)
+    initial: dict[int, Carry] = {}
 
     results = {}
     above, above_scale = g_out, None  # the gradient reaching the layer's outputs
@@ -103,7 +115,10 @@ def analyse_step_calls(
         lam = torch.cat([above_plain, *pad], -1) + G.double()  # λ as autograd holds it
         recurrent = torch.zeros_like(lam)
         recurrent[:-1] = steps.vjp_all(lam.to(dtype))[1:].double()
-        recurrent[:-1] *= recovered[:-1].view(-1, 1, 1)
+        if carry is not None:
+            rho = carry[layer]
+            recurrent[-1] = rho.values.double() * rho.log_scale.exp().unsqueeze(-1)
+        recurrent *= recovered.view(-1, 1, 1)
         direct = G.double() - recurrent
         level = rounding_level(dtype, G.shape[-1], torch.linalg.vector_norm(G.double(), dim=-1),
                                torch.linalg.vector_norm(recurrent, dim=-1))
@@ -114,9 +129,15 @@ def analyse_step_calls(
         g_h, g_scale = _add_plain(above, above_scale, direct[..., :H])
         g_state = g_h if not lstm else torch.cat([g_h, _scaled_like(direct[..., H:], g_scale)],
                                                  -1)
+        if carry is not None:
+            g_state, g_scale = add_scaled_at_last_step(g_state, g_scale, carry[layer], last)
         zero_scale = torch.zeros(T, B, dtype=torch.float64, device=device)
         scale = zero_scale if g_scale is None else g_scale
         adj = adjoint_scan(steps, g_state, g_scale, log_norm(g_state) + scale, starts=starts)
+        if want_initial:
+            into = torch.empty_like(adj.scaled[0])
+            steps.vjp_into(0, adj.scaled[0], None, into)
+            initial[layer] = Carry(into, adj.log_scale[0].clone())
 
         # Reported immediate: the direct part after a joined link, G after a detached or fresh
         # one (all of it is direct), NaN after a transformed one.
@@ -139,7 +160,7 @@ def analyse_step_calls(
         results[(layer, 0)] = result
         if layer > 0:
             above, above_scale = steps.input_grads(adj.scaled), adj.log_scale
-    return results
+    return results, initial
 
 
 def _linearise(w, x, h_prev, h, c_prev, workspace, saturation):

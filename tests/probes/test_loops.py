@@ -168,30 +168,35 @@ def _log_space_truth(W: torch.Tensor, h: torch.Tensor, g_last: torch.Tensor) -> 
     return out
 
 
-@pytest.mark.parametrize("kind", ["fused", "cell"])
+@pytest.mark.parametrize("kind", ["fused", "cell", "chunks"])
 def test_joined_calls_stay_in_log_space_far_below_float(kind):
     """T = 1500 steps at spectral radius 0.3: the gradient falls ~700 decades. Calls that
-    hand the returned state on (through unsqueeze/squeeze views) are joined in log space."""
+    hand the returned state on (through unsqueeze/squeeze views) are joined in log space:
+    one step per call, or ("chunks") a 500-step call, 500 one-step calls, a 500-step call."""
     torch.manual_seed(1)
     T, B, H = 1500, 2, 6
-    rnn = nn.RNN(2, H) if kind == "fused" else nn.RNNCell(2, H)
-    W = rnn.weight_hh_l0 if kind == "fused" else rnn.weight_hh
+    rnn = nn.RNNCell(2, H) if kind == "cell" else nn.RNN(2, H)
+    W = rnn.weight_hh if kind == "cell" else rnn.weight_hh_l0
     with torch.no_grad():
         W.mul_(0.3 / torch.linalg.eigvals(W).abs().max())
     xs = torch.randn(T, B, 2)
     hs = []
     with rd.attach(rnn) as probe:
-        h = torch.zeros(1, B, H)
-        for t in range(T):
-            if kind == "fused":
-                out, h = rnn(xs[t : t + 1], h.view(1, B, H))
-            else:
+        h, t = torch.zeros(1, B, H), 0
+        while t < T:
+            if kind == "cell":
                 h = rnn(xs[t], h.squeeze(0)).unsqueeze(0)
-            hs.append(h.detach()[0])
+                hs.append(h.detach()[0])
+                t += 1
+                continue
+            n = 500 if kind == "chunks" and (t < 500 or t >= 1000) else 1
+            out, h = rnn(xs[t : t + n], h.view(1, B, H))
+            hs.extend(out.detach().unbind(0))
+            t += n
         h.sum().backward()
     got = probe.hidden_grad_log10_norms()
     want = _log_space_truth(W.detach(), torch.stack(hs), torch.ones(B, H))
-    assert got[0].max() < -500  # far below float64's range too
+    assert torch.isfinite(got).all() and got[0].max() < -500  # far below float64 range
     torch.testing.assert_close(got, want, rtol=0, atol=1e-6 * 700)
 
 
@@ -310,3 +315,40 @@ def test_frame_and_summary_of_a_per_step_loop():
     assert s["verdict"] in ("vanishing", "stable", "exploding")
     assert s["anchor"] == 19 and not math.isnan(s["decay_per_step"])
     assert LN10 > 0
+
+
+def test_chunks_and_single_steps_mixed_in_one_forward():
+    """An LSTM run on a chunk of 4 steps, then one step at a time (3 calls), then a masked
+    hand-over, then a chunk of 3: 11 steps whose totals equal the unrolled float64 truth; the
+    immediate gradient is NaN exactly where a call's final state went on into a later call
+    whose recursion is not joined to it (never a guess)."""
+    torch.manual_seed(7)
+    B = 2
+    lstm = nn.LSTM(2, 3, num_layers=2).double()
+    xs = torch.randn(11, B, 2, dtype=torch.float64)
+    plan = [(0, 4, None), (4, 5, None), (5, 6, None), (6, 7, None), (7, 8, 0.5), (8, 11, None)]
+
+    def run(module):
+        state, loss = None, 0
+        for lo, hi, scale in plan:
+            if scale is not None:
+                state = (state[0] * scale, state[1] * scale)
+            out, state = module(xs[lo:hi]) if state is None else module(xs[lo:hi], state)
+            loss = loss + (out.sin() * torch.arange(1, hi - lo + 1).view(-1, 1, 1)).sum()
+        (loss + (state[0] ** 2).sum()).backward()
+
+    explicit = ExplicitLSTM(lstm)
+    run(explicit)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ProbeWarning)
+        with rd.attach(lstm) as probe:
+            run(lstm)
+    for layer in (0, 1):
+        for i, state in enumerate("hc"):
+            want = torch.stack([_g(s[i]) for s in explicit.states[(layer, 0)]])
+            torch.testing.assert_close(probe.hidden_grads(layer=layer, state=state), want,
+                                       rtol=1e-9, atol=1e-12, msg=f"layer {layer} {state}")
+    nan_steps = torch.isnan(probe.immediate_grads(layer=1)).any(-1).any(-1)
+    # only step 6, before the masked hand-over: the chunks and the one-step calls are joined
+    # to each other through the state they return
+    assert nan_steps.nonzero().flatten().tolist() == [6]

@@ -153,10 +153,26 @@ def adjoint_scan(
         return _Carry(unit, log, torch.where(torch.isneginf(log), torch.zeros_like(log), log))
 
     restarts = sorted({int(t) for t in starts or () if 0 < int(t) < T}, reverse=True)
+    # One-step stretches (a restart at t and at t + 1) hold λ_t = g_t: filled in one pass, as a
+    # loop stepped by user code that transforms the state every step has nothing but those.
+    firsts = {0, *restarts}
+    alone = [t for t in sorted(firsts) if t + 1 in firsts or t == T - 1]
+    if alone:
+        idx = torch.tensor(alone, device=g.device)
+        ref = g_log_norm[idx]
+        ref = torch.where(torch.isneginf(ref), torch.zeros_like(ref), ref)
+        shift = -ref if g_log_scale is None else g_log_scale[idx] - ref
+        scaled[idx] = g[idx] * shift.exp().clamp(max=max_coef).to(dtype).unsqueeze(-1)
+        log_scale[idx] = ref
+        out_log_norm[idx] = g_log_norm[idx]
+    alone = set(alone)
     size, carry, hi = block, None, T - 1
     while hi >= 0:
         while restarts and restarts[0] > hi:
             restarts.pop(0)
+        if hi in alone:
+            carry, hi = None, hi - 1
+            continue
         floor = restarts[0] if restarts else 0
         lo = max(floor, hi - size + 1)
         safe, rate, norm = run(lo, hi, carry)

@@ -87,6 +87,11 @@ def test_adjoint_scan_restarts_where_told():
     want = torch.tensor([3 * 0.5**k for k in (4, 3, 2, 1, 0)] + [0.5**k for k in (4, 3, 2, 1, 0)],
                         dtype=torch.float64)
     torch.testing.assert_close(got, want)
+    # a restart at every step: nothing is carried, λ = g (also for tiny g, in log space)
+    g[2] = 1e-300
+    res = adjoint_scan(Half(), g, None, log_norm(g), starts=range(1, 10))
+    torch.testing.assert_close(res.scaled * res.log_scale.exp().unsqueeze(-1), g)
+    torch.testing.assert_close(res.log_norm, log_norm(g))
 
 
 # --------------------------------------------------------------------------- fused, per step

@@ -106,7 +106,7 @@ class CellChain:
     def __init__(self, module: nn.Module, initial, seq: int, link: str):
         self.module = module
         self.kind = cell_kind(module)
-        self.initial = None if initial is None else components(initial)
+        self.initial = None if initial is None else tuple(t.detach() for t in components(initial))
         self.inputs: list[Tensor] = []
         self.outputs: list[tuple[Tensor, ...]] = []
         self.handed: Handed | None = None
@@ -116,6 +116,7 @@ class CellChain:
         self.link = link
         self.grads_seen = False
         self.c_seen_through_h: list[bool] = []
+        self.raw: tuple[Tensor, ...] = ()
         self._versions: list[tuple[int, ...]] = []
 
     @property
@@ -124,12 +125,19 @@ class CellChain:
 
     def record(self, x: Tensor, parts: tuple[Tensor, ...]) -> None:
         """Remember one call's input and raw outputs (and their versions, to detect in-place
-        changes before the analysis)."""
-        self.inputs.append(x)
-        self.outputs.append(parts)
+        changes before the analysis).
+
+        Only detached views are kept (values and version counters, no graph): the hooks that
+        hold this chain live in the user's graph, and a chain holding graph tensors would make
+        a reference cycle through autograd's C++ nodes that Python's collector cannot free.
+        In aliased mode the latest raw outputs are kept in ``raw`` for the next call."""
+        self.inputs.append(x.detach())
+        self.outputs.append(tuple(p.detach() for p in parts))
         self._versions.append(tuple(t._version for t in (x, *parts)))
         if self.kind == "lstm":
             self.c_seen_through_h.append(reads(parts[0], parts[1]))
+        if self.aliased:
+            self.raw = parts
 
     def check_unchanged(self) -> None:
         """Raise :class:`StaleRecord` if a recorded input or state was modified in place."""
@@ -141,11 +149,6 @@ class CellChain:
                     "(e.g. h[done] = 0 on the returned state), so its recorded values are lost; "
                     "use an out-of-place operation such as h = h * mask"
                 )
-
-    def raw_last(self):
-        """The latest raw outputs, in the structure the cell expects."""
-        parts = self.outputs[-1]
-        return parts if self.tuple_state else parts[0]
 
     def analyse(
         self,

@@ -29,6 +29,10 @@ from .links import FRESH, SAME, TRANSFORM, VIEW, Handed, classify
 from .result import LayerResult
 from .series import analyse_fused_calls, concat, mark_last_immediate_undefined
 
+#: Calls of one sequence held for a backward that has not come yet (their detached values
+#: only); beyond this the oldest half is let go.
+MAX_HELD_CALLS = 100_000
+
 
 class ProbeWarning(UserWarning):
     """The probe could not record something exactly, or records it with a caveat; the message
@@ -144,6 +148,7 @@ class Probe:
         # (to classify how the next call's state relates to it), and a fused call's pre-hook
         # findings until its forward hook runs.
         self._window: dict[str, list[weakref.ref]] = {}
+        self._held: dict[str, list] = {}
         self._reached: dict[str, dict[int, FusedCall | CellChain]] = {}
         self._handed: dict[str, Handed | None] = {}
         self._before_call: dict[str, tuple[str, object]] = {}
@@ -176,6 +181,7 @@ class Probe:
         self._shadows.clear()
         self._chains.clear()
         self._window.clear()
+        self._held.clear()
         self._reached.clear()
         self._handed.clear()
         self._before_call.clear()
@@ -386,8 +392,12 @@ class Probe:
                 hx = args[1] if len(args) > 1 else kwargs.get("hx")
                 link, rng = before
                 finals = final if isinstance(final, tuple) else (final,)
-                call = FusedCall(module, self._shadows[name], inp, hx, out, rng,
-                                 seq=next(self._seq), link=link, finals=finals,
+                # Detached views only (values and version counters): the call is held by hooks
+                # in the user's graph, and graph tensors here would make a reference cycle
+                # through autograd's C++ nodes that Python's collector cannot free.
+                call = FusedCall(module, self._shadows[name], _detached(inp), _detached(hx),
+                                 _detached(out), rng, seq=next(self._seq), link=link,
+                                 finals=_detached(finals),
                                  versions=_versions(inp, hx, out, finals))
                 self._add_to_window(name, call)
                 self._handed[name] = Handed.of(finals)
@@ -446,7 +456,7 @@ class Probe:
         chain = self._chains.get(name)
         if chain is not None and link in (SAME, VIEW) and len(chain.inputs) == len(chain.outputs):
             if chain.aliased:  # the recurrence reads the raw output, the user the alias
-                raw = chain.outputs[-1]
+                raw = chain.raw
                 if link == VIEW:
                     raw = tuple(r.view(p.shape) for r, p in zip(raw, parts, strict=True))
                 state = raw if chain.tuple_state else raw[0]
@@ -487,10 +497,20 @@ class Probe:
         return hook
 
     def _add_to_window(self, name: str, entry) -> None:
+        """Remember a call until the end of the next backward. The calls of the current
+        sequence are held strongly, so that steps no gradient reaches (before a ``detach()``)
+        are still in the series; earlier sequences only weakly, so a forward that is never
+        backpropagated (validation with grad on) is freed with its graph."""
         window = self._window.setdefault(name, [])
-        if len(window) >= 64 and len(window) % 64 == 0:  # forwards without backward: prune
+        if len(window) >= 64 and len(window) % 64 == 0:
             window[:] = [ref for ref in window if ref() is not None]
         window.append(weakref.ref(entry))
+        held = self._held.setdefault(name, [])
+        if entry.link == FRESH:
+            held.clear()
+        elif len(held) >= MAX_HELD_CALLS:  # a never-ending sequence without backward
+            del held[: MAX_HELD_CALLS // 2]
+        held.append(entry)
 
     def _warn(self, name: str, reason: str, message: str) -> None:
         if (name, reason) in self._warned:
@@ -516,6 +536,7 @@ class Probe:
         self._in_backward = False
         reached, self._reached = self._reached, {}
         windows, self._window = self._window, {}
+        held, self._held = self._held, {}  # keeps this sequence's calls alive until analysed
         for name, entries in reached.items():
             window = [e for e in (ref() for ref in windows.get(name, [])) if e is not None]
             series = _series_entries(window, entries)
@@ -536,6 +557,7 @@ class Probe:
                     else:
                         entry.grads = None
             self._store(iteration, name, results)
+        del held
 
     def _analyse_series(self, name: str, series: list) -> dict[tuple[int, int], LayerResult]:
         """One time series, in call order, from the calls of one module in this backward."""
@@ -595,6 +617,18 @@ def _series_entries(window: list, reached: dict) -> list:
     if run_reached:
         keep.extend(run)
     return keep
+
+
+def _detached(x):
+    """``x`` (a tensor, a PackedSequence, a tuple of tensors or None) without its graph."""
+    if x is None:
+        return None
+    if isinstance(x, PackedSequence):
+        return PackedSequence(x.data.detach(), x.batch_sizes, x.sorted_indices,
+                              x.unsorted_indices)
+    if isinstance(x, (tuple, list)):
+        return tuple(_detached(t) for t in x)
+    return x.detach()
 
 
 def _versions(*tensors) -> tuple[int, ...]:

@@ -357,3 +357,38 @@ def test_chunks_and_single_steps_mixed_in_one_forward():
     # only step 6, before the masked hand-over: the chunks and the one-step calls are joined
     # to each other through the state they return
     assert nan_steps.nonzero().flatten().tolist() == [6]
+
+
+def test_recorded_calls_are_freed_with_their_graph():
+    """A probe kept attached over many training steps holds nothing of old steps: the calls
+    it recorded die with the user's graph (a hook-held record that kept graph tensors would
+    form a cycle through autograd's C++ nodes that the collector cannot break)."""
+    import gc
+
+    from rnn_diag.probes.cell_chain import CellChain
+    from rnn_diag.probes.fused import FusedCall
+
+    def live() -> int:
+        gc.collect()
+        return sum(isinstance(o, (FusedCall, CellChain)) for o in gc.get_objects())
+
+    lstm, cell = nn.LSTM(3, 4), nn.GRUCell(3, 4)
+    custom = nn.Sequential(nn.Linear(7, 4), nn.Tanh())
+    model = nn.ModuleDict({"lstm": lstm, "cell": cell, "custom": custom})
+
+    def step():
+        state, h, u, loss = None, torch.zeros(2, 4), torch.zeros(2, 4), 0
+        for _ in range(6):
+            out, state = lstm(torch.randn(1, 2, 3), state)
+            h = cell(torch.randn(2, 3), h)
+            u = custom(torch.cat([torch.randn(2, 3), u], -1))
+            loss = loss + out.sum() + h.sum() + u.sum()
+        loss.backward()
+        lstm(torch.randn(4, 2, 3))  # a forward with grad on that is never backpropagated
+
+    with rd.attach(model, modules=["lstm", "cell", "custom.1"]):
+        step()
+        after_one = live()
+        for _ in range(10):
+            step()
+        assert live() <= after_one

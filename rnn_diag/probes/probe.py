@@ -572,6 +572,12 @@ class Probe:
             self._warn(name, "fresh", "it ran several separate sequences (calls whose state "
                        "does not come from the previous call) in one backward; they are laid "
                        "end to end in call order in one series")
+        bidirectional = getattr(getattr(series[0], "module", None), "bidirectional", False)
+        if bidirectional and any(link in (SAME, VIEW) for link in links[:-1]):
+            self._warn(name, "bidirectional", "a bidirectional module hands its state from one "
+                       "call to the next, but its reverse direction runs against call order, "
+                       "so the calls are not joined: the series holds autograd's values at "
+                       "each call's ends, and the immediate gradient there is NaN")
         if isinstance(series[0], CellChain):
             parts = []
             for i, chain in enumerate(series):

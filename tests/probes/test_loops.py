@@ -392,3 +392,31 @@ def test_recorded_calls_are_freed_with_their_graph():
         for _ in range(10):
             step()
         assert live() <= after_one
+
+
+def test_bidirectional_module_handing_its_state_on_warns_and_stays_exact():
+    """A bidirectional GRU run on two chunks, the second from the first's h_n: the calls
+    cannot be joined (the reverse direction runs against call order), so the probe says so;
+    every step's total still equals what autograd delivers (truth: the unrolled reference
+    on each chunk, with the second chunk's h0 gradient fed back into the first's h_n)."""
+    torch.manual_seed(8)
+    gru = nn.GRU(2, 3, bidirectional=True).double()
+    a, b = torch.randn(4, 2, 2, dtype=torch.float64), torch.randn(3, 2, 2, dtype=torch.float64)
+    with rd.attach(gru) as probe, pytest.warns(ProbeWarning, match="bidirectional"):
+        oa, ha = gru(a)
+        ob, hb = gru(b, ha)
+        (oa.sin().sum() + ob.cos().sum() + (hb**2).sum()).backward()
+    got = probe.hidden_grads(direction=0)
+    assert got.shape == (7, 2, 3)
+    # truth: the same two calls, every state retained through the reference unroll
+    from reference import unroll_fused
+
+    ra = unroll_fused(gru, a)
+    rb = unroll_fused(gru, b, ra.h_n)  # its h0 is a fresh leaf: feed its gradient back below
+    (ra.output.sin().sum() + rb.output.cos().sum() + (rb.h_n**2).sum()).backward(
+        retain_graph=True)
+    ra.h_n.backward(rb.initial[0].grad)
+    for d in (0, 1):
+        want = torch.cat([ra.traces[(0, d)].hidden_grads(), rb.traces[(0, d)].hidden_grads()])
+        torch.testing.assert_close(probe.hidden_grads(direction=d), want, rtol=1e-9,
+                                   atol=1e-12)

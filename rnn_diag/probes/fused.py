@@ -42,14 +42,6 @@ def module_kind(module: nn.RNNBase) -> str:
     return "rnn_relu" if module.nonlinearity == "relu" else "rnn_tanh"
 
 
-def check_supported(module: nn.RNNBase, name: str) -> None:
-    """Refuse, at attach time, settings whose total gradients we cannot compute exactly.
-
-    Every setting of PyTorch's fused modules is supported today (``proj_size``, inter-layer
-    dropout in training mode); the hook stays for modules whose settings are not."""
-    del module, name
-
-
 class ReplayMismatch(RuntimeError):
     """The recomputed top layer differs from the module's output: the lower layers (their
     dropout masks) could not be reproduced, so nothing is recorded for this call."""

@@ -18,7 +18,6 @@ from .fused import (
     FUSED_TYPES,
     FusedCall,
     ReplayMismatch,
-    check_supported,
     make_shadows,
     replays_dropout,
     save_rng_state,
@@ -127,9 +126,6 @@ class Probe:
             raise ValueError(f"jacobian_samples must be None or a positive int, "
                              f"got {jacobian_samples!r}")
         targets = find_recurrent(model, modules)
-        for name, module in targets.items():
-            if isinstance(module, FUSED_TYPES):
-                check_supported(module, name)
         self.modules: list[str] = list(targets)
         self._every = every
         self._saturation = bool(saturation)

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from ..dynamics.adjoint import adjoint_scan
+from ..dynamics.cells import linearise
 from ..dynamics.lognorm import add_scaled, log_norm
 from .cell_chain import rounding_level
 from .fused import Carry, FusedCall, add_scaled_at_last_step, layer_weights, output_size
@@ -107,7 +108,7 @@ def analyse_step_calls(
         w = layer_weights(m, layer, 0)
         hp, h = h_prev[:, layer], h_out[:, layer]
         cp = c_prev[:, layer] if lstm else None
-        steps = _linearise(w, x, hp, h, cp, workspace, saturation)
+        steps = linearise(w, x, hp, h, cp, workspace, saturation)
         G = G_h[:, layer] if not lstm else torch.cat([G_h[:, layer], G_c[:, layer]], -1)
         above_plain = above.double() if above_scale is None else (
             above.double() * above_scale.exp().unsqueeze(-1))
@@ -163,19 +164,13 @@ def analyse_step_calls(
     return results, initial
 
 
-def _linearise(w, x, h_prev, h, c_prev, workspace, saturation):
-    from ..dynamics.cells import linearise
-
-    return linearise(w, x, h_prev, h, c_prev, workspace, saturation)
-
-
 def _jacobian(w, x, h_prev, h, c_prev, starts, method, samples) -> Tensor:
     """log10 ‖∂s_T/∂s_k‖₂ over the calls after the last restart, NaN before it."""
     T, B = h.shape[:2]
     n = B if samples is None else min(B, samples)
     first = starts[-1] if starts else 0
     cut = slice(first, T)
-    sub = _linearise(w, x[cut, :n], h_prev[cut, :n], h[cut, :n],
+    sub = linearise(w, x[cut, :n], h_prev[cut, :n], h[cut, :n],
                      None if c_prev is None else c_prev[cut, :n], None, False)
     norms = product_log10_norms(sub, method, T - first, None)
     head = torch.full((first, n), math.nan, dtype=torch.float64, device=norms.device)

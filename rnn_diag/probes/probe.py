@@ -259,9 +259,9 @@ class Probe:
             float64 ``[T, N]`` in input time order (N = B, or ``jacobian_samples`` when the
             batch is larger), in decades: 0 at k = target, NaN for the steps the direction
             processes after the target and past each sample's length. For a module run several
-            times in one forward the products run over the last stretch of calls joined by the
-            returned state (or a view of it) and are NaN before it: they do not cross the
-            user's code.
+            times in one forward the products run over its last call (a run of one-step calls
+            counts as one, back to its last transformed hand-over) and are NaN before it: they
+            never cross the user's code.
         """
         result = self._result(module, layer, direction)
         if result.jacobian is None:

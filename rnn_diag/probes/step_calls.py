@@ -84,9 +84,9 @@ def analyse_step_calls(
     starts = [t for t in range(1, T) if not joined[t]]
 
     x0 = torch.cat([c.time_major(c.input)[0] for c in calls])
-    initial = [c.initial_states(B, dtype, device) for c in calls]
-    h_prev = torch.stack([i[0] for i in initial])  # [T, L, B, H]
-    c_prev = torch.stack([i[1] for i in initial]) if lstm else None
+    received = [c.initial_states(B, dtype, device) for c in calls]
+    h_prev = torch.stack([r[0] for r in received])  # [T, L, B, H]
+    c_prev = torch.stack([r[1] for r in received]) if lstm else None
     h_out = torch.stack([_batched(c.finals[0], c) for c in calls])
     g_out = torch.cat([_grad_output(c, B, H, dtype, device) for c in calls])  # [T, B, H]
     G_h = torch.stack([_grad_final(c, 1, L, B, H, dtype, device) for c in calls])
@@ -95,9 +95,8 @@ def analyse_step_calls(
     undefined = [link == TRANSFORM for link in after]
     undefined[-1] = next_link == TRANSFORM or (next_link in (SAME, VIEW) and carry is None)
     undefined = torch.tensor(undefined, device=device)
-    recovered = torch.tensor([bool(t + 1 < T and joined[t + 1]) for t in range(T)]
-                             + [False], device=device)[:T]
-    recovered[-1] = carry is not None
+    # Steps whose direct part is recovered: the next step reads them, or a carry comes in.
+    recovered = torch.tensor(joined[1:] + [carry is not None], device=device)
     last = torch.full((B,), T - 1, device=device)
     initial: dict[int, Carry] = {}
 

@@ -28,7 +28,7 @@ from ..dynamics.cells import CellWeights, linearise
 from ..dynamics.lognorm import add_scaled, log_norm
 from ..dynamics.workspace import Workspace
 from .jacobians import product_log10_norms
-from .result import LayerResult, ScaledSeries
+from .result import LayerResult, ScaledSeries, faint
 
 FUSED_TYPES = (nn.RNN, nn.GRU, nn.LSTM)
 
@@ -350,6 +350,7 @@ def analyse(
     # Immediate gradient of the current layer's output, [T, B, D*H], input order. Scale None
     # means plain values (the top layer); lower layers receive scaled values.
     above = call.grad_time_major(grad_output) if grad_output is not None else None
+    faint_in = _faint_deliveries(above, grad_h_n, grad_c_n, last, T, B, dtype, device)
     above_scale: Tensor | None = None
     zero_scale = torch.zeros(T, B, dtype=torch.float64, device=device)
 
@@ -411,6 +412,7 @@ def analyse(
                 steps.vjp_into(0, adj.scaled[0], None, into)
                 initial[idx] = Carry(into, adj.log_scale[0].clone())
             result = LayerResult(total, immediate, order, valid, dtype, steps.saturation)
+            result.faint = _gather_time(faint_in, order)
             if jacobians is not None:
                 n = B if jacobian_samples is None else min(B, jacobian_samples)
                 c0_n = c0[idx][:n] if lstm else None
@@ -440,6 +442,19 @@ def _relinearise(w: CellWeights, x: Tensor, h_prev: Tensor, h: Tensor, c0: Tenso
             w.weight_ih, w.weight_hh, w.bias_ih, w.bias_hh, w.weight_hr))
     )
     return lambda: linearise(snapshot, x, h_prev, h, c0)
+
+
+def _faint_deliveries(above, grad_h_n, grad_c_n, last, T, B, dtype, device) -> Tensor:
+    """``[T, B]`` bool, input order: where autograd delivered a faint non-zero gradient to the
+    module's outputs or final states (see :meth:`LayerResult.settle_underflow`)."""
+    out = torch.zeros(T, B, dtype=torch.bool, device=device)
+    if above is not None:
+        out |= faint(above, dtype)
+    for final in (grad_h_n, grad_c_n):
+        if final is not None:
+            at_last = faint(final, dtype).any(0)  # [B]: any layer/direction
+            out[last, torch.arange(B, device=device)] |= at_last
+    return out
 
 
 def add_scaled_at_last_step(

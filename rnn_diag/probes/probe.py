@@ -149,6 +149,7 @@ class Probe:
         self._handed: dict[str, Handed | None] = {}
         self._before_call: dict[str, tuple[str, object]] = {}
         self._warned: set[tuple[str, str]] = set()
+        self._refused: set[str] = set()  # custom cells whose calls do not have the cell form
         self._latest: dict[str, dict[tuple[int, int], LayerResult]] = {}
         self._history = History()
         self._workspace = Workspace()
@@ -302,7 +303,10 @@ class Probe:
         Metrics (log10 of per-sample L2 norms, aggregated over the samples valid at t):
             total_mean, total_min, total_max: of the total gradient ∂L/∂h_t;
             immediate_mean, immediate_min, immediate_max: of the immediate gradient g_t;
-            nonfinite_fraction: fraction of samples whose total gradient is inf or NaN at t.
+            nonfinite_fraction: fraction of samples whose total gradient is inf or NaN at t;
+            underflow_fraction: fraction of samples whose total at t is reported -inf because
+                it fell below what the model's dtype could carry from outside the recurrence
+                (autograd delivered faint gradients there; see the README).
         With ``attach(..., jacobians=...)``, on state "h" rows: jacobian_mean, jacobian_min,
         jacobian_max, of log10 ‖∂s_last/∂s_t‖₂ (see :meth:`jacobian_log10_norms`).
         With ``attach(..., saturation=True)``, on state "h" rows of PyTorch's cells and
@@ -315,13 +319,21 @@ class Probe:
 
     def _result(self, module, layer: int, direction: int) -> LayerResult:
         name = self._resolve(module)
+        hint = (
+            " (a module is recorded when it is called as module(...) with grad enabled and a "
+            "backward reaches its outputs; a wrapper that calls module.forward(...) directly, "
+            "such as AWD-LSTM's WeightDrop, bypasses the hooks; see any ProbeWarning for "
+            "calls that were not recorded)"
+        )
         if not self._latest:
             raise RuntimeError(
                 "no backward pass has been recorded yet: run forward and loss.backward() with "
-                "the probe attached first"
+                "the probe attached first" + hint
             )
         if name not in self._latest:
-            raise RuntimeError(f"no recorded backward pass has reached module {name!r} yet")
+            raise RuntimeError(
+                f"no recorded backward pass has reached module {name!r} yet" + hint
+            )
         layers = self._latest[name]
         if (layer, direction) not in layers:
             raise ValueError(
@@ -361,6 +373,22 @@ class Probe:
     def _recording(self) -> bool:
         return self._attached and torch.is_grad_enabled()
 
+    def _refuse_call(self, name: str, inp) -> bool:
+        """Whether this call is one the probe cannot record exactly; warns once why."""
+        if _in_backward():
+            self._warn(name, "reentrant", "called during a backward pass (a reentrant "
+                       "torch.utils.checkpoint recomputes it there), where its calls cannot be "
+                       "joined to the forward's: not recorded. Use "
+                       "checkpoint(..., use_reentrant=False), which the probe follows.")
+            return True
+        data = inp.data if isinstance(inp, PackedSequence) else inp
+        if isinstance(data, Tensor) and _autocast(data.device.type):
+            self._warn(name, "autocast", "called under torch.autocast: it computed in reduced "
+                       "precision, which the probe's float32 recomputation would not match: "
+                       "not recorded. Record with autocast off, e.g. on a probing step.")
+            return True
+        return False
+
     def _fused_hooks(self, name: str):
         def pre(module, args, kwargs):
             if not self._recording():
@@ -368,6 +396,8 @@ class Probe:
             try:
                 inp = args[0] if args else kwargs["input"]
                 hx = args[1] if len(args) > 1 else kwargs.get("hx")
+                if self._refuse_call(name, inp):
+                    return None
                 link = classify(None if hx is None else components(hx), self._handed.get(name))
                 rng = save_rng_state(module, inp) if replays_dropout(module) else None
                 self._before_call[name] = (link, rng)
@@ -445,6 +475,10 @@ class Probe:
         return pre, post
 
     def _cell_pre(self, name: str, module, args, kwargs):
+        if name in self._refused or self._refuse_call(name, args[0] if args else
+                                                      kwargs.get("input")):
+            self._chains[name] = None
+            return None
         in_args = len(args) > 1
         state = args[1] if in_args else kwargs.get("hx")
         parts = None if state is None else components(state)
@@ -469,6 +503,15 @@ class Probe:
 
     def _cell_post(self, name: str, chain: CellChain, output):
         parts = components(output)
+        if not _state_like(parts, chain.initial):
+            self._chains[name] = None
+            self._refused.add(name)
+            self._warn(name, "contract", f"returned {_describe(output)} for a state of "
+                       f"{_describe(chain.initial)}: rnn_diag follows a cell called as "
+                       "cell(x_t, state) -> new state, the state second and the new state (a "
+                       "tensor, or a tuple of tensors shaped like the state) returned alone. "
+                       "Not recorded; wrap the cell in a module of that form and probe that.")
+            return None
         chain.tuple_state = isinstance(output, (tuple, list))
         x = chain.inputs.pop()
         chain.record(x, parts)
@@ -534,6 +577,8 @@ class Probe:
         windows, self._window = self._window, {}
         held, self._held = self._held, {}  # keeps this sequence's calls alive until analysed
         for name, entries in reached.items():
+            if name in self._refused:
+                continue
             window = [e for e in (ref() for ref in windows.get(name, [])) if e is not None]
             series = _series_entries(window, entries)
             try:
@@ -591,8 +636,12 @@ class Probe:
             parts = analyse_fused_calls(series, self._workspace, self._saturation,
                                         self._jacobians, self._jacobian_samples)
         if len(parts) == 1:
-            return parts[0]
-        return {key: concat([part[key] for part in parts]) for key in parts[0]}
+            results = parts[0]
+        else:
+            results = {key: concat([part[key] for part in parts]) for key in parts[0]}
+        for result in results.values():
+            result.settle_underflow()
+        return results
 
     def _store(self, iteration: int, name: str, results: dict[tuple[int, int], LayerResult]):
         self._latest[name] = results
@@ -619,6 +668,45 @@ def _series_entries(window: list, reached: dict) -> list:
     if run_reached:
         keep.extend(run)
     return keep
+
+
+def _state_like(parts: tuple, state: tuple | None) -> bool:
+    """Whether a cell's output has the form of a state (tensors only), shaped like the state
+    it received (when it received one)."""
+    if not parts or not all(isinstance(p, Tensor) for p in parts):
+        return False
+    if state is None:
+        return True
+    return len(parts) == len(state) and all(
+        p.shape == s.shape for p, s in zip(parts, state, strict=True)
+    )
+
+
+def _describe(x) -> str:
+    if x is None:
+        return "no state"
+    if isinstance(x, Tensor):
+        return f"a tensor {list(x.shape)}"
+    if isinstance(x, (tuple, list)):
+        if len(x) == 1:
+            return _describe(x[0])
+        return "(" + ", ".join(_describe(v) for v in x) + ")"
+    return type(x).__name__
+
+
+def _in_backward() -> bool:
+    """Whether an autograd backward pass is running on this thread."""
+    current = getattr(torch._C, "_current_graph_task_id", None)
+    return current is not None and current() != -1
+
+
+def _autocast(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4: one query per device type
+        if device_type == "cpu":
+            return torch.is_autocast_cpu_enabled()
+        return device_type == "cuda" and torch.is_autocast_enabled()
 
 
 def _detached(x):

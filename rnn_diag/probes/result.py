@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -20,6 +21,7 @@ METRICS = (
     "immediate_min",
     "immediate_max",
     "nonfinite_fraction",
+    "underflow_fraction",
 )
 
 
@@ -56,6 +58,11 @@ class LayerResult:
     ``jacobian``: ``[T, N]`` float64 log10 ‖∂s_last/∂s_k‖₂ (processing order) of the first
     N ≤ B samples, when recorded; ``relinearise()`` rebuilds the linearisation of those samples
     for other targets.
+    ``faint``: ``[T, B]`` bool (processing order), where autograd delivered a non-zero gradient
+    from outside the recurrence below :func:`faint_level` (see :meth:`settle_underflow`);
+    ``underflow``: ``[T, B]`` bool, the totals that rule set to -inf.
+    ``trusted``: ``[T, B]`` bool where autograd's own total at t is known (hooks on the states)
+    and above the rounding floor, so the total stands as autograd holds it; None: unknown.
     """
 
     total: dict[str, ScaledSeries]
@@ -66,6 +73,37 @@ class LayerResult:
     saturation: dict[str, Tensor] = field(default_factory=dict)
     jacobian: Tensor | None = None
     relinearise: Callable[[], object] | None = None
+    faint: Tensor | None = None
+    underflow: Tensor | None = None
+    trusted: Tensor | None = None
+
+    def settle_underflow(self) -> None:
+        """Never a false finite total: where autograd delivered a gradient from outside the
+        recurrence that was non-zero but faint (below :func:`faint_level`), later-processed
+        steps' contributions of that kind may already have underflowed to 0 in the model's
+        dtype, and a total at that step or before it that is itself below the level could be
+        missing them. Those totals are set to -inf (as autograd's own value would be) and
+        marked in ``underflow``. A total above the level is kept: a missing part is below the
+        level where it enters and shrinks or grows with the recursion like the rest; so is a
+        total that is autograd's own, ``trusted`` value."""
+        if self.faint is None or not bool(self.faint.any()):
+            return
+        # steps at or before (in processing order) a faint delivery
+        reach = self.faint.flip(0).cummax(0).values.flip(0)
+        level = math.log(faint_level(self.dtype))
+        under = torch.zeros_like(reach)
+        for name, series in self.total.items():
+            low = reach & (series.log_norm < level)
+            if self.trusted is not None:
+                low &= ~self.trusted
+            under |= low
+            if bool(low.any()):
+                scaled = torch.where(low.unsqueeze(-1), torch.zeros_like(series.scaled),
+                                     series.scaled)
+                log_norm_ = torch.where(low, torch.full_like(series.log_norm, -math.inf),
+                                        series.log_norm)
+                self.total[name] = ScaledSeries(scaled, series.log_scale, log_norm_)
+        self.underflow = under
 
     def _to_input_order(self, x: Tensor) -> Tensor:
         """Processing → input time order; ``x`` may cover only the first columns (samples)."""
@@ -109,6 +147,9 @@ class LayerResult:
             total = self.log10_norms("total", state)
             nonfinite = torch.isnan(total) | torch.isposinf(total)
             rows.append(_masked_mean(nonfinite.double(), self.valid))
+            under = (torch.zeros_like(total, dtype=torch.bool) if self.underflow is None
+                     else self._to_input_order(self.underflow))
+            rows.append(_masked_mean(under.double(), self.valid))
             names = list(METRICS)
             if state == "h" and self.jacobian is not None:
                 names += ["jacobian_mean", "jacobian_min", "jacobian_max"]
@@ -122,6 +163,21 @@ class LayerResult:
             stacked = torch.stack(rows).cpu().numpy()
             out[state] = dict(zip(names, stacked, strict=True))
         return out
+
+
+def faint_level(dtype: torch.dtype) -> float:
+    """The gradient norm below which a value delivered by autograd in ``dtype`` is near its
+    underflow: ``tiny / eps`` (about 1e-31 in float32, 1e-292 in float64), where the next
+    factors of a decaying gradient leave the normal range within one mantissa's length."""
+    info = torch.finfo(dtype)
+    return info.tiny / info.eps
+
+
+def faint(vectors: Tensor, dtype: torch.dtype) -> Tensor:
+    """``[...]`` bool: which vectors ``[..., S]`` are non-zero with a norm below
+    :func:`faint_level`."""
+    norm = log_norm(vectors)
+    return (norm > -math.inf) & (norm < math.log(faint_level(dtype)))
 
 
 def _batch_stats(logs: Tensor, valid: Tensor | None) -> list[Tensor]:

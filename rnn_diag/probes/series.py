@@ -174,6 +174,8 @@ def concat(parts: list[LayerResult]) -> LayerResult:
                 [_pad_rows(p.in_input_order(p.saturation[gate]), B, 0) for p in parts]
             )
     result = LayerResult(total, immediate, None, valid, parts[0].dtype, saturation)
+    result.faint = _cat_masks(parts, "faint", B)
+    result.trusted = _cat_masks(parts, "trusted", B)
     last = parts[-1]
     if last.jacobian is not None:
         steps = sum(_length(p) for p in parts[:-1])
@@ -181,6 +183,18 @@ def concat(parts: list[LayerResult]) -> LayerResult:
                           device=last.jacobian.device)
         result.jacobian = torch.cat([head, last.in_input_order(last.jacobian)])
     return result
+
+
+def _cat_masks(parts: list[LayerResult], field: str, B: int) -> Tensor | None:
+    """A ``[T, B]`` bool field of every part, in input order, end to end (False where absent)."""
+    if all(getattr(p, field) is None for p in parts):
+        return None
+    masks = []
+    for p in parts:
+        mask = getattr(p, field)
+        mask = torch.zeros_like(_valid(p)) if mask is None else p.in_input_order(mask)
+        masks.append(_pad_rows(mask, B, False))
+    return torch.cat(masks)
 
 
 def _length(p: LayerResult) -> int:

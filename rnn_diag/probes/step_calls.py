@@ -28,11 +28,11 @@ from torch import Tensor, nn
 from ..dynamics.adjoint import adjoint_scan
 from ..dynamics.cells import linearise
 from ..dynamics.lognorm import add_scaled, log_norm
-from .cell_chain import rounding_level
+from .cell_chain import rounding_floor, rounding_level
 from .fused import Carry, FusedCall, add_scaled_at_last_step, layer_weights, output_size
 from .jacobians import product_log10_norms
 from .links import SAME, TRANSFORM, VIEW
-from .result import LayerResult, ScaledSeries
+from .result import LayerResult, ScaledSeries, faint
 
 
 def eligible(call: FusedCall) -> bool:
@@ -101,6 +101,7 @@ def analyse_step_calls(
     initial: dict[int, Carry] = {}
 
     results = {}
+    faint_in = faint(g_out, dtype)  # [T, B]: faint deliveries, from every layer (below)
     above, above_scale = g_out, None  # the gradient reaching the layer's outputs
     for layer in range(L - 1, -1, -1):
         x = x0 if layer == 0 else h_out[:, layer - 1]
@@ -124,6 +125,7 @@ def analyse_step_calls(
                                torch.linalg.vector_norm(recurrent, dim=-1))
         direct = direct * (torch.linalg.vector_norm(direct, dim=-1) > level).unsqueeze(-1)
         direct = direct.to(dtype)
+        faint_in |= faint(direct, dtype)
 
         # The scan's input: what reaches the layer from above (scaled) plus the direct part.
         g_h, g_scale = _add_plain(above, above_scale, direct[..., :H])
@@ -155,11 +157,15 @@ def analyse_step_calls(
         else:
             total = {"h": ScaledSeries(adj.scaled, adj.log_scale, adj.log_norm)}
         result = LayerResult(total, immediate, None, None, dtype, dict(steps.saturation))
+        if layer == L - 1:  # λ = grad_output + G is autograd's own total at every step
+            result.trusted = log_norm(lam) >= math.log(rounding_floor(dtype, lam.shape[-1]))
         if jacobians is not None:
             result.jacobian = _jacobian(w, x, hp, h, cp, starts, jacobians, jacobian_samples)
         results[(layer, 0)] = result
         if layer > 0:
             above, above_scale = steps.input_grads(adj.scaled), adj.log_scale
+    for result in results.values():
+        result.faint = faint_in
     return results, initial
 
 

@@ -27,6 +27,7 @@ METRICS = {
     "immediate_min",
     "immediate_max",
     "nonfinite_fraction",
+    "underflow_fraction",
 }
 KEY = ["iteration", "module", "layer", "direction", "state", "t", "metric"]
 

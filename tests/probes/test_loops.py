@@ -7,6 +7,7 @@ of autograd Jacobians for the Jacobian-product norms.
 
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 
@@ -420,3 +421,55 @@ def test_bidirectional_module_handing_its_state_on_warns_and_stays_exact():
         want = torch.cat([ra.traces[(0, d)].hidden_grads(), rb.traces[(0, d)].hidden_grads()])
         torch.testing.assert_close(probe.hidden_grads(direction=d), want, rtol=1e-9,
                                    atol=1e-12)
+
+
+def test_a_signal_that_underflows_on_its_way_in_is_never_a_false_finite_number():
+    """Two GRUs stepped together in float32, ``o2 = gru2(o1)``, ``y = head(o1 + o2)`` on the last
+    step (a held-out reviewer's stacked model): gru1 forgets fast, so its own recursion
+    carries little, while gru2 carries the signal back and hands it to gru1 at every step
+    through o1 — faintly, until float32 underflows it. Truth: the same model in float64 with
+    retain_grad on every returned state. Where the probe's float32 log10 norm is finite it must
+    match the truth; where the truth is below what float32 carried in, it must read -inf and
+    be counted in ``underflow_fraction``."""
+    torch.manual_seed(9)
+    T, B, H = 600, 2, 4
+    gru1, gru2, head = nn.GRU(2, H), nn.GRU(H, H), nn.Linear(H, 1)
+    with torch.no_grad():
+        gru1.weight_hh_l0.mul_(0.2)
+        gru1.bias_hh_l0.zero_()
+        gru2.weight_hh_l0.mul_(3.0)
+    xs = torch.randn(T, B, 2)
+
+    def run(m1, m2, hd, x, retain):
+        h1 = h2 = None
+        outs = []
+        for t in range(T):
+            o1, h1 = m1(x[t : t + 1], h1)
+            o2, h2 = m2(o1, h2)
+            if retain:
+                o1.retain_grad()
+                h1.retain_grad()
+            outs.append((o1, h1))
+        hd(o1 + o2).sum().backward()
+        return outs
+
+    m64 = [m.double() for m in (copy.deepcopy(gru1), copy.deepcopy(gru2), copy.deepcopy(head))]
+    outs = run(*m64, xs.double(), True)
+    truth = torch.stack([_g(o)[0] + _g(h)[0] for o, h in outs])
+    want = torch.linalg.vector_norm(truth, dim=-1).log10()
+    assert want.min() < -60, "premise: the truth goes far below float32's range"
+
+    model = nn.ModuleDict({"gru1": gru1, "gru2": gru2})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ProbeWarning)
+        with rd.attach(model) as probe:
+            run(gru1, gru2, head, xs, False)
+    got = probe.hidden_grad_log10_norms("gru1")
+    finite = torch.isfinite(got)
+    assert finite[-20:].all()
+    # float32's own precision: 1e-3 decades, 1e-2 within 100x of its smallest normal number
+    tol = torch.where(want < -35.9, 1e-2, 1e-3)
+    assert ((got - want).abs()[finite] <= tol[finite]).all()
+    frame = probe.frame()
+    under = frame[(frame.module == "gru1") & (frame.metric == "underflow_fraction")]
+    assert under.value.max() > 0 and (~finite).any()

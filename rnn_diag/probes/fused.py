@@ -141,6 +141,8 @@ class FusedCall:
     #: call's returned one (see :mod:`rnn_diag.probes.links`).
     seq: int = -1
     link: str = "fresh"
+    #: Whether its h came as the previous call's ``output`` rather than its h_n.
+    via_output: bool = False
     #: ``_version`` of the referenced tensors at the call (an in-place change loses them).
     versions: tuple[int, ...] = ()
     #: ``(grad_output, grad_h_n[, grad_c_n])`` of the current backward, None until reached.

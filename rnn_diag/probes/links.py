@@ -38,21 +38,44 @@ class Handed:
         tensors: the returned state components (h, or (h, c)).
         versions: their ``_version`` at return (an in-place change bumps it).
         nodes: their ``grad_fn`` (held so that the node's Python object stays the same one).
+        output: for a one-step, one-layer, one-direction fused call, its ``output``, which
+            holds the same values as h_n (``out, _ = gru(x, h); h = out`` hands it on).
     """
 
     tensors: tuple[Tensor, ...]
     versions: tuple[int, ...]
     nodes: tuple
+    output: Handed | None = None
 
     @staticmethod
-    def of(tensors: tuple[Tensor, ...]) -> Handed:
+    def of(tensors: tuple[Tensor, ...], output: Tensor | None = None) -> Handed:
         return Handed(
-            tuple(tensors), tuple(t._version for t in tensors), tuple(t.grad_fn for t in tensors)
+            tuple(tensors), tuple(t._version for t in tensors), tuple(t.grad_fn for t in tensors),
+            None if output is None else Handed.of((output,)),
         )
 
     def modified(self) -> bool:
         """Whether any returned tensor was changed in place since the call."""
         return any(t._version != v for t, v in zip(self.tensors, self.versions, strict=True))
+
+
+_STRENGTH = {SAME: 4, VIEW: 3, TRANSFORM: 2, DETACHED: 1, FRESH: 0}
+
+
+def classify_fused(parts: tuple[Tensor, ...] | None, handed: Handed | None) -> tuple[str, bool]:
+    """:func:`classify` for a fused call's state, also accepting the previous call's output
+    in place of h_n (see :attr:`Handed.output`). Returns the link kind and whether h came
+    through the output."""
+    kind = classify(parts, handed)
+    if handed is None or handed.output is None or parts is None or kind in (SAME, VIEW):
+        return kind, False
+    rest = Handed(handed.tensors[1:], handed.versions[1:], handed.nodes[1:])
+    alt = Handed(handed.output.tensors + rest.tensors, handed.output.versions + rest.versions,
+                 handed.output.nodes + rest.nodes)
+    via = classify(parts, alt)
+    if _STRENGTH[via] > _STRENGTH[kind]:
+        return via, True
+    return kind, False
 
 
 def classify(parts: tuple[Tensor, ...] | None, handed: Handed | None) -> str:

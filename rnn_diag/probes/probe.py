@@ -24,7 +24,7 @@ from .fused import (
 )
 from .history import History
 from .jacobians import check_method, product_log10_norms
-from .links import FRESH, SAME, TRANSFORM, VIEW, Handed, classify
+from .links import FRESH, SAME, TRANSFORM, VIEW, Handed, classify, classify_fused
 from .result import LayerResult
 from .series import analyse_fused_calls, concat, mark_last_immediate_undefined
 
@@ -398,9 +398,10 @@ class Probe:
                 hx = args[1] if len(args) > 1 else kwargs.get("hx")
                 if self._refuse_call(name, inp):
                     return None
-                link = classify(None if hx is None else components(hx), self._handed.get(name))
+                link, via_output = classify_fused(None if hx is None else components(hx),
+                                                  self._handed.get(name))
                 rng = save_rng_state(module, inp) if replays_dropout(module) else None
-                self._before_call[name] = (link, rng)
+                self._before_call[name] = (link, via_output, rng)
             except Exception as error:  # noqa: BLE001 - never raise into the user's forward
                 self._warn(name, "internal", f"the probe could not inspect a call ({error!r})")
             return None
@@ -416,17 +417,17 @@ class Probe:
                     return None
                 inp = args[0] if args else kwargs["input"]
                 hx = args[1] if len(args) > 1 else kwargs.get("hx")
-                link, rng = before
+                link, via_output, rng = before
                 finals = final if isinstance(final, tuple) else (final,)
                 # Detached views only (values and version counters): the call is held by hooks
                 # in the user's graph, and graph tensors here would make a reference cycle
                 # through autograd's C++ nodes that Python's collector cannot free.
                 call = FusedCall(module, self._shadows[name], _detached(inp), _detached(hx),
                                  _detached(out), rng, seq=next(self._seq), link=link,
-                                 finals=_detached(finals),
+                                 via_output=via_output, finals=_detached(finals),
                                  versions=_versions(inp, hx, out, finals))
                 self._add_to_window(name, call)
-                self._handed[name] = Handed.of(finals)
+                self._handed[name] = Handed.of(finals, out if _output_is_h(module, call) else None)
                 # One plain hook per tensor: a multi-grad hook costs ~50 µs a call, which a
                 # loop of 128 one-step calls per update notices.
                 for i, tensor in enumerate((data, *finals)):
@@ -668,6 +669,13 @@ def _series_entries(window: list, reached: dict) -> list:
     if run_reached:
         keep.extend(run)
     return keep
+
+
+def _output_is_h(module: nn.Module, call: FusedCall) -> bool:
+    """Whether the call's ``output`` holds exactly h_n's values, so that user code may hand it
+    on as the next state: one step, one layer, one direction, no packing, no dropout."""
+    return (module.num_layers == 1 and not module.bidirectional and call.rng is None
+            and isinstance(call.output, Tensor) and call.time_major(call.output)[0].shape[0] == 1)
 
 
 def _state_like(parts: tuple, state: tuple | None) -> bool:

@@ -67,6 +67,7 @@ def analyse_fused_calls(
             results, initial = analyse_step_calls(
                 group, workspace, saturation, jacobians, samples,
                 next_link=None if after is None else after.link, carry=carry,
+                next_via_output=after is not None and after.via_output,
                 want_initial=joined_before,
             )
         else:

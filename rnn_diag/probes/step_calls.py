@@ -52,6 +52,7 @@ def analyse_step_calls(
     jacobians: str | None = None,
     jacobian_samples: int | None = None,
     next_link: str | None = None,
+    next_via_output: bool = False,
     carry: dict[int, Carry] | None = None,
     want_initial: bool = False,
 ) -> tuple[dict[tuple[int, int], LayerResult], dict[int, Carry]]:
@@ -64,8 +65,9 @@ def analyse_step_calls(
         workspace, saturation, jacobians, jacobian_samples: as for
             :func:`rnn_diag.probes.fused.analyse`; the Jacobian-product norms cover the last
             joined stretch of calls (NaN before it: products do not cross the user's code).
-        next_link: the link of the call after the last one, when that call is analysed
-            separately (None: there is none).
+        next_link, next_via_output: the link of the call after the last one, when that call
+            is analysed separately (None: there is none), and whether its h was this call's
+            output.
         carry, want_initial: as for :func:`rnn_diag.probes.fused.analyse`: the gradient the
             next call sends into the last call's final state, in log space (then the last
             step's direct part is recovered too), and whether to return the gradient the first
@@ -99,6 +101,13 @@ def analyse_step_calls(
     recovered = torch.tensor(joined[1:] + [carry is not None], device=device)
     last = torch.full((B,), T - 1, device=device)
     initial: dict[int, Carry] = {}
+
+    # Where the next call received this call's output as h (a one-layer module), the recursion's
+    # gradient reached the output, not h_n: count it with G, so that it is split off there.
+    via = torch.tensor([c.via_output for c in calls[1:]] + [next_via_output], device=device)
+    if bool(via.any()):
+        G_h = G_h + torch.where(via.view(-1, 1, 1, 1), g_out.unsqueeze(1), 0.0)
+        g_out = torch.where(via.view(-1, 1, 1), 0.0, g_out)
 
     results = {}
     faint_in = faint(g_out, dtype)  # [T, B]: faint deliveries, from every layer (below)

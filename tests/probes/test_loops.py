@@ -473,3 +473,53 @@ def test_a_signal_that_underflows_on_its_way_in_is_never_a_false_finite_number()
     frame = probe.frame()
     under = frame[(frame.module == "gru1") & (frame.metric == "underflow_fraction")]
     assert under.value.max() > 0 and (~finite).any()
+
+
+@pytest.mark.parametrize("batch_first", [False, True], ids=["time-major", "batch-first"])
+def test_output_handed_on_as_the_next_state_is_joined(batch_first):
+    """``out, _ = gru(x_t, h); h = out`` (a one-layer GRU's output is its state): the calls are
+    joined like ``h = h_n``, without a warning. Totals equal retain_grad on every output; the
+    immediate gradient equals what the loss reads from out_t directly (its own gradient,
+    computed separately); the norms stay in log space."""
+    torch.manual_seed(10)
+    T, B, H = 12, 3, 4
+    gru = nn.GRU(2, H, batch_first=batch_first).double()
+    head = nn.Linear(H, 2).double()
+    xs = torch.randn(T, B, 2, dtype=torch.float64)
+
+    def step_in(t):
+        return xs[t].unsqueeze(1) if batch_first else xs[t].unsqueeze(0)
+
+    def as_state(out):
+        return out.transpose(0, 1) if batch_first else out
+
+    def as_rows(out):
+        return out[:, 0] if batch_first else out[0]
+
+    def run(retain):
+        h, outs, loss = None, [], 0
+        for t in range(T):
+            out, _ = gru(step_in(t), h)
+            if retain:
+                out.retain_grad()
+            outs.append(out)
+            loss = loss + (head(as_rows(out)) ** 2).sum()
+            h = as_state(out)
+        loss.backward()
+        return outs
+
+    outs = run(True)
+    want = torch.stack([as_rows(o.grad) for o in outs])
+    direct = []
+    for o in outs:
+        leaf = as_rows(o).detach().requires_grad_()
+        (head(leaf) ** 2).sum().backward()
+        direct.append(leaf.grad)
+    gru.zero_grad()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ProbeWarning)
+        with rd.attach(gru) as probe:
+            run(False)
+    torch.testing.assert_close(probe.hidden_grads(), want, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(probe.immediate_grads(), torch.stack(direct), rtol=1e-7,
+                               atol=1e-12)

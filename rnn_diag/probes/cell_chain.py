@@ -43,6 +43,10 @@ from .result import LayerResult, ScaledSeries, faint
 #: error measured for RNNCell/GRUCell, H = 4..256, stayed below 1.1 eps).
 ROUNDING_TOLERANCE = 16
 
+#: A custom cell re-run on its recorded inputs must give its recorded states to within this
+#: many machine epsilons (relative to the largest entry).
+REPLAY_TOLERANCE = 64
+
 
 def rounding_level(dtype: torch.dtype, size: int, *norms: Tensor) -> Tensor:
     """The norm below which a gradient recovered as a difference of autograd's values is
@@ -120,6 +124,8 @@ class CellChain:
         self.grads_seen = False
         self.c_seen_through_h: list[bool] = []
         self.raw: tuple[Tensor, ...] = ()
+        #: custom cells: ``(device, generator state)`` before each call, to replay its draws
+        self.rng: list = []
         self._versions: list[tuple[int, ...]] = []
 
     @property
@@ -184,7 +190,8 @@ class CellChain:
         ]
         sizes = [s.shape[-1] for s in states]
         if self.aliased:
-            steps = CallableSteps(self.module.forward, x, prev, self.tuple_state)
+            steps = CallableSteps(self.module.forward, x, prev, self.tuple_state,
+                                  self.rng or None, states)
             g_state = torch.cat(grads, dim=-1)
             immediate_parts = grads
         else:
@@ -214,6 +221,13 @@ class CellChain:
             g_state = torch.cat(immediate_parts, dim=-1)
 
         adj = adjoint_scan(steps, g_state, None, log_norm(g_state))
+        if self.aliased and steps.replay_error > REPLAY_TOLERANCE * torch.finfo(dtype).eps:
+            raise StaleRecord(
+                "re-running the custom cell on its recorded inputs did not give the states it "
+                f"returned (largest relative difference {steps.replay_error:.2g}): it is not a "
+                "pure function of (input, state) and the random numbers it drew (it keeps "
+                "state of its own, or draws from a generator other than the default one)"
+            )
 
         parts = list(torch.split(adj.scaled, sizes, dim=-1))
         if self.kind == "lstm":
@@ -237,13 +251,15 @@ class CellChain:
         if jacobians is not None:
             B = x.shape[1]
             n = B if jacobian_samples is None else min(B, jacobian_samples)
-            if n < B and self.aliased:
+            if n < B and self.aliased and not self.rng:
                 steps = CallableSteps(self.module.forward, x[:, :n], [p[:, :n] for p in prev],
                                       self.tuple_state)
-            elif n < B:
+            elif n < B and not self.aliased:
                 c0 = c0[:n] if c0 is not None else None
                 steps = linearise(w, x[:, :n], prev[0][:, :n], states[0][:, :n], c0)
-            result.jacobian = product_log10_norms(steps, jacobians, T, None)
+            # a custom cell replaying its random draws runs on the whole batch (the draws
+            # depend on its shape); its norms are then cut to the first n samples
+            result.jacobian = product_log10_norms(steps, jacobians, T, None)[:, :n]
             result.relinearise = lambda: steps
         return result
 

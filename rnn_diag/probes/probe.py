@@ -499,7 +499,10 @@ class Probe:
             chain = CellChain(module, state, next(self._seq), link)
             self._chains[name] = chain
             self._add_to_window(name, chain)
-        chain.inputs.append(args[0] if args else kwargs["input"])
+        x = args[0] if args else kwargs["input"]
+        if chain.aliased:  # a custom cell is re-run by the analysis: replay its random draws
+            chain.rng.append(_rng_state(x))
+        chain.inputs.append(x)
         return args, kwargs
 
     def _cell_post(self, name: str, chain: CellChain, output):
@@ -700,6 +703,13 @@ def _describe(x) -> str:
             return _describe(x[0])
         return "(" + ", ".join(_describe(v) for v in x) + ")"
     return type(x).__name__
+
+
+def _rng_state(x: Tensor) -> tuple[torch.device, Tensor]:
+    """The state of the generator a module computing on ``x`` draws from (no draw is made)."""
+    if x.device.type == "cuda":
+        return x.device, torch.cuda.get_rng_state(x.device)
+    return x.device, torch.get_rng_state()
 
 
 def _in_backward() -> bool:

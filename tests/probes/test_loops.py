@@ -523,3 +523,66 @@ def test_output_handed_on_as_the_next_state_is_joined(batch_first):
     torch.testing.assert_close(probe.hidden_grads(), want, rtol=1e-9, atol=1e-12)
     torch.testing.assert_close(probe.immediate_grads(), torch.stack(direct), rtol=1e-7,
                                atol=1e-12)
+
+
+class _DropoutCell(nn.Module):
+    """The PyTorch "generating names" tutorial's pattern: dropout inside a custom cell."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin, self.drop = nn.Linear(3 + 4, 4), nn.Dropout(0.3)
+
+    def forward(self, x, h):
+        return self.drop(torch.tanh(self.lin(torch.cat([x, h], -1))))
+
+
+class _StatefulCell(nn.Module):
+    """A custom cell whose output depends on how often it ran: not a function of its inputs."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin, self.calls = nn.Linear(3 + 4, 4), 0
+
+    def forward(self, x, h):
+        self.calls += 1
+        return torch.tanh(self.lin(torch.cat([x, h], -1))) * (1 + 0.1 * self.calls)
+
+
+def _drive_custom(cell, xs, retain=False, seed=3):
+    torch.manual_seed(seed)
+    h, hs, loss = torch.zeros(2, 4, dtype=torch.float64), [], 0
+    for t in range(xs.shape[0]):
+        h = cell(xs[t], h)
+        if retain:
+            h.retain_grad()
+        hs.append(h)
+        loss = loss + (h**2).sum()
+    loss.backward()
+    return hs, torch.rand(3)
+
+
+def test_custom_cell_with_dropout_is_replayed_exactly_and_keeps_the_rng_stream():
+    """The analysis re-runs a custom cell step by step; it replays the random numbers each
+    call drew, so dropout masks match (totals equal retain_grad) and the user's stream after
+    the step is bitwise the unprobed one."""
+    torch.manual_seed(11)
+    cell = _DropoutCell().double().train()
+    plain = copy.deepcopy(cell)
+    xs = torch.randn(6, 2, 3, dtype=torch.float64)
+    hs, after_plain = _drive_custom(plain, xs, retain=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ProbeWarning)
+        with rd.attach(cell, modules=[""]) as probe:
+            _, after_probe = _drive_custom(cell, xs)
+    torch.testing.assert_close(probe.hidden_grads(), torch.stack([h.grad for h in hs]),
+                               rtol=1e-9, atol=1e-12)
+    assert torch.equal(after_plain, after_probe)
+
+
+def test_custom_cell_that_is_not_a_function_of_its_inputs_warns_and_records_nothing():
+    cell = _StatefulCell().double()
+    xs = torch.randn(5, 2, 3, dtype=torch.float64)
+    with rd.attach(cell, modules=[""]) as probe, pytest.warns(ProbeWarning, match="pure"):
+        _drive_custom(cell, xs)
+    with pytest.raises(RuntimeError, match="no backward pass"):
+        probe.hidden_grads()

@@ -150,6 +150,7 @@ class Probe:
         self._before_call: dict[str, tuple[str, object]] = {}
         self._warned: set[tuple[str, str]] = set()
         self._refused: set[str] = set()  # custom cells whose calls do not have the cell form
+        self._recomputed: set[str] = set()  # modules called during this backward
         self._latest: dict[str, dict[tuple[int, int], LayerResult]] = {}
         self._history = History()
         self._workspace = Workspace()
@@ -376,10 +377,10 @@ class Probe:
     def _refuse_call(self, name: str, inp) -> bool:
         """Whether this call is one the probe cannot record exactly; warns once why."""
         if _in_backward():
-            self._warn(name, "reentrant", "called during a backward pass (a reentrant "
-                       "torch.utils.checkpoint recomputes it there), where its calls cannot be "
-                       "joined to the forward's: not recorded. Use "
-                       "checkpoint(..., use_reentrant=False), which the probe follows.")
+            # torch.utils.checkpoint recomputing the forward: the forward's own calls are the
+            # record (non-reentrant checkpoint); if there were none, _end_backward says why.
+            self._recomputed.add(name)
+            self._schedule_end()
             return True
         data = inp.data if isinstance(inp, PackedSequence) else inp
         if isinstance(data, Tensor) and _autocast(data.device.type):
@@ -568,10 +569,14 @@ class Probe:
         analysis for the end of that pass. Returns whether this pass is recorded."""
         if not self._attached:
             return False
+        self._schedule_end()
+        return self._backwards % self._every == 0
+
+    def _schedule_end(self) -> None:
+        """Run :meth:`_end_backward` once the current backward pass has finished."""
         if not self._in_backward:
             self._in_backward = True
             torch.autograd.Variable._execution_engine.queue_callback(self._end_backward)
-        return self._backwards % self._every == 0
 
     def _end_backward(self) -> None:
         iteration = self._backwards
@@ -580,6 +585,13 @@ class Probe:
         reached, self._reached = self._reached, {}
         windows, self._window = self._window, {}
         held, self._held = self._held, {}  # keeps this sequence's calls alive until analysed
+        recomputed, self._recomputed = self._recomputed, set()
+        for name in recomputed - set(reached):
+            self._warn(name, "reentrant", "it ran only during the backward pass (a reentrant "
+                       "torch.utils.checkpoint runs the forward without grad, then recomputes "
+                       "it inside backward), where its calls cannot be joined into the "
+                       "forward's series: not recorded. Use checkpoint(..., "
+                       "use_reentrant=False), which the probe follows exactly.")
         for name, entries in reached.items():
             if name in self._refused:
                 continue

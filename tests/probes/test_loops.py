@@ -586,3 +586,70 @@ def test_custom_cell_that_is_not_a_function_of_its_inputs_warns_and_records_noth
         _drive_custom(cell, xs)
     with pytest.raises(RuntimeError, match="no backward pass"):
         probe.hidden_grads()
+
+
+@pytest.mark.parametrize("reentrant", [False, True], ids=["non-reentrant", "reentrant"])
+def test_checkpointed_steps(reentrant):
+    """``h = checkpoint(cell, x_t, h)``: the non-reentrant form recomputes the cell inside
+    backward, which the probe ignores, keeping the forward's record (exact, no warning); the
+    reentrant form runs the forward without grad, so there is nothing to record: it warns,
+    naming the module, instead of a partial answer."""
+    from torch.utils.checkpoint import checkpoint
+
+    torch.manual_seed(12)
+    cell = nn.GRUCell(3, 4).double()
+    xs = torch.randn(6, 2, 3, dtype=torch.float64, requires_grad=True)
+
+    def run(retain):
+        h, hs = torch.zeros(2, 4, dtype=torch.float64), []
+        for t in range(6):
+            h = checkpoint(cell, xs[t], h, use_reentrant=reentrant)
+            if retain:
+                h.retain_grad()
+            hs.append(h)
+        sum((q**2).sum() for q in hs).backward()
+        return hs
+
+    hs = run(True)
+    want = torch.stack([h.grad for h in hs])
+    if reentrant:
+        with rd.attach(nn.ModuleDict({"cell": cell})) as probe, pytest.warns(
+            ProbeWarning, match="'cell'.*use_reentrant=False"
+        ):
+            run(False)
+        with pytest.raises(RuntimeError, match="no backward pass"):
+            probe.hidden_grads()
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ProbeWarning)
+        with rd.attach(cell) as probe:
+            run(False)
+    torch.testing.assert_close(probe.hidden_grads(), want, rtol=1e-9, atol=1e-12)
+
+
+def test_autocast_and_non_cell_forms_warn_instead_of_recording():
+    """Calls under autocast computed in reduced precision; the PyTorch tutorial's
+    ``return output, hidden`` cell is not ``cell(x, state) -> state``: both warn with the
+    reason and record nothing; the user's training runs unchanged."""
+
+    class TutorialRNN(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.i2h, self.h2o = nn.Linear(3 + 5, 5), nn.Linear(3 + 5, 2)
+
+        def forward(self, input, hidden):
+            combined = torch.cat((input, hidden), 1)
+            return self.h2o(combined).log_softmax(1), self.i2h(combined)
+
+    rnn = TutorialRNN()
+    with rd.attach(rnn, modules=[""]), pytest.warns(ProbeWarning, match="cell\\(x_t, state\\)"):
+        h = torch.zeros(1, 5)
+        for _ in range(4):
+            out, h = rnn(torch.randn(1, 3), h)
+        out.sum().backward()
+
+    lstm = nn.LSTM(3, 4)
+    with rd.attach(lstm), pytest.warns(ProbeWarning, match="autocast"):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out, _ = lstm(torch.randn(5, 2, 3))
+        out.float().sum().backward()

@@ -37,7 +37,8 @@ Methods (DESIGN.md §3, "Jacobian products"):
   A *random* seed instead of the forward-aligned one underestimates by a constant factor
   (median ratio 0.08–0.6): never use that. Cost: target + min(target+1, align_steps) block
   Jacobian–vector products, O(T·S²·p); for the standard cells J_t is never formed and the
-  backward sweep runs in the compiled loops of :mod:`rnn_diag.dynamics.scan_kernels`.
+  backward sweep runs in their compiled loops (``vjp_window``, see
+  :mod:`rnn_diag.dynamics.steps.base`).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ import torch
 from torch import Tensor
 
 from .lognorm import LN10
-from .scan_kernels import gru_block_compiled, lstm_block_compiled, rnn_block_compiled
+from .steps import Steps
 
 __all__ = ["StepOps", "jacobian_product_log10_norms", "step_ops"]
 
@@ -118,19 +119,24 @@ def _rowwise(fn, t: int, V: Tensor) -> Tensor:
 
 
 def step_ops(source, vjp=None, jvp=None) -> StepOps:
-    """A :class:`StepOps` from a ``jacobian(t)`` callable or a linearisation object built by
-    :func:`rnn_diag.dynamics.cells.linearise`. For the standard cells J_t v and J_tᵀ v are then
-    applied from the precomputed per-step factors, without forming J_t; these fast products are
-    checked against ``jacobian(t)`` once, and replaced by generic ones (``vjp_into`` and
-    ``jacobian(t)``) if the linearisation's internals do not match."""
+    """A :class:`StepOps` from a ``jacobian(t)`` callable or a linearisation.
+
+    A linearisation implementing the row protocol of :mod:`rnn_diag.dynamics.steps.base`
+    (``vjp_rows``/``jvp_rows``, and ``vjp_window`` where it has a compiled loop) is used
+    through it, without forming J_t; one that only has ``vjp_into`` and ``jacobian(t)`` (e.g.
+    :class:`~rnn_diag.dynamics.steps.CallableSteps`) through those."""
     if isinstance(source, StepOps):
         return source
     if source is not None and not callable(source) and hasattr(source, "state_size"):
         jac = getattr(source, "jacobian", None)
-        rows = _cell_row_ops(source)
-        if rows is not None and jac is not None and not _rows_agree(source, jac, *rows):
-            rows = None
-        if vjp is None and rows is None and hasattr(source, "vjp_into"):
+        if isinstance(source, Steps):
+            return StepOps(
+                jac, vjp, jvp,
+                source.vjp_rows if vjp is None else None,
+                source.jvp_rows if jvp is None else None,
+                getattr(source, "vjp_window", None) if vjp is None else None,
+            )
+        if vjp is None and hasattr(source, "vjp_into"):
             steps = source
 
             def vjp(t, v):
@@ -138,154 +144,13 @@ def step_ops(source, vjp=None, jvp=None) -> StepOps:
                 steps.vjp_into(t, v, None, out)
                 return out
 
-        vjp_rows, jvp_rows = rows if rows is not None else (None, None)
-        window = _cell_window_op(source) if rows is not None and vjp is None else None
-        return StepOps(
-            jac,
-            vjp,
-            jvp,
-            vjp_rows if vjp is None else None,
-            jvp_rows if jvp is None else None,
-            window,
-        )
+        return StepOps(jac, vjp, jvp)
     if source is not None and not callable(source):
         raise TypeError(
             "jacobian must be a callable t -> J_t [B, S, S] or a cells.linearise(...) object, "
             f"got {type(source).__name__}"
         )
     return StepOps(source, vjp, jvp)
-
-
-def _rows_agree(steps, jacobian, vjp_rows, jvp_rows) -> bool:
-    """Whether the factor-based products match ``jacobian(t)`` at the first and last step."""
-    try:
-        T = _trajectory_length(steps)
-        for t in sorted({0, T - 1}):
-            J = jacobian(t)
-            g = torch.Generator().manual_seed(t)
-            V = torch.randn(J.shape[0], 2, J.shape[1], generator=g, dtype=torch.float64)
-            V = V.to(dtype=J.dtype, device=J.device)
-            scale = float(J.abs().amax()) * J.shape[1] * float(V.abs().amax()) + 1e-30
-            tol = 100 * torch.finfo(J.dtype).eps * scale
-            for got, ref in ((vjp_rows(t, V), V @ J), (jvp_rows(t, V), V @ J.transpose(1, 2))):
-                if got.shape != ref.shape or float((got - ref).abs().amax()) > tol:
-                    return False
-    except (RuntimeError, IndexError, ValueError, AttributeError):
-        return False
-    return True
-
-
-def _trajectory_length(steps) -> int:
-    for name in ("deriv", "z", "k"):
-        if hasattr(steps, name):
-            return getattr(steps, name).shape[0]
-    raise AttributeError("unknown linearisation layout")
-
-
-def _cell_row_ops(steps):
-    """``(vjp_rows, jvp_rows)`` for the standard cells' linearisations, applied from their
-    precomputed factors without forming J_t (None for an unknown object)."""
-    name = type(steps).__name__
-    try:
-        if name == "RNNSteps":  # J = diag(d) W
-            d = steps.deriv.unsqueeze(2).unbind(0)  # T x [B, 1, H]
-            W = steps.w.weight_hh.detach()
-            Wt = W.t().contiguous()  # V @ Wt is ~25% faster than V @ W.t() for thin V
-            return (
-                lambda t, V, out=None: torch.matmul(V * d[t], W, out=out),
-                lambda t, V: torch.matmul(V, Wt).mul_(d[t]),
-            )
-        if name == "GRUSteps":  # J = diag(z) + Σ_g diag(P_g) W_g
-            P = steps.hidden  # [T, B, 3, H]
-            z = steps.z.unsqueeze(2)  # [T, B, 1, H]
-            W = steps.w.weight_hh.detach()  # [3H, H]
-            Wt = W.t().contiguous()
-            H = W.shape[1]
-
-            def gru_vjp(t, V, out=None):
-                dpre = (P[t].unsqueeze(1) * V.unsqueeze(2)).flatten(2)  # [B, p, 3H]
-                return torch.matmul(dpre, W, out=out).addcmul_(z[t], V)
-
-            def gru_jvp(t, V):
-                Y = torch.matmul(V, Wt).unflatten(2, (3, H))  # [B, p, 3, H]
-                return (P[t].unsqueeze(1) * Y).sum(2).addcmul_(z[t], V)
-
-            return gru_vjp, gru_jvp
-        if name == "LSTMSteps":  # state [h | c]; see cells.LSTMSteps
-            F = steps.factors  # [T, B, 4, H], or gate-major [4, T, B, H]
-            if F.shape[0] == 4 and F.shape[1:3] == steps.k.shape[:2]:
-                F = F.permute(1, 2, 0, 3)
-            k = steps.k.unsqueeze(2)  # [T, B, 1, H]
-            f = steps.forget.unsqueeze(2)
-            W = steps.w.weight_hh.detach()  # [4H, H]
-            Wt = W.t().contiguous()
-            H = steps.hidden_size
-
-            def lstm_vjp(t, V, out=None):
-                a, e = V[..., :H], V[..., H:]
-                dc = torch.addcmul(e, a, k[t])
-                Ft = F[t].unsqueeze(1)  # [B, 1, 4, H]
-                dpre = torch.cat([Ft[:, :, :3] * dc.unsqueeze(2), Ft[:, :, 3:] * a.unsqueeze(2)], 2)
-                return torch.cat([torch.matmul(dpre.flatten(2), W), f[t] * dc], dim=-1, out=out)
-
-            def lstm_jvp(t, V):
-                a, e = V[..., :H], V[..., H:]
-                Y = torch.matmul(a, Wt).unflatten(2, (4, H))  # [B, p, 4, H]
-                Ft = F[t].unsqueeze(1)
-                dc = (Ft[:, :, :3] * Y[:, :, :3]).sum(2).addcmul_(f[t], e)
-                dh = torch.addcmul(Ft[:, :, 3] * Y[:, :, 3], k[t], dc)
-                return torch.cat([dh, dc], dim=-1)
-
-            return lstm_vjp, lstm_jvp
-    except (AttributeError, RuntimeError, IndexError):
-        return None
-    return None
-
-
-def _cell_window_op(steps):
-    """``vjp_window`` for the standard cells: a window of backward steps in one call of the
-    compiled adjoint loops of :mod:`rnn_diag.dynamics.scan_kernels` (the same products as
-    ``vjp_rows``, without the interpreter in between). The per-sample factors of the window are
-    repeated once per probe row."""
-    name = type(steps).__name__
-
-    def rows(a: Tensor, lo: int, hi: int, p: int, dim: int = 1) -> Tensor:
-        part = a.narrow(dim - 1, lo, hi + 1 - lo)
-        return part if p == 1 else part.repeat_interleave(p, dim=dim)
-
-    def flat(blocks: Tensor, lo: int, hi: int) -> Tensor:
-        n, B, p, S = hi + 1 - lo, *blocks.shape[1:]
-        return blocks[lo : hi + 1].view(n, B * p, S)
-
-    if name == "RNNSteps":
-        W = steps.w.weight_hh.detach()
-
-        def rnn_window(lo, hi, blocks):
-            p = blocks.shape[2]
-            rnn_block_compiled(rows(steps.deriv, lo, hi, p), W, flat(blocks, lo, hi), None, 0,
-                               hi - lo)
-
-        return rnn_window
-    if name == "GRUSteps":
-        W = steps.w.weight_hh.detach()
-
-        def gru_window(lo, hi, blocks):
-            p = blocks.shape[2]
-            gru_block_compiled(rows(steps.hidden, lo, hi, p), rows(steps.z, lo, hi, p), W,
-                               flat(blocks, lo, hi), None, 0, hi - lo)
-
-        return gru_window
-    if name == "LSTMSteps" and steps.factors.shape[0] == 4 and steps.factors.dim() == 4:
-        W = steps.w.weight_hh.detach()
-
-        def lstm_window(lo, hi, blocks):
-            p = blocks.shape[2]
-            lstm_block_compiled(rows(steps.factors, lo, hi, p, dim=2), rows(steps.k, lo, hi, p),
-                                rows(steps.forget, lo, hi, p), W, flat(blocks, lo, hi), None, 0,
-                                hi - lo)
-
-        return lstm_window
-    return None
 
 
 def _resolve_target(target: int, T: int) -> int:

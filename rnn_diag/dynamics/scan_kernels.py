@@ -2,10 +2,10 @@
 
 Each function fills ``X[t]`` for ``t = t1 - 1`` down to ``t0`` from ``X[t + 1]``:
 ``X[t] = g[t - t0] + J_{t+1}ᵀ X[t + 1]`` (without ``g`` when it is None). They are the same
-operations as the classes' ``vjp_into`` in ``cells.py``, looped inside TorchScript so that the
-Python interpreter is not entered once per operation per timestep (measured on a T=1000, H=64
-LSTM: 88 ms scripted against 112 ms for the Python loop). Where TorchScript is unavailable the
-plain Python functions run instead, with identical results.
+operations as the classes' ``vjp_rows`` in :mod:`rnn_diag.dynamics.steps`, looped inside
+TorchScript so that the Python interpreter is not entered once per operation per timestep
+(measured on a T=1000, H=64 LSTM: 88 ms scripted against 112 ms for the Python loop). Where
+TorchScript is unavailable the plain Python functions run instead, with identical results.
 """
 
 from __future__ import annotations

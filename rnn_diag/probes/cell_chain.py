@@ -36,6 +36,7 @@ from ..dynamics.cells import CallableSteps, CellWeights, linearise
 from ..dynamics.lognorm import log_norm
 from .jacobians import product_log10_norms
 from .links import Handed, reads
+from .options import RecordOptions
 from .result import LayerResult, ScaledSeries, faint
 
 #: An immediate gradient recovered by subtraction is 0 when its norm is below this many
@@ -159,14 +160,10 @@ class CellChain:
                     "use an out-of-place operation such as h = h * mask"
                 )
 
-    def analyse(
-        self,
-        saturation: bool = False,
-        jacobians: str | None = None,
-        jacobian_samples: int | None = None,
-    ) -> LayerResult:
-        """Total and immediate gradients over the chain, for the gradients of this backward
-        (Jacobian-product norms for the first ``jacobian_samples`` samples, None: all)."""
+    def analyse(self, options: RecordOptions | None = None) -> LayerResult:
+        """Total and immediate gradients over the chain, for the gradients of this backward,
+        and what ``options`` asks for besides."""
+        options = options or RecordOptions()
         self.check_unchanged()
         dtype = self.outputs[0][0].dtype
         if self.aliased:
@@ -202,7 +199,7 @@ class CellChain:
                   for p in (m.weight_ih, m.weight_hh, m.bias_ih, m.bias_hh)),
             )
             c0 = prev[1][0] if self.kind == "lstm" else None
-            steps = linearise(w, x, prev[0], states[0], c0, saturation=saturation)
+            steps = linearise(w, x, prev[0], states[0], c0, saturation=options.saturation)
             if self.kind == "lstm":
                 # Where h_t and c_t come out of one node, the hook on c_t saw only the gradient
                 # from outside the step (e_t): add the path through h_t.
@@ -248,9 +245,9 @@ class CellChain:
         if not self.aliased:  # the hooks gave autograd's totals
             known = torch.stack([log_norm(gr) for gr in grads]).amin(0)
             result.trusted = known >= math.log(rounding_floor(dtype, sum(sizes)))
-        if jacobians is not None:
+        if options.jacobians is not None:
             B = x.shape[1]
-            n = B if jacobian_samples is None else min(B, jacobian_samples)
+            n = options.samples(B)
             if n < B and self.aliased and not self.rng:
                 steps = CallableSteps(self.module.forward, x[:, :n], [p[:, :n] for p in prev],
                                       self.tuple_state)
@@ -259,7 +256,7 @@ class CellChain:
                 steps = linearise(w, x[:, :n], prev[0][:, :n], states[0][:, :n], c0)
             # a custom cell replaying its random draws runs on the whole batch (the draws
             # depend on its shape); its norms are then cut to the first n samples
-            result.jacobian = product_log10_norms(steps, jacobians, T, None)[:, :n]
+            result.jacobian = product_log10_norms(steps, options.jacobians, T, None)[:, :n]
             result.relinearise = lambda: steps
         return result
 

@@ -28,6 +28,7 @@ from ..dynamics.cells import CellWeights, linearise
 from ..dynamics.lognorm import add_scaled, log_norm
 from ..dynamics.workspace import Workspace
 from .jacobians import product_log10_norms
+from .options import RecordOptions
 from .result import LayerResult, ScaledSeries, faint
 
 FUSED_TYPES = (nn.RNN, nn.GRU, nn.LSTM)
@@ -294,24 +295,23 @@ def analyse(
     grad_output: Tensor | None,
     grad_h_n: Tensor | None,
     grad_c_n: Tensor | None,
+    options: RecordOptions | None = None,
     workspace: Workspace | None = None,
-    saturation: bool = False,
-    jacobians: str | None = None,
-    jacobian_samples: int | None = None,
     carry: dict[int, Carry] | None = None,
     want_initial: bool = False,
 ) -> tuple[dict[tuple[int, int], LayerResult], dict[int, Carry]]:
     """Total and immediate gradients of every layer and direction of one fused call.
 
+    Layer by layer from the top: the immediate gradient of the layer (:func:`_immediate`), its
+    log-space recursion and result (:func:`_layer_result`), and what it sends to the layer below
+    (:func:`_hand_down`).
+
     Args:
         call: the captured forward.
         grad_output, grad_h_n, grad_c_n: immediate gradients on the module's outputs as
             autograd delivered them (None where the loss did not use that output).
+        options: what to record besides the gradients (None: nothing).
         workspace: scratch buffers reused from one call to the next.
-        saturation: also record the fraction of saturated units per gate.
-        jacobians: None, or "exact"/"estimate": also record log10 ‖∂s_last/∂s_k‖₂ of each
-            layer's own recurrence (see :mod:`rnn_diag.probes.jacobians`).
-        jacobian_samples: compute those norms for the first N samples only (None: all).
         carry: ``{layer * D + direction: Carry}``, gradient reaching each layer's final state
             through the recurrence of *later calls* (see :mod:`rnn_diag.probes.series`): added
             to the adjoint at each sample's last step, but not to the immediate gradient.
@@ -325,115 +325,178 @@ def analyse(
     Raises:
         ReplayMismatch: inter-layer dropout that could not be replayed.
     """
-    m = call.module
-    L, D, H = m.num_layers, (2 if m.bidirectional else 1), output_size(m)
-    Hc = m.hidden_size
-    x0, lengths = call.time_major(call.input)
-    top, _ = call.time_major(call.output)
-    T, B = top.shape[:2]
-    dtype, device = top.dtype, top.device
-    lstm = isinstance(m, nn.LSTM)
-
-    h0, c0 = call.initial_states(B, dtype, device)
-    if L > 1:
-        lower, inputs, masks = call.lower_layers()
-    else:
-        lower, inputs, masks = [], [x0], []
-    outputs = lower + [top]
-    last = (lengths - 1) if lengths is not None else torch.full((B,), T - 1, device=device)
-    valid = None
-    if lengths is not None:
-        valid = torch.arange(T, device=device).unsqueeze(1) < lengths.unsqueeze(0)
-    orders = [None, _reverse_order(T, B, lengths, device)][:D]
-    grad_h_n = _batched_final(grad_h_n, call.unbatched)
-    grad_c_n = _batched_final(grad_c_n, call.unbatched)
-    carry = carry or {}
-
-    # Immediate gradient of the current layer's output, [T, B, D*H], input order. Scale None
-    # means plain values (the top layer); lower layers receive scaled values.
+    options = options or RecordOptions()
+    c = _Trajectory.of(call)
+    finals = (_batched_final(grad_h_n, call.unbatched), _batched_final(grad_c_n, call.unbatched))
+    # The gradient reaching the current layer's outputs, [T, B, D*H] in input order: plain
+    # for the top layer (scale None), scaled for the layers below.
     above = call.grad_time_major(grad_output) if grad_output is not None else None
-    faint_in = _faint_deliveries(above, grad_h_n, grad_c_n, last, T, B, dtype, device)
     above_scale: Tensor | None = None
-    zero_scale = torch.zeros(T, B, dtype=torch.float64, device=device)
-
+    faint_in = _faint_deliveries(above, *finals, c.last, c.T, c.B, c.dtype, c.device)
     results: dict[tuple[int, int], LayerResult] = {}
     initial: dict[int, Carry] = {}
-    for layer in range(L - 1, -1, -1):
-        below, below_scale = None, None
-        for d in range(D):
-            order = orders[d]
-            idx = layer * D + d
-            # Immediate gradient in processing order: from the output or the layer above, plus
-            # the final state's gradient at each sample's last step.
-            if above is not None:
-                g_h = _gather_time(above[..., d * H : (d + 1) * H], order)
-                g_scale = None if above_scale is None else _gather_time(above_scale, order)
-            else:
-                g_h, g_scale = top.new_zeros(T, B, H), None
-            if grad_h_n is not None:
-                g_h, g_scale = _add_at_last_step(g_h, g_scale, grad_h_n[idx], last)
-            g_h_ln = log_norm(g_h) if g_scale is None else log_norm(g_h) + g_scale
-            immediate = {"h": ScaledSeries(g_h, _or(g_scale, zero_scale), g_h_ln)}
-            g_state, g_state_ln = g_h, g_h_ln
-            if lstm:
-                g_c = g_h.new_zeros(T, B, Hc)
-                if grad_c_n is not None:
-                    g_c = _add_at_last_step(g_c, None, grad_c_n[idx], last)[0]
-                g_c_ln = log_norm(g_c)
-                immediate["c"] = ScaledSeries(g_c, zero_scale, g_c_ln)
-                g_state_ln = 0.5 * torch.logaddexp(2 * g_h_ln, 2 * g_c_ln)
-                if g_scale is None:
-                    g_state = torch.cat([g_h, g_c], -1)
-                else:
-                    g_state = torch.cat([g_h, torch.zeros_like(g_c)], -1)
-                    if grad_c_n is not None:
-                        c_only = torch.cat([torch.zeros_like(grad_h_n[idx]) if grad_h_n is not None
-                                            else g_h.new_zeros(B, H), grad_c_n[idx]], -1)
-                        g_state, g_scale = _add_at_last_step(g_state, g_scale, c_only, last)
-            if idx in carry:
-                g_state, g_scale = add_scaled_at_last_step(g_state, g_scale, carry[idx], last)
-                g_state_ln = log_norm(g_state) + _or(g_scale, zero_scale)
-
-            x = _gather_time(inputs[layer], order)
-            h = _gather_time(outputs[layer][..., d * H : (d + 1) * H], order)
-            h_prev = torch.cat([h0[idx].unsqueeze(0), h[:-1]])
-            w = layer_weights(m, layer, d)
-            steps = linearise(w, x, h_prev, h, c0[idx] if lstm else None, workspace, saturation)
-            adj = adjoint_scan(steps, g_state, g_scale, g_state_ln)
-            if lstm:
-                h_part = adj.scaled[..., :H]
-                c_part = steps.cell_grads(adj.scaled)
-                total = {
-                    "h": ScaledSeries(h_part, adj.log_scale, log_norm(h_part) + adj.log_scale),
-                    "c": ScaledSeries(c_part, adj.log_scale, log_norm(c_part) + adj.log_scale),
-                }
-            else:
-                total = {"h": ScaledSeries(adj.scaled, adj.log_scale, adj.log_norm)}
+    for layer in range(c.L - 1, -1, -1):
+        below: tuple[Tensor, Tensor] | None = None
+        for d in range(c.D):
+            idx = layer * c.D + d
+            g, g_scale, immediate = _immediate(c, layer, d, above, above_scale, finals,
+                                               (carry or {}).get(idx))
+            steps = linearise(c.weights(layer, d), c.x(layer, d), c.h_prev(layer, d),
+                              c.h(layer, d), c.c0(layer, d), workspace, options.saturation)
+            zero = torch.zeros(c.T, c.B, dtype=torch.float64, device=c.device)
+            adj = adjoint_scan(steps, g, g_scale, log_norm(g) + _or(g_scale, zero))
+            result = _layer_result(c, layer, d, steps, adj, immediate, options)
+            result.faint = _gather_time(faint_in, c.orders[d])
+            results[(layer, d)] = result
             if want_initial:
                 into = torch.empty_like(adj.scaled[0])
                 steps.vjp_into(0, adj.scaled[0], None, into)
                 initial[idx] = Carry(into, adj.log_scale[0].clone())
-            result = LayerResult(total, immediate, order, valid, dtype, steps.saturation)
-            result.faint = _gather_time(faint_in, order)
-            if jacobians is not None:
-                n = B if jacobian_samples is None else min(B, jacobian_samples)
-                c0_n = c0[idx][:n] if lstm else None
-                sub = steps if n == B else linearise(w, x[:, :n], h_prev[:, :n], h[:, :n], c0_n)
-                sub_lengths = None if lengths is None else lengths[:n]
-                result.jacobian = product_log10_norms(sub, jacobians, T, sub_lengths)
-                result.relinearise = _relinearise(w, x[:, :n], h_prev[:, :n], h[:, :n], c0_n)
-            results[(layer, d)] = result
             if layer > 0:
-                dx = _gather_time(steps.input_grads(adj.scaled), order)
-                scale = _gather_time(adj.log_scale, order)
-                if below is None:
-                    below, below_scale = dx, scale
-                else:
-                    below, below_scale = add_scaled(below, below_scale, dx, scale)
-        if layer > 0 and masks[layer - 1] is not None:
-            below = below * masks[layer - 1]  # ∂L/∂(output of the layer below) through dropout
-        above, above_scale = below, below_scale
+                below = _hand_down(below, steps, adj, c.orders[d])
+        if layer > 0:
+            above, above_scale = below
+            if c.masks[layer - 1] is not None:  # ∂L/∂(output of the layer below), via dropout
+                above = above * c.masks[layer - 1]
     return results, initial
+
+
+@dataclass
+class _Trajectory:
+    """One fused call's trajectory, time-major, every layer recomputed: what the per-layer
+    analysis reads. ``outputs[l]``/``inputs[l]`` ``[T, B, ·]`` in input order; ``orders[d]``
+    maps processing to input order for direction d (None: the same); ``last`` ``[B]`` each
+    sample's last step; ``valid`` ``[T, B]`` (None without packing)."""
+
+    call: FusedCall
+    L: int
+    D: int
+    H: int
+    T: int
+    B: int
+    dtype: torch.dtype
+    device: torch.device
+    lstm: bool
+    outputs: list[Tensor]
+    inputs: list[Tensor]
+    masks: list[Tensor | None]
+    h0: Tensor
+    c0s: Tensor | None
+    lengths: Tensor | None
+    last: Tensor
+    valid: Tensor | None
+    orders: list[Tensor | None]
+
+    @staticmethod
+    def of(call: FusedCall) -> _Trajectory:
+        m = call.module
+        L, D = m.num_layers, (2 if m.bidirectional else 1)
+        x0, lengths = call.time_major(call.input)
+        top, _ = call.time_major(call.output)
+        T, B = top.shape[:2]
+        dtype, device = top.dtype, top.device
+        h0, c0 = call.initial_states(B, dtype, device)
+        lower, inputs, masks = call.lower_layers() if L > 1 else ([], [x0], [])
+        last = (lengths - 1) if lengths is not None else torch.full((B,), T - 1, device=device)
+        valid = None
+        if lengths is not None:
+            valid = torch.arange(T, device=device).unsqueeze(1) < lengths.unsqueeze(0)
+        orders = [None, _reverse_order(T, B, lengths, device)][:D]
+        return _Trajectory(call, L, D, output_size(m), T, B, dtype, device,
+                           isinstance(m, nn.LSTM), lower + [top], inputs, masks, h0, c0,
+                           lengths, last, valid, orders)
+
+    def weights(self, layer: int, d: int) -> CellWeights:
+        return layer_weights(self.call.module, layer, d)
+
+    def x(self, layer: int, d: int) -> Tensor:
+        """The layer's input in direction d's processing order, ``[T, B, I]``."""
+        return _gather_time(self.inputs[layer], self.orders[d])
+
+    def h(self, layer: int, d: int) -> Tensor:
+        """The layer's states in processing order, ``[T, B, H]``."""
+        return _gather_time(self.outputs[layer][..., d * self.H : (d + 1) * self.H],
+                            self.orders[d])
+
+    def h_prev(self, layer: int, d: int) -> Tensor:
+        return torch.cat([self.h0[layer * self.D + d].unsqueeze(0), self.h(layer, d)[:-1]])
+
+    def c0(self, layer: int, d: int) -> Tensor | None:
+        return self.c0s[layer * self.D + d] if self.lstm else None
+
+
+def _immediate(c: _Trajectory, layer: int, d: int, above, above_scale, finals, carry):
+    """The layer's immediate gradient in processing order: from the output or the layer above,
+    plus the final states' gradients at each sample's last step.
+
+    Returns:
+        ``(g, g_scale, immediate)``: the recursion's input ``g * exp(g_scale)`` ``[T, B, S]``
+        (``carry`` added at the last step; g_scale None: plain), and the reported immediate
+        gradients ``{state: ScaledSeries}``.
+    """
+    idx, order, H = layer * c.D + d, c.orders[d], c.H
+    grad_h_n, grad_c_n = finals
+    zero = torch.zeros(c.T, c.B, dtype=torch.float64, device=c.device)
+    if above is not None:
+        g_h = _gather_time(above[..., d * H : (d + 1) * H], order)
+        g_scale = None if above_scale is None else _gather_time(above_scale, order)
+    else:
+        g_h, g_scale = torch.zeros(c.T, c.B, H, dtype=c.dtype, device=c.device), None
+    if grad_h_n is not None:
+        g_h, g_scale = _add_at_last_step(g_h, g_scale, grad_h_n[idx], c.last)
+    g_h_ln = log_norm(g_h) + _or(g_scale, zero)
+    immediate = {"h": ScaledSeries(g_h, _or(g_scale, zero), g_h_ln)}
+    g = g_h
+    if c.lstm:
+        g_c = g_h.new_zeros(c.T, c.B, c.call.module.hidden_size)
+        if grad_c_n is not None:
+            g_c = _add_at_last_step(g_c, None, grad_c_n[idx], c.last)[0]
+        immediate["c"] = ScaledSeries(g_c, zero, log_norm(g_c))
+        if g_scale is None:
+            g = torch.cat([g_h, g_c], -1)
+        else:  # the c part is plain: add it at the last step in scaled form
+            g = torch.cat([g_h, torch.zeros_like(g_c)], -1)
+            if grad_c_n is not None:
+                c_only = torch.cat([g_h.new_zeros(c.B, H), grad_c_n[idx]], -1)
+                g, g_scale = _add_at_last_step(g, g_scale, c_only, c.last)
+    if carry is not None:
+        g, g_scale = add_scaled_at_last_step(g, g_scale, carry, c.last)
+    return g, g_scale, immediate
+
+
+def _layer_result(c: _Trajectory, layer: int, d: int, steps, adj, immediate,
+                  options: RecordOptions) -> LayerResult:
+    """The layer's totals (h, and c for LSTM) from the recursion, and the Jacobian-product
+    norms when recorded."""
+    if c.lstm:
+        h_part, c_part = adj.scaled[..., : c.H], steps.cell_grads(adj.scaled)
+        total = {
+            "h": ScaledSeries(h_part, adj.log_scale, log_norm(h_part) + adj.log_scale),
+            "c": ScaledSeries(c_part, adj.log_scale, log_norm(c_part) + adj.log_scale),
+        }
+    else:
+        total = {"h": ScaledSeries(adj.scaled, adj.log_scale, adj.log_norm)}
+    result = LayerResult(total, immediate, c.orders[d], c.valid, c.dtype, steps.saturation)
+    if options.jacobians is not None:
+        n = options.samples(c.B)
+        w, x, h_prev, h = c.weights(layer, d), c.x(layer, d), c.h_prev(layer, d), c.h(layer, d)
+        c0 = c.c0(layer, d)
+        c0_n = c0[:n] if c0 is not None else None
+        sub = steps if n == c.B else linearise(w, x[:, :n], h_prev[:, :n], h[:, :n], c0_n)
+        lengths = None if c.lengths is None else c.lengths[:n]
+        result.jacobian = product_log10_norms(sub, options.jacobians, c.T, lengths)
+        result.relinearise = _relinearise(w, x[:, :n], h_prev[:, :n], h[:, :n], c0_n)
+    return result
+
+
+def _hand_down(below, steps, adj, order) -> tuple[Tensor, Tensor]:
+    """Add this direction's ``∂L/∂x_t`` (input order, scaled) to what the layer below
+    receives."""
+    dx = _gather_time(steps.input_grads(adj.scaled), order)
+    scale = _gather_time(adj.log_scale, order)
+    if below is None:
+        return dx, scale
+    return add_scaled(*below, dx, scale)
 
 
 def _relinearise(w: CellWeights, x: Tensor, h_prev: Tensor, h: Tensor, c0: Tensor | None):

@@ -23,8 +23,9 @@ from .fused import (
     save_rng_state,
 )
 from .history import History
-from .jacobians import check_method, product_log10_norms
+from .jacobians import product_log10_norms
 from .links import FRESH, SAME, TRANSFORM, VIEW, Handed, classify, classify_fused
+from .options import RecordOptions
 from .result import LayerResult
 from .series import analyse_fused_calls, concat, mark_last_immediate_undefined
 
@@ -119,18 +120,10 @@ class Probe:
     ):
         if not isinstance(every, int) or isinstance(every, bool) or every < 1:
             raise ValueError(f"every must be a positive int, got {every!r}")
-        if jacobian_samples is not None and (
-            not isinstance(jacobian_samples, int) or isinstance(jacobian_samples, bool)
-            or jacobian_samples < 1
-        ):
-            raise ValueError(f"jacobian_samples must be None or a positive int, "
-                             f"got {jacobian_samples!r}")
+        self._options = RecordOptions(bool(saturation), jacobians, jacobian_samples)
         targets = find_recurrent(model, modules)
         self.modules: list[str] = list(targets)
         self._every = every
-        self._saturation = bool(saturation)
-        self._jacobians = check_method(jacobians)
-        self._jacobian_samples = jacobian_samples
         self._names_by_id = {id(m): name for name, m in targets.items()}
         self._shadows = {
             name: make_shadows(m) for name, m in targets.items() if isinstance(m, FUSED_TYPES)
@@ -288,7 +281,7 @@ class Probe:
         with torch.no_grad(), flush_denormals():
             steps = result.relinearise()
             norms = product_log10_norms(
-                steps, self._jacobians, T, _lengths(valid), processing_target
+                steps, self._options.jacobians, T, _lengths(valid), processing_target
             )
         return result.in_input_order(norms)
 
@@ -638,7 +631,7 @@ class Probe:
         if isinstance(series[0], CellChain):
             parts = []
             for i, chain in enumerate(series):
-                result = chain.analyse(self._saturation, self._jacobians, self._jacobian_samples)
+                result = chain.analyse(self._options)
                 if i + 1 < len(series) and series[i + 1].link == TRANSFORM:
                     mark_last_immediate_undefined(result)  # its gradient went on, transformed
                 parts.append({(0, 0): result})
@@ -649,8 +642,7 @@ class Probe:
                         "an input, initial state or output was modified in place after the "
                         "call, so its recorded values are lost; use out-of-place operations"
                     )
-            parts = analyse_fused_calls(series, self._workspace, self._saturation,
-                                        self._jacobians, self._jacobian_samples)
+            parts = analyse_fused_calls(series, self._options, self._workspace)
         if len(parts) == 1:
             results = parts[0]
         else:

@@ -30,6 +30,7 @@ from ..dynamics.lognorm import log_norm
 from .cell_chain import rounding_level
 from .fused import Carry, FusedCall, analyse, output_size
 from .links import SAME, TRANSFORM, VIEW
+from .options import RecordOptions
 from .result import LayerResult, ScaledSeries
 from .step_calls import analyse_step_calls, eligible
 
@@ -42,7 +43,7 @@ def joins(call: FusedCall) -> bool:
 
 
 def analyse_fused_calls(
-    calls: list[FusedCall], workspace, saturation, jacobians, samples
+    calls: list[FusedCall], options: RecordOptions, workspace=None
 ) -> list[dict[tuple[int, int], LayerResult]]:
     """Results of consecutive stretches of ``calls`` (see the module docstring), in call order;
     laid end to end they cover every step of every call.
@@ -54,7 +55,7 @@ def analyse_fused_calls(
     Args:
         calls: the calls of one module in this backward, in call order; each carries ``grads``
             (``(grad_output, grad_h_n, grad_c_n)`` or None when no gradient reached it).
-        workspace, saturation, jacobians, samples: as for :func:`rnn_diag.probes.fused.analyse`.
+        options, workspace: as for :func:`rnn_diag.probes.fused.analyse`.
     """
     groups = _groups(calls)
     parts: list[dict | None] = [None] * len(groups)
@@ -65,7 +66,7 @@ def analyse_fused_calls(
         joined_before = g > 0 and joins(group[0])
         if len(group) > 1 or eligible(group[0]):
             results, initial = analyse_step_calls(
-                group, workspace, saturation, jacobians, samples,
+                group, options, workspace,
                 next_link=None if after is None else after.link, carry=carry,
                 next_via_output=after is not None and after.via_output,
                 want_initial=joined_before,
@@ -75,10 +76,8 @@ def analyse_fused_calls(
             grad_out, grad_h, grad_c = _three(call.grads)
             if carry is not None:
                 grad_h, grad_c = _direct_parts(call, grad_h, grad_c, carry)
-            results, initial = analyse(
-                call, grad_out, grad_h, grad_c, workspace, saturation, jacobians, samples,
-                carry=carry, want_initial=joined_before,
-            )
+            results, initial = analyse(call, grad_out, grad_h, grad_c, options, workspace,
+                                       carry=carry, want_initial=joined_before)
             if after is not None and carry is None and after.link in (SAME, VIEW, TRANSFORM):
                 for result in results.values():  # h_n's gradient went on into later calls
                     mark_last_immediate_undefined(result)

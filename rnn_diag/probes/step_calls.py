@@ -32,6 +32,7 @@ from .cell_chain import rounding_floor, rounding_level
 from .fused import Carry, FusedCall, add_scaled_at_last_step, layer_weights, output_size
 from .jacobians import product_log10_norms
 from .links import SAME, TRANSFORM, VIEW
+from .options import RecordOptions
 from .result import LayerResult, ScaledSeries, faint
 
 
@@ -47,10 +48,8 @@ def eligible(call: FusedCall) -> bool:
 
 def analyse_step_calls(
     calls: list[FusedCall],
+    options: RecordOptions,
     workspace=None,
-    saturation: bool = False,
-    jacobians: str | None = None,
-    jacobian_samples: int | None = None,
     next_link: str | None = None,
     next_via_output: bool = False,
     carry: dict[int, Carry] | None = None,
@@ -62,9 +61,9 @@ def analyse_step_calls(
         calls: one-step calls of one module with the same batch (see :func:`eligible`), in
             call order, each with ``grads`` (None when no gradient reached it) and ``link`` (how
             its initial state relates to the previous call's final state).
-        workspace, saturation, jacobians, jacobian_samples: as for
-            :func:`rnn_diag.probes.fused.analyse`; the Jacobian-product norms cover the last
-            joined stretch of calls (NaN before it: products do not cross the user's code).
+        options, workspace: as for :func:`rnn_diag.probes.fused.analyse`; the
+            Jacobian-product norms cover the calls after the last non-joined hand-over (NaN
+            before it: products do not cross the user's code).
         next_link, next_via_output: the link of the call after the last one, when that call
             is analysed separately (None: there is none), and whether its h was this call's
             output.
@@ -117,7 +116,7 @@ def analyse_step_calls(
         w = layer_weights(m, layer, 0)
         hp, h = h_prev[:, layer], h_out[:, layer]
         cp = c_prev[:, layer] if lstm else None
-        steps = linearise(w, x, hp, h, cp, workspace, saturation)
+        steps = linearise(w, x, hp, h, cp, workspace, options.saturation)
         G = G_h[:, layer] if not lstm else torch.cat([G_h[:, layer], G_c[:, layer]], -1)
         above_plain = above.double() if above_scale is None else (
             above.double() * above_scale.exp().unsqueeze(-1))
@@ -168,8 +167,8 @@ def analyse_step_calls(
         result = LayerResult(total, immediate, None, None, dtype, dict(steps.saturation))
         if layer == L - 1:  # λ = grad_output + G is autograd's own total at every step
             result.trusted = log_norm(lam) >= math.log(rounding_floor(dtype, lam.shape[-1]))
-        if jacobians is not None:
-            result.jacobian = _jacobian(w, x, hp, h, cp, starts, jacobians, jacobian_samples)
+        if options.jacobians is not None:
+            result.jacobian = _jacobian(w, x, hp, h, cp, starts, options)
         results[(layer, 0)] = result
         if layer > 0:
             above, above_scale = steps.input_grads(adj.scaled), adj.log_scale
@@ -178,15 +177,15 @@ def analyse_step_calls(
     return results, initial
 
 
-def _jacobian(w, x, h_prev, h, c_prev, starts, method, samples) -> Tensor:
+def _jacobian(w, x, h_prev, h, c_prev, starts, options: RecordOptions) -> Tensor:
     """log10 ‖∂s_T/∂s_k‖₂ over the calls after the last restart, NaN before it."""
     T, B = h.shape[:2]
-    n = B if samples is None else min(B, samples)
+    n = options.samples(B)
     first = starts[-1] if starts else 0
     cut = slice(first, T)
     sub = linearise(w, x[cut, :n], h_prev[cut, :n], h[cut, :n],
                      None if c_prev is None else c_prev[cut, :n], None, False)
-    norms = product_log10_norms(sub, method, T - first, None)
+    norms = product_log10_norms(sub, options.jacobians, T - first, None)
     head = torch.full((first, n), math.nan, dtype=torch.float64, device=norms.device)
     return torch.cat([head, norms])
 

@@ -8,7 +8,7 @@ The raw product under- or overflows long before the distance ``target − k`` re
 float64 too), so both methods carry unit-scale matrices/vectors and a float64 log-scale, and
 return ``log10 ‖P_k‖₂`` (finite wherever the true norm is non-zero).
 
-Methods (DESIGN.md §3, "Jacobian products"):
+Methods (docs/design.md §7):
 
 * ``"exact"``: accumulate ``P_{k} = P_{k+1} J_{k+1}`` right to left, dividing by the largest
   magnitude after every product (the divisor's log goes into the scale). ‖P_k‖₂ is then taken

@@ -9,7 +9,7 @@ ln 10 for decades per step); a positive top exponent means nearby trajectories (
 Jacobian products, hence the gradients of a loss far ahead) grow exponentially.
 
 The top exponent is also that of the transposed products, so it is the long-run rate of change
-of ``log ‖∂L/∂s_k‖`` with the distance from the loss (DESIGN.md §4).
+of ``log ‖∂L/∂s_k‖`` with the distance from the loss (docs/design.md §8).
 
 Re-orthonormalising less often (``qr_every > 1``) multiplies several Jacobians between two QRs:
 cheaper, and the top exponents are unaffected, but the lowest ones are ruined as soon as the

@@ -1,6 +1,6 @@
 """Eigenvalues and singular values of a square (recurrent) weight matrix.
 
-Both numbers matter for gradient flow (DESIGN.md §3, "Spectra"): the spectral radius ρ governs the
+Both numbers matter for gradient flow (docs/design.md §8): the spectral radius ρ governs the
 long-run growth of a *linear* recurrence, while the spectral norm σ_max bounds a single step. For a
 tanh RNN, σ_max(W_hh) < 1 forces vanishing gradients (Pascanu et al., 2013), and σ_max > 1 is
 necessary for exploding ones. For a random W ~ N(0, g²/N), ρ → g but σ_max → 2g, so the two tell

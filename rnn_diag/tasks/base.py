@@ -4,7 +4,7 @@ A task is what a trainer needs and nothing more: batch-first inputs, targets, th
 convention (the model reads out its LAST ``output_steps`` hidden states through a linear head
 producing ``[N, output_steps, output_size]``), a differentiable loss, a metric, and the values an
 input-free predictor reaches (``chance_*``) and the best any predictor can reach (``best_*``), so a
-report can tell learning from memorisation (DESIGN.md §5).
+report can tell learning from memorisation (docs/design.md §18).
 
 Shapes (``N`` sequences, ``T`` time steps, ``I`` input channels, ``S = output_steps``,
 ``C = output_size``):

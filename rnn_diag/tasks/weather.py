@@ -1,4 +1,4 @@
-"""The seed experiment's "weather" task (DESIGN.md §5), with an optional planted dependency.
+"""The seed experiment's "weather" task (docs/design.md §18), with an optional planted dependency.
 
 A sequence of ``n_days`` days, each one of three classes (0 Sunny, 1 Rainy, 2 Cloudy). Every window
 of ``seq_len`` consecutive days, one-hot encoded, predicts the day after it (many-to-one).

@@ -105,7 +105,7 @@ def test_bad_inputs():
 
 @pytest.mark.parametrize("gain, verdict", [(1.0, "vanishing"), (2.5, "exploding")])
 def test_decay_rate_matches_top_lyapunov_exponent(gain, verdict):
-    """DESIGN.md §4: the long-run slope of log‖λ_k‖ against the distance equals the top
+    """docs/design.md §8, §10: the long-run slope of log‖λ_k‖ against the distance equals the top
     Lyapunov exponent (the products Jᵀ and J share it). Measured agreement on such models:
     within 1e-3 decades/step; tolerance 5% + 2e-3 decades/step."""
     H, I, T = 32, 4, 3000

@@ -96,7 +96,7 @@ class FusedCase:
 F64, F32 = torch.float64, torch.float32
 FUSED_CASES = [
     # nn.RNN, tanh
-    FusedCase("rnn_tanh"),  # the DESIGN.md example: 1 layer, loss on the last output
+    FusedCase("rnn_tanh"),  # docs/design.md §3's example: 1 layer, loss on the last output
     FusedCase("rnn_tanh", 2, True, True, "sorted", True, "every", train=True, wrapped=True),
     FusedCase("rnn_tanh", 3, True, packed="unsorted", loss="h_n", B=4, T=9),
     FusedCase("rnn_tanh", 1, True, True, h0=True, loss="every", dtype=F32),

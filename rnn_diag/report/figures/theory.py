@@ -3,7 +3,7 @@
 For a loss on the last step T−1 and distance d = T−1−t:
 
 * **Lyapunov slope** — in the long run log‖∂L/∂h_t‖ changes by the top Lyapunov exponent λ₁
-  per step (DESIGN.md §3): a line of slope λ₁ / ln 10 decades per step (``lyapunov.exponent``
+  per step (docs/design.md §8): a line of slope λ₁ / ln 10 decades per step (``lyapunov.exponent``
   is in nats per step). Any cell.
 * **Pascanu bound** — for an Elman RNN with |f'| ≤ 1 (tanh, relu),
   ‖∂L/∂h_t‖ ≤ σ_max(W_hh)^d ‖∂L/∂h_{T−1}‖ (Pascanu et al., 2013): a line of slope log10 σ_max

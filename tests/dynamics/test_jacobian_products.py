@@ -220,7 +220,7 @@ def test_pascanu_bound_for_tanh_rnns_with_small_spectral_norm(H, sigma, seed):
 
 
 def test_estimate_within_10_percent_of_exact_on_long_tanh_rnn():
-    """docs/design.md §7, §10: ≥ 95% of distances within 10% at T = 1000, H = 64, spectral radius ~1."""
+    """docs/design.md §7: ≥ 95% of distances within 10% at T = 1000, H = 64, spectral radius ~1."""
     T, H, I = 1000, 64, 8
     g = torch.Generator().manual_seed(0)
     W = torch.randn(H, H, generator=g, dtype=F64) / math.sqrt(H)

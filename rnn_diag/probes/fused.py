@@ -127,6 +127,25 @@ def make_shadows(module: nn.RNNBase) -> list[nn.RNNBase]:
     return [single_layer_shadow(module, size, module.batch_first) for size in sizes]
 
 
+def run_layer(module: nn.RNNBase, shadow: nn.RNNBase, layer: int, inp, hx):
+    """Layer ``layer`` (every direction) of ``module`` on ``inp``, with the module's weights,
+    through a single-layer ``shadow`` (:func:`single_layer_shadow`, built for ``inp``'s size and
+    layout) and ``functional_call``.
+
+    Args:
+        hx: the module's whole initial state (``[L*D, B, H]``, or an (h, c) pair), or None;
+            the layer's rows are taken here.
+
+    Returns:
+        ``(output, final state)`` as the one-layer module returns them.
+    """
+    if hx is not None:
+        D = 2 if module.bidirectional else 1
+        rows = slice(layer * D, (layer + 1) * D)
+        hx = tuple(s[rows] for s in hx) if isinstance(hx, tuple) else hx[rows]
+    return functional_call(shadow, single_layer_params(module, layer), (inp, hx))
+
+
 @dataclass
 class FusedCall:
     """What a forward hook captured from one call of a fused module (references, no copies)."""
@@ -200,7 +219,6 @@ class FusedCall:
         """
         m = self.module
         p = m.dropout if self.rng is not None else 0.0
-        D = 2 if m.bidirectional else 1
         outputs, masks, inputs = [], [], [self.time_major(self.input)[0]]
         if p:
             device, state = self.rng
@@ -213,12 +231,7 @@ class FusedCall:
                  else torch.set_rng_state(state))
             inp = self.input
             for layer in range(m.num_layers - 1 if not p else m.num_layers):
-                params = single_layer_params(m, layer)
-                hx = self.hx
-                if hx is not None:
-                    rows = slice(layer * D, (layer + 1) * D)
-                    hx = tuple(s[rows] for s in hx) if isinstance(hx, tuple) else hx[rows]
-                out, _ = functional_call(self.shadows[layer], params, (inp, hx))
+                out, _ = run_layer(m, self.shadows[layer], layer, inp, self.hx)
                 if layer == m.num_layers - 1:  # the replay check
                     self._check_replay(out)
                     break

@@ -20,20 +20,13 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call
 
 from ..dynamics.cells import CellWeights, linearise
 from ..dynamics.lyapunov import lyapunov_exponents, lyapunov_spectrum_callable
 from ..dynamics.spectrum import spectrum
 from .cell_chain import cell_kind
 from .discovery import RECURRENT_TYPES
-from .fused import (
-    FUSED_TYPES,
-    layer_weights,
-    module_kind,
-    single_layer_params,
-    single_layer_shadow,
-)
+from .fused import FUSED_TYPES, layer_weights, module_kind, run_layer, single_layer_shadow
 
 __all__ = ["lyapunov_spectrum", "module_linearisation", "recurrent_spectra"]
 
@@ -225,14 +218,6 @@ def _split_state(h0, lstm: bool, sizes: tuple[int, int], rows: int, name: str):
     return shaped[0], shaped[1], full and rows > 1
 
 
-def _single_layer(module: nn.RNNBase, layer: int, input_size: int):
-    """A function running layer ``layer`` (all directions) of a fused module on ``[T, 1, F]``
-    with the module's weights, through a single-layer meta copy and ``functional_call``."""
-    shadow = single_layer_shadow(module, input_size, batch_first=False)
-    params = single_layer_params(module, layer)
-    return lambda x, hx: functional_call(shadow, params, (x, hx))[0]
-
-
 def _fused_trajectory(module, x, h0, layer, direction):
     name = type(module).__name__
     L, D, C = module.num_layers, (2 if module.bidirectional else 1), module.hidden_size
@@ -261,9 +246,8 @@ def _fused_trajectory(module, x, h0, layer, direction):
     inp = x
     with torch.no_grad():
         for l in range(layer + 1):
-            rows = slice(l * D, (l + 1) * D)
-            hx = (hs[rows], cs[rows]) if lstm else hs[rows]
-            out = _single_layer(module, l, inp.shape[-1])(inp, hx)
+            shadow = single_layer_shadow(module, inp.shape[-1], batch_first=False)
+            out, _ = run_layer(module, shadow, l, inp, (hs, cs) if lstm else hs)
             if l < layer:
                 inp = out
     h = out[..., direction * H : (direction + 1) * H]

@@ -47,8 +47,8 @@ from rnn_diag.dynamics.cells import CellWeights, linearise  # noqa: E402
 from rnn_diag.dynamics.jacobian_products import jacobian_product_log10_norms  # noqa: E402
 from rnn_diag.dynamics.lyapunov import lyapunov_exponents  # noqa: E402
 from rnn_diag.dynamics.spectrum import spectrum  # noqa: E402
-from rnn_diag.probes.fused import layer_weights  # noqa: E402
-from rnn_diag.probes.model_dynamics import lyapunov_spectrum, module_linearisation  # noqa: E402
+from rnn_diag.modules.dynamics import lyapunov_spectrum, module_linearisation  # noqa: E402
+from rnn_diag.modules.layers import layer_weights  # noqa: E402
 
 INPUT_SIZE = 10
 N_CLASSES = 5

@@ -25,8 +25,8 @@ _EXPORTS = {
     "spectrum": ".dynamics.spectrum",
     "Spectrum": ".dynamics.spectrum",
     "gradient_summary": ".dynamics.summary",
-    "recurrent_spectra": ".probes.model_dynamics",
-    "lyapunov_spectrum": ".probes.model_dynamics",
+    "recurrent_spectra": ".modules.dynamics",
+    "lyapunov_spectrum": ".modules.dynamics",
 }
 
 __all__ = [
@@ -44,8 +44,8 @@ __all__ = [
 if TYPE_CHECKING:
     from .dynamics.spectrum import Spectrum, spectrum
     from .dynamics.summary import gradient_summary
+    from .modules.dynamics import lyapunov_spectrum, recurrent_spectra
     from .probes import Probe, ProbeWarning, attach
-    from .probes.model_dynamics import lyapunov_spectrum, recurrent_spectra
 
 
 def __getattr__(name: str):

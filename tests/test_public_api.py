@@ -15,8 +15,8 @@ import rnn_diag as rd
         ("spectrum", "rnn_diag.dynamics.spectrum"),
         ("Spectrum", "rnn_diag.dynamics.spectrum"),
         ("gradient_summary", "rnn_diag.dynamics.summary"),
-        ("recurrent_spectra", "rnn_diag.probes.model_dynamics"),
-        ("lyapunov_spectrum", "rnn_diag.probes.model_dynamics"),
+        ("recurrent_spectra", "rnn_diag.modules.dynamics"),
+        ("lyapunov_spectrum", "rnn_diag.modules.dynamics"),
     ],
 )
 def test_top_level_names(name, module):

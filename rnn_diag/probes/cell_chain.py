@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from ..dynamics.adjoint import adjoint_scan, immediate_from_total
 from ..dynamics.cells import CallableSteps, CellWeights, linearise
 from ..dynamics.lognorm import log_norm
+from ..modules.layers import cell_kind
 from .jacobians import product_log10_norms
 from .links import Handed, reads
 from .options import RecordOptions
@@ -63,17 +64,6 @@ def rounding_level(dtype: torch.dtype, size: int, *norms: Tensor) -> Tensor:
 def rounding_floor(dtype: torch.dtype, size: int) -> float:
     """The absolute part of :func:`rounding_level`: 16·√size times the smallest normal number."""
     return ROUNDING_TOLERANCE * math.sqrt(size) * torch.finfo(dtype).tiny
-
-
-def cell_kind(module: nn.Module) -> str | None:
-    """"rnn_tanh", "rnn_relu", "gru", "lstm" for PyTorch's cells; None for a custom cell."""
-    if isinstance(module, nn.LSTMCell):
-        return "lstm"
-    if isinstance(module, nn.GRUCell):
-        return "gru"
-    if isinstance(module, nn.RNNCell):
-        return "rnn_relu" if module.nonlinearity == "relu" else "rnn_tanh"
-    return None
 
 
 def state_names(n: int) -> list[str]:

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-#: Module types found automatically; anything else must be named in ``modules=``.
-RECURRENT_TYPES = (nn.RNN, nn.GRU, nn.LSTM, nn.RNNCell, nn.GRUCell, nn.LSTMCell)
+from ..modules.layers import RECURRENT_TYPES
 
 
 def find_recurrent(model: nn.Module, modules=None) -> dict[str, nn.Module]:

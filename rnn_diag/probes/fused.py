@@ -20,37 +20,25 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
 from ..dynamics.adjoint import adjoint_scan
 from ..dynamics.cells import CellWeights, linearise
 from ..dynamics.lognorm import add_scaled, log_norm
 from ..dynamics.workspace import Workspace
+from ..modules.layers import (
+    layer_weights,
+    output_size,
+    run_layer,
+)
 from .jacobians import product_log10_norms
 from .options import RecordOptions
 from .result import LayerResult, ScaledSeries, faint
-
-FUSED_TYPES = (nn.RNN, nn.GRU, nn.LSTM)
-
-
-def module_kind(module: nn.RNNBase) -> str:
-    """"rnn_tanh", "rnn_relu", "gru" or "lstm"."""
-    if isinstance(module, nn.LSTM):
-        return "lstm"
-    if isinstance(module, nn.GRU):
-        return "gru"
-    return "rnn_relu" if module.nonlinearity == "relu" else "rnn_tanh"
 
 
 class ReplayMismatch(RuntimeError):
     """The recomputed top layer differs from the module's output: the lower layers (their
     dropout masks) could not be reproduced, so nothing is recorded for this call."""
-
-
-def output_size(module: nn.RNNBase) -> int:
-    """Size of h (and of each direction's output): ``proj_size`` when set, else hidden_size."""
-    return getattr(module, "proj_size", 0) or module.hidden_size
 
 
 def replays_dropout(module: nn.RNNBase) -> bool:
@@ -65,85 +53,6 @@ def save_rng_state(module: nn.RNNBase, inp) -> tuple[torch.device, Tensor]:
     if device.type == "cuda":
         return device, torch.cuda.get_rng_state(device)
     return device, torch.get_rng_state()
-
-
-def layer_weights(module: nn.RNNBase, layer: int, direction: int) -> CellWeights:
-    """The weights of one layer and direction, named as PyTorch names them."""
-    suffix = f"_l{layer}" + ("_reverse" if direction == 1 else "")
-    bias = module.bias
-    weights = CellWeights(
-        kind=module_kind(module),
-        weight_ih=getattr(module, "weight_ih" + suffix),
-        weight_hh=getattr(module, "weight_hh" + suffix),
-        bias_ih=getattr(module, "bias_ih" + suffix) if bias else None,
-        bias_hh=getattr(module, "bias_hh" + suffix) if bias else None,
-    )
-    if getattr(module, "proj_size", 0):
-        weights.weight_hr = getattr(module, "weight_hr" + suffix)
-    return weights
-
-
-def single_layer_shadow(module: nn.RNNBase, input_size: int, batch_first: bool) -> nn.RNNBase:
-    """A one-layer copy of ``module``'s kind and settings on the meta device (no memory, no
-    RNG draws), to be run with real weights through ``functional_call``."""
-    kwargs = dict(
-        num_layers=1,
-        bias=module.bias,
-        batch_first=batch_first,
-        bidirectional=module.bidirectional,
-        device="meta",
-    )
-    if isinstance(module, nn.RNN):
-        kwargs["nonlinearity"] = module.nonlinearity
-    if getattr(module, "proj_size", 0):
-        kwargs["proj_size"] = module.proj_size
-    with torch.random.fork_rng(devices=[]):
-        return type(module)(input_size, module.hidden_size, **kwargs)
-
-
-def single_layer_params(module: nn.RNNBase, layer: int) -> dict[str, Tensor]:
-    """The weights of layer ``layer`` (every direction) under a one-layer module's names."""
-    params = {}
-    for direction in range(2 if module.bidirectional else 1):
-        w = layer_weights(module, layer, direction)
-        sfx = "_l0" + ("_reverse" if direction else "")
-        params["weight_ih" + sfx], params["weight_hh" + sfx] = w.weight_ih, w.weight_hh
-        if module.bias:
-            params["bias_ih" + sfx], params["bias_hh" + sfx] = w.bias_ih, w.bias_hh
-        if w.weight_hr is not None:
-            params["weight_hr" + sfx] = w.weight_hr
-    return params
-
-
-def make_shadows(module: nn.RNNBase) -> list[nn.RNNBase]:
-    """Single-layer copies (see :func:`single_layer_shadow`), one per layer, used to recompute
-    the lower layers' outputs with the real weights (and the top layer, to check a dropout
-    replay)."""
-    if module.num_layers == 1:
-        return []
-    directions = 2 if module.bidirectional else 1
-    upper = directions * output_size(module)
-    sizes = [module.input_size] + [upper] * (module.num_layers - 1)
-    return [single_layer_shadow(module, size, module.batch_first) for size in sizes]
-
-
-def run_layer(module: nn.RNNBase, shadow: nn.RNNBase, layer: int, inp, hx):
-    """Layer ``layer`` (every direction) of ``module`` on ``inp``, with the module's weights,
-    through a single-layer ``shadow`` (:func:`single_layer_shadow`, built for ``inp``'s size and
-    layout) and ``functional_call``.
-
-    Args:
-        hx: the module's whole initial state (``[L*D, B, H]``, or an (h, c) pair), or None;
-            the layer's rows are taken here.
-
-    Returns:
-        ``(output, final state)`` as the one-layer module returns them.
-    """
-    if hx is not None:
-        D = 2 if module.bidirectional else 1
-        rows = slice(layer * D, (layer + 1) * D)
-        hx = tuple(s[rows] for s in hx) if isinstance(hx, tuple) else hx[rows]
-    return functional_call(shadow, single_layer_params(module, layer), (inp, hx))
 
 
 @dataclass

@@ -12,16 +12,10 @@ from torch.nn.utils.rnn import PackedSequence
 
 from ..dynamics.denormals import flush_denormals
 from ..dynamics.workspace import Workspace
+from ..modules.layers import FUSED_TYPES, make_shadows
 from .cell_chain import CellChain, StaleRecord, components
 from .discovery import find_recurrent
-from .fused import (
-    FUSED_TYPES,
-    FusedCall,
-    ReplayMismatch,
-    make_shadows,
-    replays_dropout,
-    save_rng_state,
-)
+from .fused import FusedCall, ReplayMismatch, replays_dropout, save_rng_state
 from .history import History
 from .jacobians import product_log10_norms
 from .links import FRESH, SAME, TRANSFORM, VIEW, Handed, classify, classify_fused

@@ -27,8 +27,9 @@ import torch
 from torch import Tensor
 
 from ..dynamics.lognorm import log_norm
+from ..modules.layers import output_size
 from .cell_chain import rounding_level
-from .fused import Carry, FusedCall, analyse, output_size
+from .fused import Carry, FusedCall, analyse
 from .links import SAME, TRANSFORM, VIEW
 from .options import RecordOptions
 from .result import LayerResult, ScaledSeries

@@ -28,8 +28,9 @@ from torch import Tensor, nn
 from ..dynamics.adjoint import adjoint_scan
 from ..dynamics.cells import linearise
 from ..dynamics.lognorm import add_scaled, log_norm
+from ..modules.layers import layer_weights, output_size
 from .cell_chain import rounding_floor, rounding_level
-from .fused import Carry, FusedCall, add_scaled_at_last_step, layer_weights, output_size
+from .fused import Carry, FusedCall, add_scaled_at_last_step
 from .jacobians import product_log10_norms
 from .links import SAME, TRANSFORM, VIEW
 from .options import RecordOptions

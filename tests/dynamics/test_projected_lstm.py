@@ -19,7 +19,7 @@ from rnn_diag.dynamics.adjoint import adjoint_scan
 from rnn_diag.dynamics.cells import CellWeights, LSTMSteps, ProjectedLSTMSteps, linearise
 from rnn_diag.dynamics.jacobian_products import jacobian_product_log10_norms
 from rnn_diag.dynamics.lognorm import log_norm
-from rnn_diag.probes.model_dynamics import (
+from rnn_diag.modules.dynamics import (
     lyapunov_spectrum,
     module_linearisation,
     recurrent_spectra,

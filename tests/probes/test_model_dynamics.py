@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from rnn_diag.probes.model_dynamics import (
+from rnn_diag.modules.dynamics import (
     lyapunov_spectrum,
     module_linearisation,
     recurrent_spectra,

@@ -9,30 +9,44 @@ values written in any accepted form (``1e-3`` or ``0.001``, ``seed`` or ``train.
 whether they came from a sweep or from the base config; any difference in a setting gives
 another id (a store resumes a sweep by skipping ids it already holds). Ids change if a later
 version of the schema adds a setting, since the defaults are part of the settings.
+
+Validation: each trial is validated once. Validating a config with a sweep (the schema calls
+:func:`validate_trials`) builds every trial and keeps the list (for the last few configs, by
+content); :func:`expand` hands it out, once, instead of validating the trials again.
 """
 
 from __future__ import annotations
 
 import hashlib
 import itertools
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from rnn_diag.experiments.config import (
+from rnn_diag.experiments.config.errors import (
     ConfigError,
     ConfigProblem,
+    line_error,
+    show_value,
+)
+from rnn_diag.experiments.config.schema import (
     ExperimentConfig,
-    _get_dotted,
-    _show,
     canonical_settings,
+    get_dotted,
     with_params,
 )
 
-__all__ = ["TrialSpec", "expand", "trial_id", "trial_label"]
+__all__ = ["TrialSpec", "expand", "trial_id", "trial_label", "validate_trials"]
 
 ID_LENGTH = 12
 """Hex digits of SHA-256 kept in a trial id (48 bits: collisions are negligible below ~10^6
 trials)."""
+
+_MAX_TRIALS_LISTED = 5  # invalid trials listed in the errors of one sweep; the rest are counted
+_KEPT = 8  # configs whose validated trials wait for expand(), the oldest dropped first
+_validated: OrderedDict[str, list[TrialSpec]] = OrderedDict()  # _key(config) -> its trials
+_validated_lock = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -63,8 +77,11 @@ def trial_id(config: ExperimentConfig) -> str:
         >>> trial_id(a) == trial_id(b), len(trial_id(a))
         (True, 12)
     """
-    digest = hashlib.sha256(canonical_settings(config).encode("utf-8")).hexdigest()
-    return digest[:ID_LENGTH]
+    return _id(canonical_settings(config))
+
+
+def _id(settings: str) -> str:
+    return hashlib.sha256(settings.encode("utf-8")).hexdigest()[:ID_LENGTH]
 
 
 def expand(config: ExperimentConfig, source: str = "<config>") -> list[TrialSpec]:
@@ -73,6 +90,10 @@ def expand(config: ExperimentConfig, source: str = "<config>") -> list[TrialSpec
     Order: the first sweep key varies slowest, the last fastest, values in their listed order
     (as nested loops in file order), so the same config always gives the same list. Without a
     sweep, one trial of the base config with ``params == {}``.
+
+    The trials of a config validated in this process are not validated again: they were built
+    then (:func:`validate_trials`). Otherwise (a config validated in another process, or changed
+    since) each is validated here, once; without a sweep the one trial is a copy of ``config``.
 
     Args:
         config: a validated config (:func:`~rnn_diag.experiments.config.load_config`).
@@ -96,28 +117,142 @@ def expand(config: ExperimentConfig, source: str = "<config>") -> list[TrialSpec
         >>> expand(cfg)[3].config.model.cell, expand(cfg)[3].config.sweep
         ('gru', {})
     """
+    if not config.sweep:  # the one trial is the base config, validated as such
+        return [TrialSpec(trial_id(config), {}, config.model_copy(deep=True))]
+    with _validated_lock:
+        specs = _validated.pop(_key(config), None)
+    if specs is None:
+        specs = _expand_afresh(config, source)
+    return specs
+
+
+def _expand_afresh(config: ExperimentConfig, source: str) -> list[TrialSpec]:
+    """:func:`expand` for a config whose trials were not kept: each validated here, once."""
     keys = list(config.sweep)
     specs: list[TrialSpec] = []
     seen: dict[str, dict] = {}
     for values in itertools.product(*(config.sweep[k] for k in keys)):
-        raw = dict(zip(keys, values))
-        trial = with_params(config, raw, source)
-        dumped = trial.model_dump()
-        params = {k: _get_dotted(dumped, k) for k in keys}
-        spec = TrialSpec(trial_id(trial), params, trial)
+        trial = with_params(config, dict(zip(keys, values)), source)
+        spec = _spec(trial, canonical_settings(trial), keys)
         if spec.id in seen:
-            raise ConfigError(source, [_same_settings(seen[spec.id], params)])
-        seen[spec.id] = params
+            raise ConfigError(source, [_same_settings(seen[spec.id], spec.params)])
+        seen[spec.id] = spec.params
         specs.append(spec)
     return specs
 
 
+def _spec(trial: ExperimentConfig, settings: str, keys: list[str]) -> TrialSpec:
+    """The :class:`TrialSpec` of a validated ``trial`` with :func:`canonical_settings`
+    ``settings``; its params are the swept ``keys``, read back from the trial."""
+    dumped = trial.model_dump()
+    return TrialSpec(_id(settings), {k: get_dotted(dumped, k) for k in keys}, trial)
+
+
 def _same_settings(first: dict, second: dict) -> ConfigProblem:
     def where(params):
-        return ", ".join(f"{k} = {_show(v)}" for k, v in params.items())
+        return ", ".join(f"{k} = {show_value(v)}" for k, v in params.items())
 
     return ConfigProblem("sweep", f"the trials with {where(first)} and with {where(second)} "
                          "have the same settings", None, None, ("sweep",))
+
+
+def validate_trials(config: ExperimentConfig) -> list[dict]:
+    """Validate every trial of ``config``'s sweep, each once (the check of
+    :class:`~rnn_diag.experiments.config.ExperimentConfig`, run once its base settings are
+    valid).
+
+    Each value is first tried alone with the base config, so that a bad value is named as
+    such; only if all are valid is every combination tried, and the trials must have distinct
+    settings. When all is well the trials are kept for :func:`expand`.
+
+    Returns:
+        errors for ``pydantic.ValidationError.from_exception_data`` (made with
+        :func:`~rnn_diag.experiments.config.errors.line_error`, located at the sweep's key and
+        value, or at ``sweep``); ``[]`` when every trial is valid.
+    """
+    specs, errors = _trials(config)
+    if not errors:
+        with _validated_lock:
+            _validated[_key(config)] = specs
+            while len(_validated) > _KEPT:
+                _validated.popitem(last=False)
+    return errors
+
+
+def _key(config: ExperimentConfig) -> str:
+    """What a config's trials depend on: all of it (``repr`` keeps 1, 1.0 and True apart)."""
+    return repr(config.model_dump())
+
+
+def _trials(config: ExperimentConfig) -> tuple[list[TrialSpec], list[dict]]:
+    """The :class:`TrialSpec` list of ``config``'s sweep and the errors of its invalid values
+    and combinations (see :func:`validate_trials`); ``[]`` trials when there are errors."""
+    keys = list(config.sweep)
+    tried: dict[tuple, tuple] = {}
+
+    def attempt(points: tuple) -> tuple:
+        """``(trial, settings, problems)`` with the values at ``points``, ``((key, index),
+        ...)``; a trial alone and the same trial as a combination are validated once."""
+        if points not in tried:
+            params = {k: config.sweep[k][i] for k, i in points}
+            try:
+                trial = with_params(config, params)
+            except ConfigError as exc:
+                tried[points] = (None, None, exc.problems)
+            else:
+                tried[points] = (trial, canonical_settings(trial), [])
+        return tried[points]
+
+    errors = []
+    for key in keys:  # each value alone first, so that a bad value is named as such
+        seen: dict[str, Any] = {}
+        for i, value in enumerate(config.sweep[key]):
+            _, settings, problems = attempt(((key, i),))
+            for p in problems:
+                text = p.message
+                if p.path != key and not p.path.startswith(key + "."):
+                    text = f"with {key} = {show_value(value)}, {p.path or 'the config'}: {text}"
+                errors.append(line_error(("sweep", key, i), text, value))
+            if problems:
+                continue
+            if settings in seen:
+                errors.append(line_error(
+                    ("sweep", key, i), f"the values {show_value(seen[settings])} and "
+                    f"{show_value(value)} give the same settings", value))
+            seen.setdefault(settings, value)
+    if errors:
+        return [], errors
+    specs: list[TrialSpec] = []
+    found: dict[str, str] = {}  # trial id -> the first trial with it, in words
+    invalid = same = 0
+    for points in itertools.product(*([(k, i) for i in range(len(config.sweep[k]))]
+                                      for k in keys)):
+        where = ", ".join(f"{k} = {show_value(config.sweep[k][i])}" for k, i in points)
+        trial, settings, problems = attempt(points)
+        if problems:
+            invalid += 1
+            if invalid <= _MAX_TRIALS_LISTED:
+                p = problems[0]
+                errors.append(line_error(
+                    ("sweep",), f"the trial with {where} is invalid: {p.path}: {p.message}",
+                    None))
+            continue
+        spec_id = _id(settings)
+        if spec_id in found:
+            same += 1
+            if same == 1:
+                errors.append(line_error(
+                    ("sweep",), f"the trials with {found[spec_id]} and with {where} have the "
+                    "same settings", None))
+        found.setdefault(spec_id, where)
+        if not errors:
+            specs.append(_spec(trial, settings, keys))
+    if invalid > _MAX_TRIALS_LISTED:
+        errors.append(line_error(
+            ("sweep",), f"... and {invalid - _MAX_TRIALS_LISTED} more invalid trials", None))
+    if same > 1:
+        errors.append(line_error(("sweep",), f"... and {same - 1} more repeated trials", None))
+    return ([] if errors else specs), errors
 
 
 def trial_label(spec: TrialSpec) -> str:

@@ -1,81 +1,20 @@
-"""The experiment config: its schema, its loader and its validator (DESIGN.md §2, §6).
+"""The schema of an experiment config: the pydantic models (:class:`ExperimentConfig` and its
+sections), the keys a sweep may name, a config with settings applied (:func:`with_params`), its
+canonical settings, and :func:`validate_config`, which turns pydantic's errors into a
+:class:`~rnn_diag.experiments.config.errors.ConfigError`.
 
-A config is a YAML file, read with ``yaml.safe_load`` and validated into an
-:class:`ExperimentConfig`::
-
-    name: weather                 # required; letters, digits, "_", "." and "-" (a folder name)
-    description: "..."            # optional
-    task:
-      name: weather               # a task of rnn_diag.tasks: weather | adding | copy
-      seq_len: 10                 # required, > 0
-      lag: 5                      # further keys are that task's options (rnn_diag.tasks)
-    model:
-      cell: rnn                   # rnn | gru | lstm
-      hidden_size: 10             # > 0
-      num_layers: 1               # > 0
-      nonlinearity: tanh          # tanh | relu (relu only with cell rnn)
-      init: default               # default | orthogonal | identity | normal
-      weight_scale: null          # null, or the spectral radius (> 0) W_hh is rescaled to
-    train:
-      epochs: 100                 # > 0
-      optimizer: Adam             # an optimizer class of torch.optim
-      optimizer_args: {}          # its further keyword arguments (not lr: use train.lr)
-      lr: 0.01                    # > 0
-      batch_size: null            # null = full batch, or > 0
-      clip_grad_norm: null        # null, or the max gradient norm (> 0)
-      device: auto                # cpu | cuda | auto
-      seed: 0                     # >= 0
-    probes:
-      every: 1                    # gradient profile every N epochs (and always the last one)
-      jacobians: off              # off | estimate | exact
-      jacobian_samples: 64        # Jacobian norms on the first N samples; null = all
-      lyapunov: [init, end]       # when: "init" (before training), "end", epoch numbers; []
-      gradients: true             # record gradient profiles at all (false: train only)
-      lyapunov_steps: null        # trajectory length; null = max(task.seq_len, 500)
-      spectra: [init, end]        # when to record the spectra of W_hh; same format
-      saturation: false
-    sweep:                        # optional: dotted key -> non-empty list of values
-      task.seq_len: [10, 100, 1000]
-      model.weight_scale: [null, 0.5, 1.0, 1.5]
-
-Every section but ``name`` and ``task`` may be left out; every key has the default shown
-(``task.seq_len`` excepted). Unknown keys are refused everywhere.
-
-Numbers: a whole number is accepted where a number is expected; text that reads as a number is
-accepted too (PyYAML reads ``1e-3`` as the text "1e-3": it needs ``1.0e-3`` for a float);
-``true``/``false`` are not numbers.
-
-Schedules (``probes.lyapunov``, ``probes.spectra``) are stored in a canonical order without
-repeats: ``"init"``, then epoch numbers ascending, then ``"end"``. Epoch ``k`` (1 ≤ k ≤
-``train.epochs``) means "after epoch k"; ``0`` is the moment before training and is stored as
-``"init"``. A single value stands for a one-element list; ``false`` or ``null`` for ``[]``.
-
-Sweeps: every key is a dotted path to one setting (``task.seq_len``, ``task.lag``,
-``model.cell``, ``train.optimizer_args.momentum``, ...); ``seed`` is short for ``train.seed``
-(stored as ``train.seed``). The trials are the Cartesian product of the lists (see
-:func:`rnn_diag.experiments.grid.expand`), and every one is validated with the config, so a bad
-value is refused before anything runs. When a sweep changes ``task.name``, base task options at
-their default value are dropped for the other task, which then uses its own defaults; base
-options set to another value are kept (and refused if that task has no such option).
-
-Errors: :func:`load_config` and :func:`validate_config` raise :class:`ConfigError`, whose text
-names the file and lists one problem per line: the key path, what was expected, the value given
-and, from a file, its line.
+The file format is described in :mod:`rnn_diag.experiments.config`. Validating a config with a
+sweep validates every trial of it, through :func:`rnn_diag.experiments.grid.validate_trials`.
 """
 
 from __future__ import annotations
 
-import difflib
 import functools
 import inspect
-import itertools
 import json
 import re
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -90,18 +29,27 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from .errors import (
+    ConfigError,
+    ConfigProblem,
+    did_you_mean,
+    line_error,
+    pydantic_problems,
+    show_value,
+)
+
 __all__ = [
     "SWEEP_ALIASES",
-    "ConfigError",
-    "ConfigProblem",
     "ExperimentConfig",
     "ModelConfig",
     "ProbesConfig",
     "TaskConfig",
     "TrainConfig",
     "canonical_settings",
-    "load_config",
+    "get_dotted",
+    "set_dotted",
     "sweep_keys",
+    "valid_keys",
     "validate_config",
     "with_params",
 ]
@@ -112,8 +60,6 @@ SWEEP_ALIASES: dict[str, str] = {"seed": "train.seed"}
 _NOT_SWEPT = ("name", "description", "sweep")
 _SECTIONS = ("task", "model", "train", "probes")
 _NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
-_MAX_LISTED = 30  # problems listed in one ConfigError; the rest are counted
-_NOTE = "config_note"  # a custom error whose message is complete (no ", got ..." added)
 
 
 # --------------------------------------------------------------------------------------------
@@ -164,17 +110,8 @@ Schedule = Annotated[list[Annotated[Any, PlainValidator(_when)]], BeforeValidato
 def _choices(value: Any, choices) -> PydanticCustomError:
     text = ", ".join(str(c) for c in choices)
     return PydanticCustomError(
-        "unknown_choice", f"expected one of {text}", {"hint": _did_you_mean(value, choices)}
+        "unknown_choice", f"expected one of {text}", {"hint": did_you_mean(value, choices)}
     )
-
-
-def _did_you_mean(value: Any, choices) -> str:
-    """'did you mean "x"?' for the choice closest to ``value``, or ""."""
-    if not isinstance(value, str):
-        return ""
-    lowered = {str(c).lower(): str(c) for c in choices}
-    close = difflib.get_close_matches(value.lower(), list(lowered), n=1, cutoff=0.6)
-    return f'did you mean "{lowered[close[0]]}"?' if close else ""
 
 
 @functools.lru_cache(maxsize=1)
@@ -362,12 +299,12 @@ class TrainConfig(_Section):
             if key == "lr":
                 text = "the learning rate is set by train.lr; remove it here"
             elif key not in known:
-                hint = _did_you_mean(key, known)
-                text = f"{name} has no argument {key!r} (its value: {_show(value)})"
+                hint = did_you_mean(key, known)
+                text = f"{name} has no argument {key!r} (its value: {show_value(value)})"
                 text += f"; {hint}" * bool(hint) + f" {name}'s arguments: {', '.join(known)}"
             else:
                 continue
-            errors.append(_line_error((key,), text, value))
+            errors.append(line_error((key,), text, value))
         if errors:
             raise ValidationError.from_exception_data("optimizer_args", errors)
         return args
@@ -487,7 +424,7 @@ class ExperimentConfig(_Section):
                 if full in canonical:
                     problem = f"{full} is swept twice (as {canonical[full]} and as {key})"
                 if problem is not None:
-                    errors.append(_line_error((key,), problem, None))
+                    errors.append(line_error((key,), problem, None))
                 canonical.setdefault(full, key)
         try:
             out = handler(sweep)
@@ -501,8 +438,8 @@ class ExperimentConfig(_Section):
                 for i, value in enumerate(values):
                     text = json.dumps(value, sort_keys=True, default=str)
                     if text in seen:
-                        errors.append(_line_error(
-                            (key, i), f"the value {_show(value)} is listed twice", value))
+                        errors.append(line_error(
+                            (key, i), f"the value {show_value(value)} is listed twice", value))
                     seen.add(text)
         if errors:
             raise ValidationError.from_exception_data("sweep", errors)
@@ -514,7 +451,7 @@ class ExperimentConfig(_Section):
         for field in ("lyapunov", "spectra"):
             for i, when in enumerate(getattr(self.probes, field)):
                 if isinstance(when, int) and when > self.train.epochs:
-                    errors.append(_line_error(
+                    errors.append(line_error(
                         ("probes", field, i),
                         f"expected init, end or an epoch from 1 to train.epochs = "
                         f"{self.train.epochs}", when, note=False))
@@ -525,7 +462,9 @@ class ExperimentConfig(_Section):
     @model_validator(mode="after")
     def _trials_valid(self) -> ExperimentConfig:
         if self.sweep:
-            errors = _sweep_errors(self)
+            from rnn_diag.experiments.grid import validate_trials  # grid imports this module
+
+            errors = validate_trials(self)
             if errors:
                 raise ValidationError.from_exception_data("ExperimentConfig", errors)
         return self
@@ -570,7 +509,7 @@ def _sweep_key_problem(key: str) -> str | None:
     nearby = [k for k in valid if k.startswith(section + ".")]
     if key in _SECTIONS:
         return f"{key} is a whole section; sweep one of its keys: {', '.join(nearby)}"
-    hint = _did_you_mean(key, valid + list(SWEEP_ALIASES))
+    hint = did_you_mean(key, valid + list(SWEEP_ALIASES))
     text = "not a config key" + (f"; {hint}" if hint else "")
     if nearby:
         return f"{text} (valid keys: {', '.join(nearby)})"
@@ -578,7 +517,15 @@ def _sweep_key_problem(key: str) -> str | None:
            f"{', '.join(_SECTIONS)}; short forms: {', '.join(SWEEP_ALIASES)})"
 
 
-def _set_dotted(data: dict, key: str, value: Any) -> None:
+def set_dotted(data: dict, key: str, value: Any) -> None:
+    """Set the setting at the dotted sweep ``key`` (an alias is resolved) of the config mapping
+    ``data``, creating the mappings on the way.
+
+    Example:
+        >>> data = {"train": {"lr": 0.1}}
+        >>> set_dotted(data, "seed", 3); set_dotted(data, "model.cell", "gru"); data
+        {'train': {'lr': 0.1, 'seed': 3}, 'model': {'cell': 'gru'}}
+    """
     *path, last = SWEEP_ALIASES.get(key, key).split(".")
     node = data
     for part in path:
@@ -586,7 +533,14 @@ def _set_dotted(data: dict, key: str, value: Any) -> None:
     node[last] = value
 
 
-def _get_dotted(data: dict, key: str) -> Any:
+def get_dotted(data: dict, key: str) -> Any:
+    """The setting at the dotted sweep ``key`` (an alias is resolved) of the config mapping
+    ``data``; ``KeyError`` if it is not there.
+
+    Example:
+        >>> get_dotted({"train": {"seed": 3}}, "seed")
+        3
+    """
     node = data
     for part in SWEEP_ALIASES.get(key, key).split("."):
         node = node[part]
@@ -597,7 +551,7 @@ def _trial_data(config: ExperimentConfig, params: dict[str, Any]) -> dict[str, A
     """The raw mapping of ``config`` with ``params`` (dotted key -> value) applied, no sweep."""
     data = config.model_dump(exclude={"sweep"})  # task options sit flat: task.<option> works
     for key, value in params.items():
-        _set_dotted(data, key, value)
+        set_dotted(data, key, value)
     task = data["task"]
     if task.get("name") != config.task.name:  # another task: base options at default drop out
         set_here = {k.split(".", 1)[1] for k in params if k.startswith("task.")}
@@ -635,66 +589,7 @@ def with_params(config: ExperimentConfig, params: dict[str, Any],
     try:
         return ExperimentConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(source, _problems(exc, data)) from None
-
-
-def _sweep_errors(config: ExperimentConfig) -> list[dict]:
-    """Line errors for every invalid value, or combination of values, of ``config.sweep``."""
-    errors = []
-    keys = list(config.sweep)
-    for key in keys:  # each value alone first, so that a bad value is named as such
-        seen: dict[str, Any] = {}
-        for i, value in enumerate(config.sweep[key]):
-            data = _trial_data(config, {key: value})
-            try:
-                trial = ExperimentConfig.model_validate(data)
-            except ValidationError as exc:
-                for p in _problems(exc, data):
-                    text = p.message
-                    if p.path != key and not p.path.startswith(key + "."):
-                        text = f"with {key} = {_show(value)}, {p.path or 'the config'}: {text}"
-                    errors.append(_line_error(("sweep", key, i), text, value))
-                continue
-            settings = canonical_settings(trial)
-            if settings in seen:
-                errors.append(_line_error(("sweep", key, i), f"the values {_show(seen[settings])}"
-                                          f" and {_show(value)} give the same settings", value))
-            seen.setdefault(settings, value)
-    if errors:
-        return errors
-    found: dict[str, str] = {}
-    invalid = same = 0
-    for values in itertools.product(*(config.sweep[k] for k in keys)):
-        params = dict(zip(keys, values))
-        where = ", ".join(f"{k} = {_show(v)}" for k, v in params.items())
-        data = _trial_data(config, params)
-        try:
-            trial = ExperimentConfig.model_validate(data)
-        except ValidationError as exc:
-            invalid += 1
-            if invalid <= _MAX_TRIALS_LISTED:
-                p = _problems(exc, data)[0]
-                errors.append(_line_error(
-                    ("sweep",), f"the trial with {where} is invalid: {p.path}: {p.message}",
-                    None))
-            continue
-        settings = canonical_settings(trial)
-        if settings in found:
-            same += 1
-            if same == 1:
-                errors.append(_line_error(
-                    ("sweep",), f"the trials with {found[settings]} and with {where} have the "
-                    "same settings", None))
-        found.setdefault(settings, where)
-    if invalid > _MAX_TRIALS_LISTED:
-        errors.append(_line_error(
-            ("sweep",), f"... and {invalid - _MAX_TRIALS_LISTED} more invalid trials", None))
-    if same > 1:
-        errors.append(_line_error(("sweep",), f"... and {same - 1} more repeated trials", None))
-    return errors
-
-
-_MAX_TRIALS_LISTED = 5
+        raise ConfigError(source, pydantic_problems(exc, data, valid_keys)) from None
 
 
 def canonical_settings(config: ExperimentConfig) -> str:
@@ -712,123 +607,15 @@ def canonical_settings(config: ExperimentConfig) -> str:
     return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
 
 
-# --------------------------------------------------------------------------------------------
-# Errors
-
-
-@dataclass(frozen=True)
-class ConfigProblem:
-    """One problem of a config.
-
-    Attributes:
-        path: the dotted key path, e.g. ``"train.lr"`` or ``"sweep.model.cell"``; ``""`` for
-            the file as a whole.
-        message: what was expected and the value given, in words.
-        value: the value given (``None`` when missing or not one value).
-        line: the 1-based line in the file, or ``None``.
-        loc: where in the parsed mapping (keys and list indices), to find the line.
-    """
-
-    path: str
-    message: str
-    value: Any = None
-    line: int | None = None
-    loc: tuple = ()
-
-    def render(self) -> str:
-        """``path (line N): message``, the form used in :class:`ConfigError`.
-
-        Example:
-            >>> ConfigProblem("train.lr", "expected a number greater than 0, got -1", -1,
-            ...               line=7).render()
-            'train.lr (line 7): expected a number greater than 0, got -1'
-        """
-        line = f"line {self.line}" if self.line is not None else ""
-        if self.path and line:
-            return f"{self.path} ({line}): {self.message}"
-        where = self.path or line
-        return f"{where}: {self.message}" if where else self.message
-
-
-class ConfigError(Exception):
-    """An invalid experiment config. ``str(error)`` is a ready-to-print message: a first line
-    naming the file, then one line per problem: the key path, (the line in the file,) what was
-    expected and the value given.
-
-    Attributes:
-        source: the file (or the ``source`` given to :func:`validate_config`).
-        problems: the :class:`ConfigProblem` list.
+def valid_keys(loc: tuple, data: Any) -> list[str]:
+    """The keys the mapping at ``loc`` (the parent of an unknown key) accepts: the ``valid_keys``
+    of :func:`~rnn_diag.experiments.config.errors.pydantic_problems` for a config mapping
+    ``data``; ``[]`` where they are not listed.
 
     Example:
-        >>> try:
-        ...     validate_config({"name": "x", "task": {"name": "adding", "seq_len": 0},
-        ...                      "model": {"cell": "lsmt"}}, source="x.yaml")
-        ... except ConfigError as e:
-        ...     print(e)
-        Invalid experiment config x.yaml:
-          task.seq_len: expected a number greater than 0, got 0
-          model.cell: expected one of rnn, gru, lstm, got "lsmt"; did you mean "lstm"?
+        >>> valid_keys(("task",), {"task": {"name": "adding"}})
+        ['name', 'seq_len', 'n_train', 'n_val']
     """
-
-    def __init__(self, source: str, problems: list[ConfigProblem]):
-        self.source = str(source)
-        self.problems = list(problems)
-        super().__init__(self.source, self.problems)
-
-    def __str__(self) -> str:
-        lines: list[str] = []
-        for p in self.problems:
-            text = f"  {p.render()}"
-            if text not in lines:
-                lines.append(text)
-        extra = len(lines) - _MAX_LISTED
-        if extra > 0:
-            lines = [*lines[:_MAX_LISTED], f"  ... and {extra} more"]
-        return "\n".join([f"Invalid experiment config {self.source}:", *lines])
-
-    def __reduce__(self):
-        return (type(self), (self.source, self.problems))
-
-
-def _line_error(loc: tuple, text: str, value: Any, note: bool = True) -> dict:
-    """An error for ``ValidationError.from_exception_data``. ``note``: ``text`` is the whole
-    message; otherwise ``", got <value>"`` is added to it."""
-    kind = _NOTE if note else "config_value"
-    return {"type": PydanticCustomError(kind, text), "loc": loc, "input": value}
-
-
-def _show(value: Any) -> str:
-    """A value as a YAML/JSON user writes it: "text", 1.5, null, true, ["a", 2]."""
-    try:
-        text = json.dumps(value, ensure_ascii=False, default=str)
-    except (TypeError, ValueError):
-        text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-_MAPPING = "expected a mapping (indented key: value lines, or {key: value})"
-_EXPECTED = {
-    "int_type": "expected a whole number",
-    "int_parsing": "expected a whole number",
-    "int_from_float": "expected a whole number",
-    "float_type": "expected a number",
-    "float_parsing": "expected a number",
-    "finite_number": "expected a finite number",
-    "bool_type": "expected true or false",
-    "bool_parsing": "expected true or false",
-    "string_type": "expected text",
-    "list_type": "expected a list, e.g. [a, b]",
-    "dict_type": _MAPPING,
-    "model_type": _MAPPING,
-    "model_attributes_type": _MAPPING,
-    "none_required": "expected null",
-}
-_BOUNDS = {"greater_than": ("gt", "greater than"), "greater_than_equal": ("ge", "at least"),
-           "less_than": ("lt", "less than"), "less_than_equal": ("le", "at most")}
-
-
-def _valid_here(loc: tuple, data: Any) -> list[str]:
-    """The keys the mapping at ``loc`` (the parent of an unknown key) accepts."""
     if not loc:
         return list(ExperimentConfig.model_fields)
     if loc == ("task",):
@@ -845,61 +632,8 @@ def _valid_here(loc: tuple, data: Any) -> list[str]:
     return []
 
 
-def _problems(exc: ValidationError, data: Any) -> list[ConfigProblem]:
-    """pydantic's errors in words, one :class:`ConfigProblem` each (``data``: the raw mapping,
-    for the lists of valid keys)."""
-    out = []
-    for err in exc.errors(include_url=False):
-        loc = tuple(err["loc"])
-        if loc[:2] == ("task", "options"):
-            loc = ("task", *loc[2:])  # the options sit flat in the file
-        bad_key = "[key]" in loc
-        loc = tuple(x for x in loc if x != "[key]")
-        kind, value = err["type"], err.get("input")
-        key_error = kind == "extra_forbidden" or bad_key
-        path = ".".join(str(x) for i, x in enumerate(loc)  # list indices are left out
-                        if not isinstance(x, int) or (key_error and i == len(loc) - 1))
-        ctx = err.get("ctx") or {}
-        hint = ctx.get("hint", "")
-        got = kind not in (_NOTE, "missing")
-        if kind == _NOTE:
-            text = err["msg"]
-        elif bad_key:
-            text, value = "expected a key made of text", loc[-1]
-        elif kind == "missing":
-            text, value = "required, but missing", None
-        elif kind == "extra_forbidden":
-            valid = _valid_here(loc[:-1], data)
-            text, got = f"unknown key (its value: {_show(value)})", False
-            hint = _did_you_mean(str(loc[-1]), valid)
-            if valid:
-                hint += (" " if hint else "") + f"valid keys here: {', '.join(valid)}"
-        elif kind in _BOUNDS:
-            bound_key, words = _BOUNDS[kind]
-            text = f"expected a number {words} {ctx.get(bound_key)}"
-        elif kind == "literal_error":
-            choices = re.findall(r"'([^']*)'", str(ctx.get("expected", "")))
-            text = f"expected one of {', '.join(choices)}"
-            hint = _did_you_mean(value, choices)
-        elif kind == "too_short" and isinstance(value, (list, tuple)):
-            text = "expected a non-empty list of values"
-        elif kind in _EXPECTED:
-            text = _EXPECTED[kind]
-        elif kind in ("value_error", "assertion_error"):
-            text = re.sub(r"^(Value|Assertion) error, ", "", err["msg"])
-            got = not isinstance(value, dict)  # a whole section: its message says what is wrong
-        else:
-            text = err["msg"][:1].lower() + err["msg"][1:]
-        if got:
-            text += f", got {_show(value)}"
-        if hint:
-            text += f"; {hint}"
-        out.append(ConfigProblem(path, text, value, None, loc))
-    return out
-
-
 # --------------------------------------------------------------------------------------------
-# Loading
+# Validation
 
 
 def validate_config(data: Any, source: str = "<config>") -> ExperimentConfig:
@@ -926,7 +660,7 @@ def validate_config(data: Any, source: str = "<config>") -> ExperimentConfig:
     try:
         return ExperimentConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(source, _problems(exc, data)) from None
+        raise ConfigError(source, pydantic_problems(exc, data, valid_keys)) from None
 
 
 def _yaml_kind(value: Any) -> str:
@@ -934,113 +668,3 @@ def _yaml_kind(value: Any) -> str:
         return "list"
     return "text" if isinstance(value, str) else "single value"
 
-
-def load_config(path) -> ExperimentConfig:
-    """Read a YAML config file (``yaml.safe_load``) and validate it (:func:`validate_config`).
-
-    Args:
-        path: the file (str or Path).
-
-    Raises:
-        ConfigError: the file is missing or unreadable, is not valid YAML (with line and
-            column), repeats a key, is not a mapping, or any setting or sweep value is invalid
-            (with the key path and its line).
-
-    Example:
-        >>> import pathlib, tempfile
-        >>> path = pathlib.Path(tempfile.mkdtemp()) / "tiny.yaml"
-        >>> _ = path.write_text("name: tiny\\ntask: {name: adding, seq_len: 20}\\n"
-        ...                     "sweep: {model.cell: [rnn, gru]}\\n")
-        >>> cfg = load_config(path)
-        >>> cfg.name, cfg.task.seq_len, cfg.sweep
-        ('tiny', 20, {'model.cell': ['rnn', 'gru']})
-    """
-    source = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(source, [ConfigProblem("", "file not found")]) from None
-    except IsADirectoryError:
-        raise ConfigError(source, [ConfigProblem("", "is a folder, not a file")]) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(source, [ConfigProblem("", f"cannot be read: {exc}")]) from None
-    try:
-        data = yaml.safe_load(text)
-        tree = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as exc:
-        raise ConfigError(source, [_yaml_problem(exc)]) from None
-    duplicates = _duplicate_keys(tree)
-    if duplicates:
-        raise ConfigError(source, duplicates)
-    try:
-        return validate_config(data, source)
-    except ConfigError as exc:
-        located = [_locate(p, tree) for p in exc.problems]
-        located.sort(key=lambda p: (p.line is None, p.line or 0))  # in file order
-        raise ConfigError(source, located) from None
-
-
-def _yaml_problem(exc: yaml.YAMLError) -> ConfigProblem:
-    mark = getattr(exc, "problem_mark", None)
-    what = getattr(exc, "problem", None) or str(exc)
-    context, start = getattr(exc, "context", None), getattr(exc, "context_mark", None)
-    text = "not valid YAML" + (f" at column {mark.column + 1}" if mark else "") + f": {what}"
-    if context:
-        text += f", {context}" + (f" started on line {start.line + 1}" if start else "")
-    if mark is None:
-        return ConfigProblem("", text)
-    return ConfigProblem("", text, line=mark.line + 1)
-
-
-def _duplicate_keys(node, path: tuple = ()) -> list[ConfigProblem]:
-    """A problem for every key given twice in one mapping (``safe_load`` keeps the last)."""
-    out = []
-    if isinstance(node, yaml.MappingNode):
-        first: dict[str, int] = {}
-        for key, value in node.value:
-            name = str(key.value)
-            line = key.start_mark.line + 1
-            if name in first and name != "<<":
-                out.append(ConfigProblem(
-                    ".".join((*path, name)),
-                    f"given twice (first on line {first[name]}); keep one", line=line))
-            first.setdefault(name, line)
-            out += _duplicate_keys(value, (*path, name))
-    elif isinstance(node, yaml.SequenceNode):
-        for item in node.value:
-            out += _duplicate_keys(item, path)
-    return out
-
-
-def _locate(problem: ConfigProblem, tree) -> ConfigProblem:
-    """``problem`` with the line of the deepest YAML node its ``loc`` reaches."""
-    attempts = [problem.loc]
-    if problem.loc[:1] == ("sweep",) and len(problem.loc) > 1:  # written as a short form?
-        attempts += [("sweep", short, *problem.loc[2:])
-                     for short, full in SWEEP_ALIASES.items() if full == problem.loc[1]]
-    best = None
-    for loc in attempts:
-        node, depth, line = tree, 0, None
-        for part in loc:
-            child = _child(node, part)
-            if child is None:
-                break
-            (line, node), depth = child, depth + 1
-        if line is not None and (best is None or depth > best[0]):
-            best = (depth, line)
-    if best is None:
-        return problem
-    return ConfigProblem(problem.path, problem.message, problem.value, best[1], problem.loc)
-
-
-def _child(node, part):
-    """``(1-based line of the key or item, child node)`` of ``node`` at ``part``, or ``None``."""
-    if isinstance(node, yaml.MappingNode):
-        for key, value in node.value:
-            if str(key.value) == str(part):
-                return key.start_mark.line + 1, value
-    elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and \
-            0 <= part < len(node.value):
-        item = node.value[part]
-        return item.start_mark.line + 1, item
-    return None

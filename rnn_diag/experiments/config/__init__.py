@@ -1,0 +1,107 @@
+"""The experiment config: its schema, its loader and its validator (docs/design.md §2, §17).
+
+A config is a YAML file, read with ``yaml.safe_load`` and validated into an
+:class:`ExperimentConfig`::
+
+    name: weather                 # required; letters, digits, "_", "." and "-" (a folder name)
+    description: "..."            # optional
+    task:
+      name: weather               # a task of rnn_diag.tasks: weather | adding | copy
+      seq_len: 10                 # required, > 0
+      lag: 5                      # further keys are that task's options (rnn_diag.tasks)
+    model:
+      cell: rnn                   # rnn | gru | lstm
+      hidden_size: 10             # > 0
+      num_layers: 1               # > 0
+      nonlinearity: tanh          # tanh | relu (relu only with cell rnn)
+      init: default               # default | orthogonal | identity | normal
+      weight_scale: null          # null, or the spectral radius (> 0) W_hh is rescaled to
+    train:
+      epochs: 100                 # > 0
+      optimizer: Adam             # an optimizer class of torch.optim
+      optimizer_args: {}          # its further keyword arguments (not lr: use train.lr)
+      lr: 0.01                    # > 0
+      batch_size: null            # null = full batch, or > 0
+      clip_grad_norm: null        # null, or the max gradient norm (> 0)
+      device: auto                # cpu | cuda | auto
+      seed: 0                     # >= 0
+    probes:
+      every: 1                    # gradient profile every N epochs (and always the last one)
+      jacobians: off              # off | estimate | exact
+      jacobian_samples: 64        # Jacobian norms on the first N samples; null = all
+      lyapunov: [init, end]       # when: "init" (before training), "end", epoch numbers; []
+      gradients: true             # record gradient profiles at all (false: train only)
+      lyapunov_steps: null        # trajectory length; null = max(task.seq_len, 500)
+      spectra: [init, end]        # when to record the spectra of W_hh; same format
+      saturation: false
+    sweep:                        # optional: dotted key -> non-empty list of values
+      task.seq_len: [10, 100, 1000]
+      model.weight_scale: [null, 0.5, 1.0, 1.5]
+
+Every section but ``name`` and ``task`` may be left out; every key has the default shown
+(``task.seq_len`` excepted). Unknown keys are refused everywhere.
+
+Numbers: a whole number is accepted where a number is expected; text that reads as a number is
+accepted too (PyYAML reads ``1e-3`` as the text "1e-3": it needs ``1.0e-3`` for a float);
+``true``/``false`` are not numbers.
+
+Schedules (``probes.lyapunov``, ``probes.spectra``) are stored in a canonical order without
+repeats: ``"init"``, then epoch numbers ascending, then ``"end"``. Epoch ``k`` (1 ≤ k ≤
+``train.epochs``) means "after epoch k"; ``0`` is the moment before training and is stored as
+``"init"``. A single value stands for a one-element list; ``false`` or ``null`` for ``[]``.
+
+Sweeps: every key is a dotted path to one setting (``task.seq_len``, ``task.lag``,
+``model.cell``, ``train.optimizer_args.momentum``, ...); ``seed`` is short for ``train.seed``
+(stored as ``train.seed``). The trials are the Cartesian product of the lists (see
+:func:`rnn_diag.experiments.grid.expand`), and every one is validated with the config, so a bad
+value is refused before anything runs. When a sweep changes ``task.name``, base task options at
+their default value are dropped for the other task, which then uses its own defaults; base
+options set to another value are kept (and refused if that task has no such option).
+
+Errors: :func:`load_config` and :func:`validate_config` raise :class:`ConfigError`, whose text
+names the file and lists one problem per line: the key path, what was expected, the value given
+and, from a file, its line.
+
+The package, one concept a module:
+
+- :mod:`.schema`: the pydantic models, the keys a sweep may name, :func:`with_params`,
+  :func:`canonical_settings` and :func:`validate_config`;
+- :mod:`.errors`: :class:`ConfigError` and the translation of pydantic's errors into plain
+  English (key path, what was expected, the value given);
+- :mod:`.yaml_lines`: :func:`load_config`, which reads the YAML keeping line numbers, so that
+  each problem names its line.
+
+The sweep's trials are built and validated, each once, by :mod:`rnn_diag.experiments.grid`.
+Importing this package does not import torch (the optimizers are listed on first use).
+"""
+
+from .errors import ConfigError, ConfigProblem
+from .schema import (
+    SWEEP_ALIASES,
+    ExperimentConfig,
+    ModelConfig,
+    ProbesConfig,
+    TaskConfig,
+    TrainConfig,
+    canonical_settings,
+    sweep_keys,
+    validate_config,
+    with_params,
+)
+from .yaml_lines import load_config
+
+__all__ = [
+    "SWEEP_ALIASES",
+    "ConfigError",
+    "ConfigProblem",
+    "ExperimentConfig",
+    "ModelConfig",
+    "ProbesConfig",
+    "TaskConfig",
+    "TrainConfig",
+    "canonical_settings",
+    "load_config",
+    "sweep_keys",
+    "validate_config",
+    "with_params",
+]

@@ -27,7 +27,29 @@ from pathlib import Path
 
 import pandas as pd
 
-TRIALS = "trials.parquet"
+
+class Table:
+    """The table names of a store, spelled once for its writer (:mod:`.trial`) and its readers
+    (:mod:`rnn_diag.report`). Plain ``str`` values.
+
+    ``TRIALS`` is the index, one row per finished trial, stored as the file ``trials.parquet``;
+    the others are long tables, stored as ``<name>/<trial id>.parquet`` (see :data:`TABLES`).
+    """
+
+    TRIALS = "trials"
+    CURVES = "curves"
+    GRADIENTS = "gradients"
+    SUMMARIES = "summaries"
+    SPECTRA = "spectra"
+    LYAPUNOV = "lyapunov"
+    PREDICTIONS = "predictions"
+
+
+#: The long tables a trial may store, in the order the report uses them.
+TABLES = (Table.CURVES, Table.GRADIENTS, Table.SUMMARIES, Table.SPECTRA, Table.LYAPUNOV,
+          Table.PREDICTIONS)
+
+TRIALS = f"{Table.TRIALS}.parquet"
 MANIFEST = "manifest.json"
 CONFIG = "config.yaml"
 #: Statuses of a trial that is not run again on resume ("failed" trials are retried).
@@ -85,9 +107,9 @@ class Store:
     Example:
         >>> import tempfile
         >>> store = Store(tempfile.mkdtemp())
-        >>> store.save(TrialResult("t1", {"status": "ok", "loss": 0.5},
-        ...                        {"curves": pd.DataFrame({"epoch": [0, 1], "loss": [1.0, 0.5]})}))
-        >>> sorted(store.finished_ids()), store.table("curves").shape
+        >>> curves = pd.DataFrame({"epoch": [0, 1], "loss": [1.0, 0.5]})
+        >>> store.save(TrialResult("t1", {"status": "ok", "loss": 0.5}, {Table.CURVES: curves}))
+        >>> sorted(store.finished_ids()), store.table(Table.CURVES).shape
         (['t1'], (2, 3))
     """
 

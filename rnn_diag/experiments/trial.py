@@ -23,17 +23,26 @@ before the measurement, so 0 is the initialisation):
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor
 
-from .store import TrialResult
+from ..dynamics.summary import gradient_summary
+from ..modules.dynamics import lyapunov_spectrum, recurrent_spectra
+from ..probes import attach
+from ..tasks import make_task
+from .grid import trial_label
+from .model import SequenceModel, init_recurrent
+from .store import Table, TrialResult
 
 #: A trial's epoch progress: ``callback(trial_id, epochs_done, epochs_total)``.
 Progress = Callable[[str, int, int], None]
@@ -89,7 +98,6 @@ def _closure(model, task, optimizer, xb, yb):
 
 
 def _lyapunov_rows(model, task, steps: int | None, when) -> list[dict]:
-    from ..probes.model_dynamics import lyapunov_spectrum
 
     rnn = model.rnn
     x = task.x_train
@@ -110,7 +118,6 @@ def _lyapunov_rows(model, task, steps: int | None, when) -> list[dict]:
 
 
 def _spectra_rows(model, when) -> pd.DataFrame:
-    from ..probes.model_dynamics import recurrent_spectra
 
     df = recurrent_spectra(model.rnn)
     df.insert(0, "when", str(when))
@@ -130,7 +137,117 @@ def run_trial(spec, progress: Progress | None = None) -> TrialResult:
     return rec.result(time.perf_counter() - t0)
 
 
+def _prepare(cfg) -> tuple[Any, torch.device]:
+    """Seed the global RNGs (torch, numpy) with ``train.seed``, resolve ``train.device`` and
+    make the task; returns ``(task, device)``. Its tensors are still on the CPU."""
+
+    seed = cfg.train.seed
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    device = _device(cfg.train.device)
+    task = make_task(cfg.task.name, seq_len=cfg.task.seq_len, seed=seed, **cfg.task.options)
+    return task, device
+
+
+@dataclass
+class _Setup:
+    """What a trial trains, built once by :func:`_build`.
+
+    Attributes:
+        task: the task (losses, metrics, class names; its tensors stay on the CPU).
+        model: the :class:`~rnn_diag.experiments.model.SequenceModel`, on ``device``.
+        optimizer: the ``torch.optim`` optimizer of every model parameter.
+        device: where the model and the tensors below live.
+        x, y: the training windows ``[N, T, input_size]`` and their targets, on ``device``.
+        xv, yv: the validation windows ``[N_val, T, input_size]`` and targets (``N_val`` may
+            be 0), on ``device``.
+        probe_options: the keyword arguments of :func:`rnn_diag.attach` (``jacobians``,
+            ``saturation``, ``jacobian_samples``) for the recorded batches.
+        batch_generator: the RNG of the batch order (seeded ``train.seed + 2``).
+        batch_size: training batch size (None: full batch).
+        clip_grad_norm: gradient-norm clipping threshold (None: no clipping).
+    """
+
+    task: Any
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    device: torch.device
+    x: Tensor
+    y: Tensor
+    xv: Tensor
+    yv: Tensor
+    probe_options: dict
+    batch_generator: torch.Generator
+    batch_size: int | None
+    clip_grad_norm: float | None
+
+
+def _build(cfg, task, device: torch.device) -> _Setup:
+    """The model (recurrent weights initialised with the generator seeded ``train.seed + 1``),
+    the optimizer, the data on ``device`` and the probe options of a trial of ``task``."""
+
+    seed = cfg.train.seed
+    m = cfg.model
+    model = SequenceModel(m.cell, task.input_size, m.hidden_size, task.output_size,
+                          m.num_layers, m.nonlinearity, task.output_steps)
+    init_recurrent(model.rnn, m.init, m.weight_scale, torch.Generator().manual_seed(seed + 1))
+    model.to(device)
+    optim_cls = getattr(torch.optim, cfg.train.optimizer)
+    optimizer = optim_cls(model.parameters(), lr=cfg.train.lr, **cfg.train.optimizer_args)
+    x, y = task.x_train.to(device), task.y_train.to(device)
+    xv, yv = task.x_val.to(device), task.y_val.to(device)
+    p = cfg.probes
+    probe_options = {
+        "jacobians": None if p.jacobians in (None, "off", False) else p.jacobians,
+        "saturation": p.saturation,
+        "jacobian_samples": p.jacobian_samples,
+    }
+    return _Setup(task=task, model=model, optimizer=optimizer, device=device, x=x, y=y, xv=xv,
+                  yv=yv, probe_options=probe_options,
+                  batch_generator=torch.Generator().manual_seed(seed + 2),
+                  batch_size=cfg.train.batch_size, clip_grad_norm=cfg.train.clip_grad_norm)
+
+
+def _step(s: _Setup, xb: Tensor, yb: Tensor) -> Tensor:
+    """Clip the gradients of the batch ``xb, yb`` (already computed) and take the optimizer
+    step; returns the gradient norm of all parameters before clipping (0-d tensor)."""
+    norm = _clip(s.model, s.clip_grad_norm)
+    if isinstance(s.optimizer, torch.optim.LBFGS):
+        s.optimizer.step(_closure(s.model, s.task, s.optimizer, xb, yb))
+    else:
+        s.optimizer.step()
+    return norm
+
+
+def _gradient_rows(probe_frame: pd.DataFrame, epoch: int) -> pd.DataFrame:
+    """:meth:`rnn_diag.Probe.frame` rows as stored in ``gradients``: ``epoch`` (completed epochs
+    before the measurement) first, without ``iteration`` and ``module``."""
+    frame = probe_frame.drop(columns=["iteration", "module"])
+    frame.insert(0, "epoch", epoch)
+    return frame
+
+
+def summarise_gradients(gradients: pd.DataFrame) -> list[dict]:
+    """The ``summaries`` rows of ``gradients`` rows (see :func:`_gradient_rows`).
+
+    Pure: reads only the table. One row per (epoch, layer, direction), in that order:
+    ``epoch``, ``layer``, ``direction`` and the keys of :func:`rnn_diag.gradient_summary`
+    (decay_per_step in log10 per step, horizon in steps, ratio_log10, verdict, ...) of the
+    batch-mean profile of the total gradient, log10 ‖∂L/∂h_t‖ (metric ``total_mean``, state
+    ``h``), taken in the order of ``t``.
+    """
+
+    total = gradients[(gradients.metric == "total_mean") & (gradients.state == "h")]
+    rows = []
+    for (epoch, layer, direction), part in total.groupby(["epoch", "layer", "direction"]):
+        s = gradient_summary(part.sort_values("t")["value"].to_numpy())
+        rows.append({"epoch": epoch, "layer": layer, "direction": direction, **s})
+    return rows
+
+
 class _Recorder:
+    """Trains one trial and keeps what it records (the rows of each table) and its status."""
+
     def __init__(self, spec):
         self.spec = spec
         self.status = "ok"
@@ -145,107 +262,90 @@ class _Recorder:
         self.task = None
 
     def run(self, progress: Progress | None) -> None:
-        from .. import attach, gradient_summary
-        from ..tasks import make_task
-        from .model import SequenceModel, init_recurrent
-
+        """Build, then train ``train.epochs`` epochs or until the loss diverges, recording the
+        configured probes; exceptions propagate (:func:`run_trial` catches them)."""
         cfg = self.spec.config
-        seed = cfg.train.seed
-        torch.manual_seed(seed)
-        np.random.seed(seed % 2**32)
-        device = _device(cfg.train.device)
-        task = make_task(cfg.task.name, seq_len=cfg.task.seq_len, seed=seed, **cfg.task.options)
-        self.task = task
-        m = cfg.model
-        model = SequenceModel(m.cell, task.input_size, m.hidden_size, task.output_size,
-                              m.num_layers, m.nonlinearity, task.output_steps)
-        init_recurrent(model.rnn, m.init, m.weight_scale,
-                       torch.Generator().manual_seed(seed + 1))
-        model.to(device)
-        optim_cls = getattr(torch.optim, cfg.train.optimizer)
-        optimizer = optim_cls(model.parameters(), lr=cfg.train.lr, **cfg.train.optimizer_args)
-        x, y = task.x_train.to(device), task.y_train.to(device)
-        xv, yv = task.x_val.to(device), task.y_val.to(device)
+        task, device = _prepare(cfg)
+        self.task = task  # kept for the trial's row even if building the model fails
+        setup = _build(cfg, task, device)
         p = cfg.probes
-        jacobians = None if p.jacobians in (None, "off", False) else p.jacobians
-        batch_gen = torch.Generator().manual_seed(seed + 2)
         epochs = cfg.train.epochs
-
-        self._snapshots(model, task, "init")
+        self._snapshots(setup, "init")
         for epoch in range(epochs):
-            start = time.perf_counter()
             record = p.gradients and (epoch % p.every == 0 or epoch == epochs - 1)
-            losses, metrics, weights, norms = [], [], [], []
-            for i, idx in enumerate(_batches(x.shape[0], cfg.train.batch_size, batch_gen)):
-                xb, yb = (x, y) if idx is None else (x[idx.to(device)], y[idx.to(device)])
-                optimizer.zero_grad(set_to_none=True)
-                if record and i == 0:
-                    with attach(model.rnn, jacobians=jacobians, saturation=p.saturation,
-                                jacobian_samples=p.jacobian_samples) as pr:
-                        out = model(xb)
-                        loss = task.loss(out, yb)
-                        loss.backward()
-                    if math.isfinite(loss.item()):
-                        self._store_probe(pr, epoch, gradient_summary)
-                else:
-                    out = model(xb)
-                    loss = task.loss(out, yb)
-                    loss.backward()
-                loss_value = loss.item()
-                if not math.isfinite(loss_value):
-                    self.status = "diverged"
-                    self.error = f"loss became {loss_value} in epoch {epoch + 1}"
-                    return
-                norm = _clip(model, cfg.train.clip_grad_norm)
-                if isinstance(optimizer, torch.optim.LBFGS):
-                    optimizer.step(_closure(model, task, optimizer, xb, yb))
-                else:
-                    optimizer.step()
-                losses.append(loss_value)
-                with torch.no_grad():
-                    metrics.append(float(task.metric(out.detach(), yb)))
-                weights.append(xb.shape[0])
-                norms.append(float(norm))
-            w = np.asarray(weights, dtype=float)
-            val_loss, val_metric = _evaluate(model, task, xv, yv)
-            self.curves.append({
-                "epoch": epoch + 1,
-                "train_loss": float(np.average(losses, weights=w)),
-                "train_metric": float(np.average(metrics, weights=w)),
-                "val_loss": val_loss,
-                "val_metric": val_metric,
-                "grad_norm": float(np.max(norms)),
-                "seconds": time.perf_counter() - start,
-            })
-            if not all(math.isfinite(v) for v in (val_loss,) if xv.shape[0]):
-                self.status = "diverged"
-                self.error = f"validation loss became {val_loss} after epoch {epoch + 1}"
+            if not self._train_epoch(setup, epoch, record):
                 return
             if (epoch + 1) in list(p.lyapunov) or (epoch + 1) in list(p.spectra):
-                self._snapshots(model, task, epoch + 1)
+                self._snapshots(setup, epoch + 1)
             if progress is not None:
                 progress(self.spec.id, epoch + 1, epochs)
-        self._snapshots(model, task, "end")
-        self._predict(model, task, x, xv, yv)
+        self._snapshots(setup, "end")
+        self._predict(setup)
 
-    def _snapshots(self, model, task, when) -> None:
+    def _train_epoch(self, s: _Setup, epoch: int, record: bool) -> bool:
+        """Train epoch ``epoch`` (0-based) over every batch once and append its ``curves`` row.
+
+        With ``record``, the first batch is probed (``gradients`` and ``summaries`` rows, with
+        the gradients before its update); every batch takes the same forward/backward path.
+        Returns False, with status "diverged", when the training loss of a batch (the epoch
+        then has no ``curves`` row) or the validation loss is NaN/inf.
+        """
+
+        start = time.perf_counter()
+        losses, metrics, weights, norms = [], [], [], []
+        for i, idx in enumerate(_batches(s.x.shape[0], s.batch_size, s.batch_generator)):
+            xb, yb = (s.x, s.y) if idx is None else (s.x[idx.to(s.device)], s.y[idx.to(s.device)])
+            probing = record and i == 0
+            s.optimizer.zero_grad(set_to_none=True)
+            with (attach(s.model.rnn, **s.probe_options) if probing
+                  else contextlib.nullcontext()) as probe:
+                out = s.model(xb)
+                loss = s.task.loss(out, yb)
+                loss.backward()
+            loss_value = loss.item()
+            if probing and math.isfinite(loss_value):
+                self._store_probe(probe, epoch)
+            if not math.isfinite(loss_value):
+                self.status = "diverged"
+                self.error = f"loss became {loss_value} in epoch {epoch + 1}"
+                return False
+            norm = _step(s, xb, yb)
+            losses.append(loss_value)
+            with torch.no_grad():
+                metrics.append(float(s.task.metric(out.detach(), yb)))
+            weights.append(xb.shape[0])
+            norms.append(float(norm))
+        w = np.asarray(weights, dtype=float)
+        val_loss, val_metric = _evaluate(s.model, s.task, s.xv, s.yv)
+        self.curves.append({
+            "epoch": epoch + 1,
+            "train_loss": float(np.average(losses, weights=w)),
+            "train_metric": float(np.average(metrics, weights=w)),
+            "val_loss": val_loss,
+            "val_metric": val_metric,
+            "grad_norm": float(np.max(norms)),
+            "seconds": time.perf_counter() - start,
+        })
+        if not all(math.isfinite(v) for v in (val_loss,) if s.xv.shape[0]):
+            self.status = "diverged"
+            self.error = f"validation loss became {val_loss} after epoch {epoch + 1}"
+            return False
+        return True
+
+    def _snapshots(self, s: _Setup, when) -> None:
         p = self.spec.config.probes
         if when in list(p.spectra):
-            self.spectra.append(_spectra_rows(model, when))
+            self.spectra.append(_spectra_rows(s.model, when))
         if when in list(p.lyapunov):
-            self.lyapunov.extend(_lyapunov_rows(model, task, p.lyapunov_steps, when))
+            self.lyapunov.extend(_lyapunov_rows(s.model, s.task, p.lyapunov_steps, when))
 
-    def _store_probe(self, probe, epoch: int, gradient_summary) -> None:
-        frame = probe.frame()
-        frame = frame.drop(columns=["iteration", "module"])
-        frame.insert(0, "epoch", epoch)
+    def _store_probe(self, probe, epoch: int) -> None:
+        frame = _gradient_rows(probe.frame(), epoch)
         self.gradients.append(frame)
-        total = frame[(frame.metric == "total_mean") & (frame.state == "h")]
-        for (layer, direction), part in total.groupby(["layer", "direction"]):
-            s = gradient_summary(part.sort_values("t")["value"].to_numpy())
-            self.summaries.append({"epoch": epoch, "layer": layer, "direction": direction, **s})
+        self.summaries.extend(summarise_gradients(frame))
 
-    def _predict(self, model, task, x, xv, yv) -> None:
+    def _predict(self, s: _Setup) -> None:
+        task, model, x, xv, yv = s.task, s.model, s.x, s.xv, s.yv
         if task.kind != "classification":
             return
         last = xv[-1:] if xv.shape[0] else x[-1:]
@@ -289,13 +389,13 @@ class _Recorder:
             lp = lyap[lyap.when == when] if len(lyap) else lyap
             row[f"lyapunov_top_{when}"] = float(lp.exponent.max()) if len(lp) else math.nan
         tables = {
-            "curves": pd.DataFrame(self.curves),
-            "gradients": pd.concat(self.gradients, ignore_index=True) if self.gradients
+            Table.CURVES: pd.DataFrame(self.curves),
+            Table.GRADIENTS: pd.concat(self.gradients, ignore_index=True) if self.gradients
             else pd.DataFrame(),
-            "summaries": summaries,
-            "spectra": spectra.reset_index(drop=True),
-            "lyapunov": lyap,
-            "predictions": pd.DataFrame(self.predictions),
+            Table.SUMMARIES: summaries,
+            Table.SPECTRA: spectra.reset_index(drop=True),
+            Table.LYAPUNOV: lyap,
+            Table.PREDICTIONS: pd.DataFrame(self.predictions),
         }
         return TrialResult(spec.id, row, {k: v for k, v in tables.items() if len(v)})
 
@@ -317,7 +417,6 @@ def resolved_settings(spec) -> dict:
 
 
 def _label(spec) -> str:
-    from .grid import trial_label
 
     return trial_label(spec)
 

@@ -18,13 +18,11 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from ..experiments.store import CONFIG, MANIFEST, TRIALS
+from ..experiments.store import CONFIG, MANIFEST, TABLES, TRIALS, Table
 
 __all__ = ["TABLES", "NotARunError", "RunData", "check_run", "find_runs", "is_run", "load_run",
            "missing_files"]
 
-#: The long tables of a run, in the order the report uses them.
-TABLES = ("curves", "gradients", "summaries", "spectra", "lyapunov", "predictions")
 _REQUIRED = (TRIALS, CONFIG, MANIFEST)
 
 
@@ -72,7 +70,7 @@ class RunData:
 
     def for_figures(self) -> dict[str, pd.DataFrame]:
         """The tables a figure's ``build`` receives: ``"trials"`` plus every long table."""
-        return {"trials": self.trials, **self.tables}
+        return {Table.TRIALS: self.trials, **self.tables}
 
 
 def is_run(path) -> bool:

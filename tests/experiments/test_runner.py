@@ -9,6 +9,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
+import rnn_diag.experiments.trial
 import rnn_diag.tasks
 from rnn_diag.cli import main
 from rnn_diag.experiments.runner import run_sweep
@@ -99,7 +100,7 @@ def test_failing_trial_does_not_stop_the_sweep(tmp_path, monkeypatch):
             raise RuntimeError("disk on fire")
         return real(name, seq_len=seq_len, **kw)
 
-    monkeypatch.setattr(rnn_diag.tasks, "make_task", flaky)
+    monkeypatch.setattr(rnn_diag.experiments.trial, "make_task", flaky)
     cfg = write(tmp_path, TINY)
     result = CliRunner().invoke(main, ["run", str(cfg), "--out", str(tmp_path / "o"), "--quiet"])
     assert result.exit_code == 1, result.output

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pandas as pd
 import pytest
 
 from rnn_diag.experiments.config import ConfigError, validate_config
@@ -45,3 +46,12 @@ def test_lbfgs_with_line_search_and_lbfgs_clipping_refused():
 def test_sparse_adam_is_refused_before_running():
     with pytest.raises(ConfigError, match="train.optimizer"):
         validate_config({**BASE, "train": {"optimizer": "SparseAdam"}}, "one.yaml")
+
+
+def test_summaries_are_a_pure_function_of_the_stored_gradients():
+    from rnn_diag.experiments.store import Table
+    from rnn_diag.experiments.trial import summarise_gradients
+
+    res = _trial(BASE)
+    again = pd.DataFrame(summarise_gradients(res.tables[Table.GRADIENTS]))
+    assert again.equals(res.tables[Table.SUMMARIES])

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from ...experiments.store import Table
 from .style import weight_scale_text
 
 __all__ = ["MissingData", "Trials", "downsample", "last_layer", "panel_layout", "require",
@@ -95,7 +96,7 @@ class Trials:
 
     @staticmethod
     def from_table(trials: pd.DataFrame) -> Trials:
-        require(trials, "trials", ["id", "task.seq_len"])
+        require(trials, Table.TRIALS, ["id", "task.seq_len"])
         dotted = [c for c in trials.columns if "." in c and c not in _NOT_VARIANT]
         keys = tuple(c for c in dotted if len({_value_text(c, v) for v in trials[c]}) > 1)
         info = pd.DataFrame(index=pd.Index(trials["id"].astype(str), name="trial"))

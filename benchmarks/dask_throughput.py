@@ -36,7 +36,7 @@ rd = import_rnn_diag()
 import distributed  # noqa: E402
 
 from rnn_diag.experiments.backends import InProcess, ProcessPool  # noqa: E402
-from rnn_diag.experiments.dask_backend import DaskBackend  # noqa: E402
+from rnn_diag.experiments.backends.dask import DaskBackend  # noqa: E402
 from rnn_diag.experiments.runner import run_sweep  # noqa: E402
 from rnn_diag.experiments.store import TrialResult  # noqa: E402
 

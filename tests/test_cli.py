@@ -44,6 +44,9 @@ def test_ci_runs_the_readme_test_command():
 
     root = Path(__file__).resolve().parents[1]
     readme, ci = (root / "README.md").read_text(), (root / ".ci/run").read_text()
-    assert "ruff check . && python -m pytest" in readme
-    assert "\nruff check .\n" in ci and "python -m pytest" in ci
+    assert "ruff check . && lint-imports && python -m pytest" in readme
+    assert "ruff check . && lint-imports && python -m pytest" in ci  # the comment at its top
+    assert "\nruff check .\n" in ci and "\nlint-imports\n" in ci and "python -m pytest" in ci
+    assert ci.index("\nruff check .\n") < ci.index("\nlint-imports\n") \
+        < ci.index("\npython -m pytest")  # the steps, in the comment's order
     assert "pip install torch==2.13.0" in readme and "pip install torch==2.13.0" in ci

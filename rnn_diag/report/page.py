@@ -14,16 +14,20 @@ from __future__ import annotations
 import datetime as dt
 import math
 import time
-import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+import jinja2
 import pandas as pd
+from matplotlib.colors import to_hex
+from tqdm.auto import tqdm
 
 from .. import __version__
-from .embed import figure_to_data_uri
+from . import figures
 from .findings import Finding, compute_findings, fmt_value, grid_order
+from .parallel import default_jobs, draw_in_pool
 from .run_data import RunData
+from .sections import SectionResult, build_section, registered, unrecorded
 
 __all__ = ["Rendered", "SectionResult", "render_report"]
 
@@ -32,22 +36,6 @@ _MANIFEST_FIRST = ("rnn_diag", "torch", "python", "platform", "started", "ended"
                    "config", "jobs", "git_commit")
 _VERDICT_CLASS = {"vanishing": "vanishing", "exploding": "exploding", "stable": "stable",
                   "undetermined": "undetermined"}
-
-
-@dataclass
-class SectionResult:
-    """One figure section as rendered: an image, a "not recorded" note, or an error."""
-
-    key: str
-    title: str
-    caption: str
-    state: str  # "figure" | "missing" | "error"
-    image: str = ""  # data: URI when state == "figure"
-    missing: tuple[str, ...] = ()
-    note: str = ""  # why a figure is missing, when its function said so
-    error: str = ""
-    details: str = ""  # the traceback of an error
-    seconds: float = 0.0
 
 
 @dataclass
@@ -66,8 +54,6 @@ class Rendered:
 
 
 def _environment():
-    import jinja2
-
     return jinja2.Environment(
         loader=jinja2.PackageLoader("rnn_diag.report", "templates"),
         autoescape=True,  # every template, whatever its file name
@@ -75,37 +61,6 @@ def _environment():
         trim_blocks=True,
         lstrip_blocks=True,
     )
-
-
-def _unrecorded(section, tables: Mapping[str, pd.DataFrame]) -> tuple[str, ...]:
-    """The tables a section needs that this run did not record (absent or empty)."""
-    return tuple(n for n in section.needs if tables.get(n) is None or tables[n].empty)
-
-
-def build_section(section, tables: Mapping[str, pd.DataFrame], fmt: str) -> SectionResult:
-    """Draw and encode one figure section; never raises (an error becomes an error box)."""
-    import matplotlib.pyplot as plt
-
-    from .figures import MissingData
-
-    base = dict(key=section.key, title=section.title, caption=section.caption)
-    missing = _unrecorded(section, tables)
-    if missing:
-        return SectionResult(state="missing", missing=missing, **base)
-    before = set(plt.get_fignums())
-    t0 = time.perf_counter()
-    try:
-        fig = section.build(tables)
-        image = figure_to_data_uri(fig, fmt)
-    except Exception as exc:  # noqa: BLE001 - one broken figure must not lose the report
-        for num in set(plt.get_fignums()) - before:
-            plt.close(num)
-        if isinstance(exc, MissingData):  # e.g. a column that this run did not record
-            return SectionResult(state="missing", note=str(exc), **base)
-        return SectionResult(state="error", error=f"{type(exc).__name__}: {exc}",
-                             details=traceback.format_exc(),
-                             seconds=time.perf_counter() - t0, **base)
-    return SectionResult(state="figure", image=image, seconds=time.perf_counter() - t0, **base)
 
 
 def _num(value, digits: int = 4) -> str:
@@ -144,8 +99,6 @@ def _windows(summaries: pd.DataFrame) -> dict[str, int]:
 def _colours(trials: pd.DataFrame, palette: Callable | None) -> dict:
     if palette is None or "task.seq_len" not in trials:
         return {}
-    from matplotlib.colors import to_hex
-
     seq_lens = sorted({int(s) for s in trials["task.seq_len"].dropna()})
     try:
         return {k: to_hex(v) for k, v in palette(seq_lens).items()}
@@ -209,18 +162,13 @@ def _draw_sections(name: str, sections: Sequence, tables: Mapping[str, pd.DataFr
                    fmt: str, progress: bool, jobs: int | None) -> list[SectionResult]:
     """Every section's result, in order; in worker processes when the sections are the
     registered ones (workers look them up by key) and ``jobs`` allows more than one."""
-    from tqdm.auto import tqdm
-
-    from . import figures
-    from .parallel import default_jobs, draw_in_pool
-
-    registered = {id(s) for s in figures.SECTIONS}
-    todo = [s for s in sections if not _unrecorded(s, tables)]
+    known = {id(s) for s in registered()}
+    todo = [s for s in sections if not unrecorded(s, tables)]
     jobs = default_jobs(len(todo)) if jobs is None else jobs
     bar = tqdm(total=len(sections), desc=f"{name}: figures", unit="fig", disable=not progress,
                leave=False)
     with bar:
-        if jobs > 1 and all(id(s) in registered for s in todo):
+        if jobs > 1 and all(id(s) in known for s in todo):
             drawn = dict(zip([s.key for s in todo],
                              draw_in_pool([s.key for s in todo], tables, fmt, jobs,
                                           lambda: bar.update(1))))
@@ -256,11 +204,10 @@ def render_report(run: RunData, sections: Sequence | None = None, *, fmt: str = 
         :class:`Rendered` with the HTML text, each section's outcome and the findings.
     """
     t0 = time.perf_counter()
-    if sections is None or palette is None:
-        from . import figures
-
-        sections = figures.SECTIONS if sections is None else sections
-        palette = figures.seq_len_palette if palette is None else palette
+    if sections is None:
+        sections = registered()
+    if palette is None:
+        palette = figures.seq_len_palette
     tables = run.for_figures()
     results = _draw_sections(run.name, sections, tables, fmt, progress, jobs)
     findings = compute_findings(tables, run.swept, run.config)

@@ -4,7 +4,7 @@ Drawing and encoding the figures is most of a report's time and each figure is i
 so the sections of the default registry (:data:`rnn_diag.report.figures.SECTIONS`) are drawn
 in a small pool of spawned processes. Each worker receives the tables once (pickled at start)
 and then only section keys; results come back as
-:class:`~rnn_diag.report.page.SectionResult` objects (the image as a ``data:`` URI string).
+:class:`~rnn_diag.report.sections.SectionResult` objects (the image as a ``data:`` URI string).
 """
 
 from __future__ import annotations
@@ -14,7 +14,10 @@ import os
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ProcessPoolExecutor, as_completed
 
+import matplotlib
 import pandas as pd
+
+from .sections import SectionResult, build_section, registered_section
 
 _tables: Mapping[str, pd.DataFrame] | None = None  # in a worker: the run's tables
 
@@ -31,22 +34,16 @@ def default_jobs(n_sections: int) -> int:
 
 def _init(tables: Mapping[str, pd.DataFrame]) -> None:
     global _tables
-    import matplotlib
-
     matplotlib.use("Agg")
     _tables = tables
 
 
-def _draw(key: str, fmt: str):
-    from .figures import SECTIONS
-    from .page import build_section
-
-    section = next(s for s in SECTIONS if s.key == key)
-    return build_section(section, _tables, fmt)
+def _draw(key: str, fmt: str) -> SectionResult:
+    return build_section(registered_section(key), _tables, fmt)
 
 
 def draw_in_pool(keys: list[str], tables: Mapping[str, pd.DataFrame], fmt: str, jobs: int,
-                 done: Callable[[], None] | None = None) -> Iterator:
+                 done: Callable[[], None] | None = None) -> Iterator[SectionResult]:
     """The :class:`SectionResult` of every registered section in ``keys``, in that order,
     drawn by ``jobs`` worker processes; ``done()`` is called as each one finishes."""
     ctx = multiprocessing.get_context("spawn")

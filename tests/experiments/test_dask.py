@@ -26,8 +26,8 @@ distributed = pytest.importorskip("distributed")
 from dask.system import CPU_COUNT  # noqa: E402
 
 from rnn_diag.cli import main  # noqa: E402
+from rnn_diag.experiments.backends.dask import DaskBackend  # noqa: E402
 from rnn_diag.experiments.config import load_config  # noqa: E402
-from rnn_diag.experiments.dask_backend import DaskBackend  # noqa: E402
 from rnn_diag.experiments.grid import expand  # noqa: E402
 from rnn_diag.experiments.runner import run_sweep  # noqa: E402
 from rnn_diag.experiments.store import Store, TrialResult  # noqa: E402
@@ -317,6 +317,7 @@ def test_a_local_cluster_is_started_and_ctrl_c_in_a_terminal_closes_it(tmp_path)
 
 def test_dask_missing_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "distributed", None)  # import distributed -> ImportError
+    monkeypatch.delitem(sys.modules, "rnn_diag.experiments.backends.dask", raising=False)
     monkeypatch.delitem(sys.modules, "rnn_diag.experiments.dask_backend", raising=False)
     cfg = write(tmp_path, TINY)
     result = CliRunner().invoke(main, ["run", str(cfg), "--out", str(tmp_path / "o"),
@@ -327,7 +328,7 @@ def test_dask_missing_is_a_clear_error(tmp_path, monkeypatch):
 
 
 def test_an_unreachable_scheduler_is_a_clear_error(tmp_path, monkeypatch):
-    import rnn_diag.experiments.dask_backend as dask_backend
+    import rnn_diag.experiments.backends.dask as dask_backend
 
     monkeypatch.setattr(dask_backend, "CONNECT_TIMEOUT", 1)
     cfg = write(tmp_path, TINY)
@@ -337,3 +338,9 @@ def test_an_unreachable_scheduler_is_a_clear_error(tmp_path, monkeypatch):
     assert "cannot reach the Dask scheduler at tcp://127.0.0.1:9" in result.output
     assert "Traceback" not in result.output
 
+
+
+def test_the_old_module_path_still_imports():
+    import rnn_diag.experiments.dask_backend as old
+
+    assert old.DaskBackend is DaskBackend

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 import rnn_diag.experiments.model
+import rnn_diag.experiments.trial
 from rnn_diag.experiments.runner import run_sweep
 
 # relu + identity init: weight_scale 10 explodes at seq_len 12 and overflows (NaN loss, status
@@ -57,7 +58,7 @@ def small_run(tmp_path_factory):
     # the exploding trial's Lyapunov trajectory overflows: a RuntimeWarning, expected here
     with pytest.MonkeyPatch.context() as mp, warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        mp.setattr(rnn_diag.experiments.model, "init_recurrent", flaky)
+        mp.setattr(rnn_diag.experiments.trial, "init_recurrent", flaky)  # where it is looked up
         run_sweep(cfg, out=root / "run", quiet=True)
     return root / "run"
 

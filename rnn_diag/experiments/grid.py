@@ -36,6 +36,7 @@ from rnn_diag.experiments.config.schema import (
     get_dotted,
     with_params,
 )
+from rnn_diag.experiments.labels import format_value, short_names
 
 __all__ = ["TrialSpec", "expand", "trial_id", "trial_label", "validate_trials"]
 
@@ -258,9 +259,11 @@ def _trials(config: ExperimentConfig) -> tuple[list[TrialSpec], list[dict]]:
 def trial_label(spec: TrialSpec) -> str:
     """A short text of a trial's swept values: ``"seq_len=100 weight_scale=0.5"``.
 
-    Each key is shortened to its last component (the full dotted key where two would read
-    the same); values are written as in YAML (``null``, ``true``, ``0.5``, ``[init, end]``).
-    ``"default"`` for a trial without swept values.
+    Each key is shortened by :func:`~rnn_diag.experiments.labels.short_names` (its last
+    component, the full dotted key where two would read the same); values are written by
+    :func:`~rnn_diag.experiments.labels.format_value`, as in YAML (``null``, ``true``, ``0.5``,
+    ``[init, end]``; a NaN value ``nan``, as stored labels always have). ``"default"`` for a
+    trial without swept values.
 
     Example:
         >>> from rnn_diag.experiments.config import validate_config
@@ -272,18 +275,5 @@ def trial_label(spec: TrialSpec) -> str:
     """  # noqa: E501
     if not spec.params:
         return "default"
-    short = [k.rsplit(".", 1)[-1] for k in spec.params]
-    names = [s if short.count(s) == 1 else k for s, k in zip(short, spec.params)]
-    return " ".join(f"{n}={_text(v)}" for n, v in zip(names, spec.params.values()))
-
-
-def _text(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_text(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{k}: {_text(v)}" for k, v in value.items()) + "}"
-    return str(value)
+    names = short_names(list(spec.params))
+    return " ".join(f"{names[k]}={format_value(v, nan='nan')}" for k, v in spec.params.items())

@@ -9,8 +9,10 @@ value; *decay_per_step* is the least-squares slope in decades per step back (neg
 vanishing); the *verdict* is "vanishing" when the fitted change over the window is ≤ −3
 decades and "exploding" when it is ≥ +1.
 
-A *condition* is one combination of the swept settings other than the seed; where a condition
-has several seeds, its numbers are medians over them (and say so).
+A *setting* is one combination of the swept values other than the seed, a *panel setting* one
+other than the sequence length and the seed (the vocabulary of
+:mod:`rnn_diag.experiments.labels`); where a setting has several seeds, its numbers are medians
+over them (and say so).
 """
 
 from __future__ import annotations
@@ -22,11 +24,12 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-__all__ = ["Finding", "compute_findings", "condition_keys", "condition_labels", "fmt_value",
-           "grid_order"]
+from ..experiments.labels import format_value, short_names
+
+__all__ = ["Finding", "compute_findings", "grid_order", "setting_keys", "setting_labels"]
 
 SEED = "train.seed"
-_MAX_REACH = 6  # reach sentences at most (one per seq_len, worst condition first)
+_MAX_REACH = 6  # reach sentences at most (one per seq_len, worst setting first)
 _MEMORISE = 0.01  # training loss this far below chance (relative) counts as fitting it
 _ONE_TOL = 1e-4  # a spectral radius or norm within this of 1 is not "below 1"
 
@@ -39,45 +42,25 @@ class Finding:
     key: str
 
 
-def fmt_value(value) -> str:
-    """A setting as the trial labels write it: ``null`` for None/NaN, numbers as given.
-
-    Example:
-        >>> fmt_value(None), fmt_value(float("nan")), fmt_value(0.5), fmt_value(300)
-        ('null', 'null', '0.5', '300')
-    """
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "null"
-    if isinstance(value, (np.integer, np.floating)):
-        value = value.item()
-    if isinstance(value, bool):
-        return str(value).lower()
-    return str(value)
-
-
-def condition_keys(trials: pd.DataFrame, swept: Sequence[str]) -> list[str]:
-    """The swept keys that define a condition: every swept column but the seed."""
+def setting_keys(trials: pd.DataFrame, swept: Sequence[str]) -> list[str]:
+    """The swept keys that define a setting: every swept column but the seed."""
     return [k for k in swept if k != SEED and k in trials.columns]
 
 
-def _short_names(keys: Sequence[str]) -> dict[str, str]:
-    last = [k.rsplit(".", 1)[-1] for k in keys]
-    return {k: (s if last.count(s) == 1 else k) for k, s in zip(keys, last)}
-
-
-def condition_labels(trials: pd.DataFrame, swept: Sequence[str]) -> pd.Series:
-    """One text per trial naming its condition, e.g. ``"seq_len 300, weight_scale 0.5"``.
+def setting_labels(trials: pd.DataFrame, swept: Sequence[str]) -> pd.Series:
+    """One text per trial naming its setting, e.g. ``"seq_len 300, weight_scale 0.5"`` (pass
+    ``swept`` without ``task.seq_len`` for its panel setting).
 
     Example:
         >>> t = pd.DataFrame({"task.seq_len": [10, 10], "model.weight_scale": [None, 0.5],
         ...                   "train.seed": [0, 1]})
-        >>> condition_labels(t, ["task.seq_len", "model.weight_scale", "seed"]).tolist()
+        >>> setting_labels(t, ["task.seq_len", "model.weight_scale", "seed"]).tolist()
         ['seq_len 10, default init', 'seq_len 10, weight_scale 0.5']
     """
-    keys = condition_keys(trials, swept)
+    keys = setting_keys(trials, swept)
     if not keys:
         return pd.Series(["all trials"] * len(trials), index=trials.index, dtype=object)
-    short = _short_names(keys)
+    short = short_names(keys)
     # column by column: a row of mixed ints and floats would turn 10 into 10.0
     parts = [trials[k].astype(object).map(lambda v, k=k: _setting_text(short[k], k, v))
              for k in keys]
@@ -89,16 +72,16 @@ def condition_labels(trials: pd.DataFrame, swept: Sequence[str]) -> pd.Series:
 
 def _setting_text(short: str, key: str, value) -> str:
     """``"seq_len 300"``; an unset weight scale reads "default init" (as in the figures)."""
-    if key == "model.weight_scale" and fmt_value(value) == "null":
+    if key == "model.weight_scale" and format_value(value) == "null":
         return "default init"
-    return f"{short} {fmt_value(value)}"
+    return f"{short} {format_value(value)}"
 
 
 def _trial_labels(trials: pd.DataFrame, swept: Sequence[str], labels: pd.Series) -> pd.Series:
-    """The condition of each trial, with its seed when seeds are swept."""
+    """The setting of each trial, with its seed when seeds are swept."""
     if SEED not in swept or SEED not in trials:
         return labels
-    return labels + ", seed " + trials[SEED].map(fmt_value)
+    return labels + ", seed " + trials[SEED].map(format_value)
 
 
 def _pct(x: float) -> str:
@@ -214,12 +197,12 @@ def _last_summaries(summaries: pd.DataFrame) -> pd.DataFrame:
 
 
 def _reach(trials: pd.DataFrame, summaries: pd.DataFrame, labels: pd.Series,
-           variants: pd.Series) -> list[Finding]:
-    """How far back the signal reaches, per condition, from the stored horizon and anchor.
+           panel_settings: pd.Series) -> list[Finding]:
+    """How far back the signal reaches, per setting, from the stored horizon and anchor.
 
-    One sentence per *variant* (the settings other than seq_len and seed) at its longest
-    sequence, so the effect of the variant shows at a glance; with a single variant, one per
-    sequence length instead.
+    One sentence per *panel setting* (the swept values other than seq_len and seed) at its
+    longest sequence, so the effect of the panel setting shows at a glance; with a single
+    panel setting, one per sequence length instead.
     """
     last = _last_summaries(summaries)
     if last.empty:
@@ -232,26 +215,27 @@ def _reach(trials: pd.DataFrame, summaries: pd.DataFrame, labels: pd.Series,
         if not (s["horizon"] >= 0):  # -1: nothing finite
             continue
         seq_len = row.get("task.seq_len")
-        rows.append({"condition": labels[i], "variant": variants[i],
+        rows.append({"setting": labels[i], "panel_setting": panel_settings[i],
                      "seq_len": -1 if seq_len is None or pd.isna(seq_len) else seq_len,
                      "horizon": float(s["horizon"]), "window": float(s["anchor"]) + 1})
     if not rows:
         return []
     df = pd.DataFrame(rows)
-    grouped = df.groupby("condition", sort=False).agg(
-        horizon=("horizon", "median"), window=("window", "median"), variant=("variant", "first"),
+    grouped = df.groupby("setting", sort=False).agg(
+        horizon=("horizon", "median"), window=("window", "median"),
+        panel_setting=("panel_setting", "first"),
         seq_len=("seq_len", "first"), n=("horizon", "size"))
     grouped["fraction"] = (grouped.horizon + 1) / grouped.window
     short = grouped[grouped.horizon + 1 < grouped.window]
-    if grouped.variant.nunique() > 1:
+    if grouped.panel_setting.nunique() > 1:
         short = short.sort_values("seq_len", kind="stable").groupby(
-            "variant", sort=False).tail(1)
+            "panel_setting", sort=False).tail(1)
         short = short.loc[[c for c in grouped.index if c in short.index]]  # config order
     out = []
-    for cond, g in short.head(_MAX_REACH).iterrows():
+    for setting, g in short.head(_MAX_REACH).iterrows():
         h, w = int(round(g.horizon)), int(round(g.window))
         out.append(Finding(
-            f"At {cond}, ∂L/∂h_k fell more than 3 decades below its largest value beyond "
+            f"At {setting}, ∂L/∂h_k fell more than 3 decades below its largest value beyond "
             f"{h} step{'s' if h != 1 else ''} back{_seeds_note(int(g.n))}: "
             f"{'only ' if g.fraction < 0.5 else ''}the last {h + 1} of {w} steps "
             f"({_pct(g.fraction)} of the window) receive learning signal.",
@@ -264,7 +248,7 @@ def _reach(trials: pd.DataFrame, summaries: pd.DataFrame, labels: pd.Series,
     elif len(full):
         out.append(Finding(
             f"The gradient stays within 3 decades of its largest value over the whole window in "
-            f"{len(full)} of {len(grouped)} condition{'s' if len(grouped) != 1 else ''}: "
+            f"{len(full)} of {len(grouped)} setting{'s' if len(grouped) != 1 else ''}: "
             f"{_list(list(full.index))}.",
             "profile",
         ))
@@ -279,10 +263,10 @@ def _exploding(trials: pd.DataFrame, labels: pd.Series) -> list[Finding]:
     if exp.empty:
         return []
     parts = []
-    for cond, g in exp.groupby(labels[exp.index], sort=False):
+    for setting, g in exp.groupby(labels[exp.index], sort=False):
         slope = float(np.nanmedian(_col(g, "decay_per_step_last")))
         ratio = float(np.nanmedian(_col(g, "ratio_log10_last")))
-        text = f"{cond}: {slope:+.3f} decades per step back"
+        text = f"{setting}: {slope:+.3f} decades per step back"
         if math.isfinite(ratio):
             text += f", ‖∂L/∂h_0‖ is {ratio:+.1f} decades from ‖∂L/∂h_T−1‖"
         parts.append(text + _seeds_note(len(g)))
@@ -347,7 +331,7 @@ def _pascanu(trials: pd.DataFrame, labels: pd.Series, config: Mapping) -> list[F
     below = 1 - _ONE_TOL
     forced = tanh_rnn & (sigma < below)
     if forced.any():
-        conds = list(dict.fromkeys(labels[forced]))
+        settings = list(dict.fromkeys(labels[forced]))
         lo, hi = np.nanmin(slope[forced]), np.nanmax(slope[forced])
         fall = f"{-hi:.2f}" if f"{-hi:.2f}" == f"{-lo:.2f}" else f"{-hi:.2f} to {-lo:.2f}"
         span = (f"; their gradients before training fall by {fall} decades per step back"
@@ -357,18 +341,18 @@ def _pascanu(trials: pd.DataFrame, labels: pd.Series, config: Mapping) -> list[F
             f"σ_max of W_hh at initialisation is below 1 ({_span(sigma[forced], ' to ')}): "
             f"for a tanh RNN whose loss reads the last step this "
             f"bounds ‖∂L/∂h_k‖ by σ_max^(T−k)·‖∂L/∂h_T‖, so the gradient must vanish "
-            f"(Pascanu et al., 2013){span}. Conditions: {_list(conds)}.",
+            f"(Pascanu et al., 2013){span}. Settings: {_list(settings)}.",
             "spectra",
         ))
     gap = tanh_rnn & (rho < below) & (sigma >= 1)
     if gap.any():
-        conds = list(dict.fromkeys(labels[gap]))
+        settings = list(dict.fromkeys(labels[gap]))
         out.append(Finding(
             f"In {int(gap.sum())} trial{'s' if gap.sum() != 1 else ''} the spectral radius ρ of "
             f"W_hh at initialisation is below 1 but σ_max is not ({_span(rho[gap])} vs "
             f"{_span(sigma[gap])}): the "
-            "guarantee of vanishing does not apply, ρ < 1 alone does not decide. Conditions: "
-            f"{_list(conds)}.",
+            "guarantee of vanishing does not apply, ρ < 1 alone does not decide. Settings: "
+            f"{_list(settings)}.",
             "spectra",
         ))
     return out
@@ -409,11 +393,11 @@ def _lyapunov(trials: pd.DataFrame, labels: pd.Series) -> list[Finding]:
                 "dynamics, where the gradient neither vanishes nor explodes over a few hundred "
                 "steps, the regime in which long memory is possible.")
     if collapsed:
-        conds = list(dict.fromkeys(labels[top == -np.inf]))
+        settings = list(dict.fromkeys(labels[top == -np.inf]))
         texts.append(
             f"{collapsed} trial{'s end' if collapsed != 1 else ' ends'} with an exponent of −∞: "
             f"the state collapses to exactly zero (e.g. dead relu units), so no gradient "
-            f"flows back through time at all ({_list(conds)}).")
+            f"flows back through time at all ({_list(settings)}).")
     return [Finding(" ".join(texts), "lyapunov")] if texts else []
 
 
@@ -449,7 +433,7 @@ def compute_findings(tables: Mapping[str, pd.DataFrame], swept: Sequence[str],
 
     Args:
         tables: ``"trials"`` (required) and ``"summaries"`` (optional) as stored.
-        swept: the swept dotted keys (config order; ``train.seed`` is not a condition).
+        swept: the swept dotted keys (config order; ``train.seed`` is not part of a setting).
         config: the run's config mapping (for settings that are not columns, e.g. the
             nonlinearity); ``None`` for the defaults.
 
@@ -463,13 +447,13 @@ def compute_findings(tables: Mapping[str, pd.DataFrame], swept: Sequence[str],
     trials = grid_order(trials, swept).reset_index(drop=True)
     summaries = tables.get("summaries")
     summaries = pd.DataFrame() if summaries is None else summaries
-    labels = condition_labels(trials, swept)
-    variants = condition_labels(trials, [k for k in swept if k != "task.seq_len"])
+    labels = setting_labels(trials, swept)
+    panel_settings = setting_labels(trials, [k for k in swept if k != "task.seq_len"])
     per_trial = _trial_labels(trials, swept, labels)
     return [
         *_status(trials, per_trial),
         *_verdicts(trials),
-        *_reach(trials, summaries, labels, variants),
+        *_reach(trials, summaries, labels, panel_settings),
         *_exploding(trials, labels),
         *_chance(trials, labels),
         *_pascanu(trials, labels, config or {}),

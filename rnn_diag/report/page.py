@@ -23,8 +23,9 @@ from matplotlib.colors import to_hex
 from tqdm.auto import tqdm
 
 from .. import __version__
+from ..experiments.labels import format_value
 from . import figures
-from .findings import Finding, compute_findings, fmt_value, grid_order
+from .findings import Finding, compute_findings, grid_order
 from .parallel import default_jobs, draw_in_pool
 from .run_data import RunData
 from .sections import SectionResult, build_section, registered, unrecorded
@@ -154,7 +155,7 @@ def _manifest_items(manifest: Mapping) -> list[tuple[str, str]]:
         v = manifest[k]
         if k == "command" and isinstance(v, (list, tuple)):
             v = " ".join(str(p) for p in v)
-        items.append((str(k), fmt_value(v)))
+        items.append((str(k), format_value(v)))
     return items
 
 
@@ -239,7 +240,7 @@ def render_report(run: RunData, sections: Sequence | None = None, *, fmt: str = 
         chance=chance,
         counts={s: int((status == s).sum()) for s in ("ok", "diverged", "failed")},
         n_trials=len(run.trials),
-        swept=[(k, ", ".join(fmt_value(v) for v in run.config.get("sweep", {}).get(k, [])))
+        swept=[(k, ", ".join(format_value(v) for v in run.config.get("sweep", {}).get(k, [])))
                for k in run.swept],
         sections=results,
     )

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from rnn_diag import gradient_summary
-from rnn_diag.report.findings import compute_findings, condition_labels
+from rnn_diag.report.findings import compute_findings, setting_labels
 from rnn_diag.report.run_data import load_run
 
 SWEPT = ("task.seq_len", "model.weight_scale", "train.seed")
@@ -52,12 +52,12 @@ def test_reach_in_words_with_the_fraction_of_the_window():
     assert ("At seq_len 1000, default init, ∂L/∂h_k fell more than 3 decades below its largest "
             "value beyond 14 steps back: only the last 15 of 1000 steps (1.5% of the window) "
             "receive learning signal.") in found
-    assert any("whole window in 1 of 2 conditions: seq_len 10, default init" in t for t in found)
+    assert any("whole window in 1 of 2 settings: seq_len 10, default init" in t for t in found)
     assert any("vanishes in 1, explodes in 0, is stable in 1 of the 2 trials" in t
                for t in found)
 
 
-def test_seeds_of_one_condition_give_the_median():
+def test_seeds_of_one_setting_give_the_median():
     trials = _trials([{"id": s, "task.seq_len": 100, "model.weight_scale": 0.5, "train.seed": i}
                       for i, s in enumerate("xyz")])
     summaries = _summaries([("x", 10, 99), ("y", 30, 99), ("z", 14, 99)])
@@ -67,7 +67,7 @@ def test_seeds_of_one_condition_give_the_median():
     assert "the last 15 of 100 steps (15% of the window)" in reach
 
 
-def test_reach_is_told_per_variant_at_its_longest_sequence():
+def test_reach_is_told_per_panel_setting_at_its_longest_sequence():
     rows, sums = [], []
     for i, (seq_len, scale, horizon) in enumerate([(10, None, 9), (100, None, 20), (1000, None, 14),
                                                    (10, 0.5, 5), (100, 0.5, 7), (1000, 0.5, 7)]):
@@ -81,13 +81,13 @@ def test_reach_is_told_per_variant_at_its_longest_sequence():
                                                    ["At seq_len 1000", " weight_scale 0.5"]]
     assert "the last 15 of 1000 steps (1.5% of the window)" in reach[0]
     assert "the last 8 of 1000 steps (0.8% of the window)" in reach[1]
-    # with one variant only, every sequence length is told
+    # with one panel setting only, every sequence length is told
     only = [r for r in rows if r["model.weight_scale"] is None]
     found = texts(compute_findings({"trials": _trials(only), "summaries": _summaries(sums)},
                                    ("task.seq_len",)), "profile")
     assert [t.split(" ∂L")[0] for t in found if "beyond" in t] == [
         "At seq_len 100,", "At seq_len 1000,"]
-    assert any("whole window in 1 of 3 conditions: seq_len 10." in t for t in found)
+    assert any("whole window in 1 of 3 settings: seq_len 10." in t for t in found)
 
 
 def test_failed_and_diverged_trials_are_named_with_their_error():
@@ -191,12 +191,12 @@ def test_exploding_lyapunov_and_changed_verdicts():
     assert "seq_len 100, weight_scale 1.5, seed 0: stable → exploding" in changed
 
 
-def test_condition_labels_leave_out_the_seed():
+def test_setting_labels_leave_out_the_seed():
     t = pd.DataFrame({"task.seq_len": [10, 10], "model.cell": ["rnn", "gru"],
                       "train.seed": [0, 1]})
-    assert condition_labels(t, ["task.seq_len", "model.cell", "train.seed"]).tolist() == [
+    assert setting_labels(t, ["task.seq_len", "model.cell", "train.seed"]).tolist() == [
         "seq_len 10, cell rnn", "seq_len 10, cell gru"]
-    assert condition_labels(t, ["train.seed"]).tolist() == ["all trials", "all trials"]
+    assert setting_labels(t, ["train.seed"]).tolist() == ["all trials", "all trials"]
 
 
 def test_reach_of_a_real_run_matches_its_recorded_profiles(small_run):
@@ -206,7 +206,7 @@ def test_reach_of_a_real_run_matches_its_recorded_profiles(small_run):
     grads = run.tables["gradients"]
     grads = grads[(grads.metric == "total_mean") & (grads.state == "h")]
     found = texts(compute_findings(run.for_figures(), run.swept, run.config), "profile")
-    labels = condition_labels(run.trials, run.swept)
+    labels = setting_labels(run.trials, run.swept)
     checked = 0
     for i, row in run.trials.iterrows():
         prof = grads[grads.trial == row.id]

@@ -1,10 +1,11 @@
 """Reading the stored tables for the figures: which trials belong together, which panel each
 goes to, and the few reshapes every figure needs. Nothing here computes a diagnostic.
 
-Grouping convention (all figures): a *variant* is a combination of the swept settings other
-than the sequence length and the seed (e.g. ``weight_scale=0.5``, or ``cell=gru ·
-weight_scale=1.5``); each variant gets its own panel, each sequence length its own colour, and
-the seeds of one (variant, seq_len) are aggregated (mean line, min-max band).
+Grouping convention (all figures): a *setting* here is always a *panel setting* (see
+:mod:`rnn_diag.experiments.labels`), a combination of the swept values other than the sequence
+length and the seed (e.g. ``weight_scale=0.5``, or ``cell=gru · weight_scale=1.5``); each
+setting gets its own panel, each sequence length its own colour, and the seeds of one
+(setting, seq_len) are aggregated (mean line, min-max band).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from ...experiments.labels import format_value, short_names
 from ...experiments.store import Table
 from .style import weight_scale_text
 
@@ -23,7 +25,7 @@ __all__ = ["MissingData", "Trials", "downsample", "last_layer", "panel_layout", 
            "table"]
 
 #: Settings that never define a panel: the colour (seq_len) and the aggregation (seed).
-_NOT_VARIANT = ("task.seq_len", "train.seed", "seed")
+_NOT_SETTING = ("task.seq_len", "train.seed", "seed")
 
 
 class MissingData(LookupError):
@@ -49,19 +51,15 @@ def require(df: pd.DataFrame | None, name: str, columns: Sequence[str] = (),
     return df
 
 
-def _short(key: str, keys: Sequence[str]) -> str:
-    short = key.rsplit(".", 1)[-1]
-    return short if sum(k.rsplit(".", 1)[-1] == short for k in keys) == 1 else key
-
-
 def _value_text(key: str, value) -> str:
+    """A value in a panel title: the weight scale as the figures name it, other floats short
+    (``:g``: an int column with a missing value reads back as floats, 10.0 -> ``10``), the
+    rest (``null`` when missing) by :func:`~rnn_diag.experiments.labels.format_value`."""
     if key == "model.weight_scale":
         return weight_scale_text(value)
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "none"
-    if isinstance(value, float):
+    if isinstance(value, float) and not math.isnan(value):
         return f"{value:g}"
-    return str(value)
+    return format_value(value)
 
 
 def _sort_value(value):
@@ -79,39 +77,40 @@ class Trials:
 
     Attributes:
         info: one row per trial, indexed by trial id, with columns ``seq_len`` (int),
-            ``variant`` (panel label, "" when only seq_len/seed vary), ``variant_rank`` (panel
+            ``setting`` (panel label, "" when only seq_len/seed vary), ``setting_rank`` (panel
             order), ``seed``, ``status``, ``label``, ``cell``, ``weight_scale`` (float, NaN =
             default init) and ``epochs_run``.
-        variants: the variant labels in panel order.
-        variant_keys: the dotted settings that vary between variants.
+        settings: the (panel) setting labels in panel order.
+        setting_keys: the dotted keys whose values differ between settings.
         seq_lens: the sequence lengths, increasing.
-        variant_parts: per variant (same order), the text of its value of each variant key.
+        setting_parts: per setting (same order), the text of its value of each setting key.
     """
 
     info: pd.DataFrame
-    variants: tuple[str, ...]
-    variant_keys: tuple[str, ...]
+    settings: tuple[str, ...]
+    setting_keys: tuple[str, ...]
     seq_lens: tuple[int, ...]
-    variant_parts: tuple[tuple[str, ...], ...] = ()
+    setting_parts: tuple[tuple[str, ...], ...] = ()
 
     @staticmethod
     def from_table(trials: pd.DataFrame) -> Trials:
         require(trials, Table.TRIALS, ["id", "task.seq_len"])
-        dotted = [c for c in trials.columns if "." in c and c not in _NOT_VARIANT]
+        dotted = [c for c in trials.columns if "." in c and c not in _NOT_SETTING]
         keys = tuple(c for c in dotted if len({_value_text(c, v) for v in trials[c]}) > 1)
         info = pd.DataFrame(index=pd.Index(trials["id"].astype(str), name="trial"))
         info["seq_len"] = pd.to_numeric(trials["task.seq_len"], errors="coerce").to_numpy()
         info["seq_len"] = info["seq_len"].fillna(-1).astype(int)
+        short = short_names(keys)
         labels, ranks, parts = [], [], {}
         for _, row in trials.iterrows():
             texts = tuple(_value_text(k, row[k]) for k in keys)
-            labels.append(" · ".join(f"{_short(k, keys)}={v}" for k, v in zip(keys, texts)))
+            labels.append(" · ".join(f"{short[k]}={v}" for k, v in zip(keys, texts)))
             ranks.append(tuple(_sort_value(row[k]) for k in keys))
             parts.setdefault(labels[-1], texts)
-        info["variant"] = labels
+        info["setting"] = labels
         order = sorted(set(zip(ranks, labels)))
-        variants = tuple(dict.fromkeys(label for _, label in order))
-        info["variant_rank"] = [variants.index(v) for v in labels]
+        settings = tuple(dict.fromkeys(label for _, label in order))
+        info["setting_rank"] = [settings.index(v) for v in labels]
         for col, src, default in (("seed", "train.seed", 0), ("status", "status", "ok"),
                                   ("label", "label", ""), ("cell", "model.cell", "rnn"),
                                   ("weight_scale", "model.weight_scale", math.nan),
@@ -120,47 +119,47 @@ class Trials:
         info["weight_scale"] = pd.to_numeric(info["weight_scale"], errors="coerce")
         info["label"] = [lab if lab else tid for lab, tid in zip(info["label"], info.index)]
         seq_lens = tuple(sorted(v for v in info["seq_len"].unique() if v >= 0))
-        return Trials(info, variants, keys, seq_lens, tuple(parts[v] for v in variants))
+        return Trials(info, settings, keys, seq_lens, tuple(parts[v] for v in settings))
 
     def attach(self, df: pd.DataFrame) -> pd.DataFrame:
-        """``df`` (a long table with a ``trial`` column) joined with ``seq_len``, ``variant``,
-        ``variant_rank``, ``seed`` and ``cell``; rows of unknown trials are dropped."""
-        cols = ["seq_len", "variant", "variant_rank", "seed", "cell"]
+        """``df`` (a long table with a ``trial`` column) joined with ``seq_len``, ``setting``,
+        ``setting_rank``, ``seed`` and ``cell``; rows of unknown trials are dropped."""
+        cols = ["seq_len", "setting", "setting_rank", "seed", "cell"]
         out = df.copy()
         out["trial"] = out["trial"].astype(str)
         return out.join(self.info[cols], on="trial", how="inner")
 
-    def variant_title(self, variant: str) -> str:
-        return variant if variant else "all trials"
+    def setting_title(self, setting: str) -> str:
+        return setting if setting else "all trials"
 
 
-def panel_layout(info: Trials, variants: Sequence[str], max_cols: int = 4,
+def panel_layout(info: Trials, settings: Sequence[str], max_cols: int = 4,
                  ) -> tuple[int, int, dict[str, tuple[int, int]]]:
-    """Where each of ``variants`` goes in a grid of panels: ``(rows, columns, {variant: (row,
-    column)})``, shared by the figures with one panel per variant so they agree.
+    """Where each of ``settings`` goes in a grid of panels: ``(rows, columns, {setting: (row,
+    column)})``, shared by the figures with one panel per setting so they agree.
 
-    Up to ``max_cols`` variants: one row. More: as few rows as ``max_cols`` columns allow; when
-    the variants are every combination of the swept keys and one key has at most ``max_cols``
+    Up to ``max_cols`` settings: one row. More: as few rows as ``max_cols`` columns allow; when
+    the settings are every combination of the swept keys and one key has at most ``max_cols``
     values that fill that few rows, the columns are that key's values (the last such key:
     ``cell × lag`` gives one column per lag, one row per cell) and the rows the other keys';
-    otherwise the variants fill the rows in order, the columns evened out (6 → 2 rows of 3).
+    otherwise the settings fill the rows in order, the columns evened out (6 → 2 rows of 3).
 
     Example:
         >>> info = Trials.from_table(pd.DataFrame({
         ...     "id": list("abcdef"), "task.seq_len": 5,
         ...     "model.cell": ["gru", "gru", "lstm", "lstm", "rnn", "rnn"],
         ...     "train.clip": [1, 2, 1, 2, 1, 2]}))
-        >>> rows, cols, where = panel_layout(info, info.variants)
+        >>> rows, cols, where = panel_layout(info, info.settings)
         >>> rows, cols, where["cell=lstm · clip=2"]
         (2, 3, (1, 1))
     """
-    n = len(variants)
+    n = len(settings)
     if n <= max_cols:
-        return 1, max(n, 1), {v: (0, c) for c, v in enumerate(variants)}
+        return 1, max(n, 1), {v: (0, c) for c, v in enumerate(settings)}
     rows = math.ceil(n / max_cols)
-    lookup = dict(zip(info.variants, info.variant_parts))
-    parts = [lookup.get(v, ()) for v in variants]
-    nkeys = len(info.variant_keys)
+    lookup = dict(zip(info.settings, info.setting_parts))
+    parts = [lookup.get(v, ()) for v in settings]
+    nkeys = len(info.setting_keys)
     if nkeys > 1 and all(len(p) == nkeys for p in parts) and len(set(parts)) == n:
         values = [list(dict.fromkeys(p[k] for p in parts)) for k in range(nkeys)]
         if math.prod(len(v) for v in values) == n:
@@ -170,9 +169,9 @@ def panel_layout(info: Trials, variants: Sequence[str], max_cols: int = 4,
                     row_of = {o: r for r, o in enumerate(dict.fromkeys(others))}
                     return n // len(values[k]), len(values[k]), {
                         v: (row_of[o], values[k].index(p[k]))
-                        for v, p, o in zip(variants, parts, others)}
+                        for v, p, o in zip(settings, parts, others)}
     cols = math.ceil(n / rows)
-    return rows, cols, {v: divmod(i, cols) for i, v in enumerate(variants)}
+    return rows, cols, {v: divmod(i, cols) for i, v in enumerate(settings)}
 
 
 def last_layer(df: pd.DataFrame) -> tuple[pd.DataFrame, int]:

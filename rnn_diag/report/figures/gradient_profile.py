@@ -135,32 +135,32 @@ def _draw_measured(ax: Axes, stats: pd.DataFrame, colour: str, when: str, seq_le
     return marked
 
 
-def _fit_settings(variants: list, n_blocks: int, info: Trials) -> list:
-    """``variants``, or as many of them as fit in :data:`MAX_PANELS` panels with ``n_blocks``
+def _fit_settings(settings: list, n_blocks: int, info: Trials) -> list:
+    """``settings``, or as many of them as fit in :data:`MAX_PANELS` panels with ``n_blocks``
     seq_len blocks (evenly picked, the first and the last kept)."""
-    for m in range(len(variants), 0, -1):
-        picked = _pick(variants, m)
+    for m in range(len(settings), 0, -1):
+        picked = _pick(settings, m)
         rows, cols, _ = panel_layout(info, picked, _MAX_COLS)
         if m == 1 or rows * cols * n_blocks <= MAX_PANELS:
             return picked
-    return variants
+    return settings
 
 
 def draw_profiles(info: Trials, df: pd.DataFrame, snapshots: Snapshots | None, *,
                   ylabel: str, xlabel: str = "distance to the loss T−1−t (steps)",
                   ) -> tuple[Figure, list[str]]:
     """The grid of figures 2 and 6: one block of panel rows per seq_len (its own y scale, x
-    from 0 to T−1), in it one panel per variant laid out as the loss figure's
+    from 0 to T−1), in it one panel per setting laid out as the loss figure's
     (:func:`panel_layout`: up to 4 columns, wrapped over rows); in each panel the first
     recorded epoch dashed and light, the last one solid (mean over seeds, min-max band), and at
     the last epoch the theory lines in dark grey: Lyapunov slope dash-dotted, Pascanu bound
     dotted. Returns the figure and the notes to add."""
     palette = seq_len_palette(info.seq_lens)
-    all_variants = [v for v in info.variants if (df["variant"] == v).any()]
+    all_settings = [v for v in info.settings if (df["setting"] == v).any()]
     all_lens = sorted(int(s) for s in df["seq_len"].unique())
     seq_lens = _pick(all_lens, _MAX_ROWS)
-    variants = _fit_settings(all_variants, len(seq_lens), info)
-    block, ncols, where = panel_layout(info, variants, _MAX_COLS)
+    settings = _fit_settings(all_settings, len(seq_lens), info)
+    block, ncols, where = panel_layout(info, settings, _MAX_COLS)
     wrapped = block > 1
     nrows = block * len(seq_lens)
     used_lyap, used_pascanu = set(), set()
@@ -175,8 +175,8 @@ def draw_profiles(info: Trials, df: pd.DataFrame, snapshots: Snapshots | None, *
         rows = df[df["seq_len"] == seq_len]
         top = b * block
         first_ax: Axes = axes[top, 0]
-        for variant in variants:
-            r, c = where[variant]
+        for setting in settings:
+            r, c = where[setting]
             ax: Axes = axes[top + r, c]
             if ax is not first_ax:  # one x and one y scale per seq_len block
                 ax.sharex(first_ax)
@@ -187,8 +187,8 @@ def draw_profiles(info: Trials, df: pd.DataFrame, snapshots: Snapshots | None, *
             if below:  # the panel under it shows the ticks of the block's x scale
                 ax.tick_params(labelbottom=False)
             if b == 0 or wrapped:
-                ax.set_title(info.variant_title(variant), fontsize=9)
-            part = rows[rows["variant"] == variant]
+                ax.set_title(info.setting_title(setting), fontsize=9)
+            part = rows[rows["setting"] == setting]
             if part.empty:
                 ax.text(0.5, 0.5, "not recorded", transform=ax.transAxes, ha="center",
                         va="center", fontsize=8, color="#777777")
@@ -218,7 +218,7 @@ def draw_profiles(info: Trials, df: pd.DataFrame, snapshots: Snapshots | None, *
                     ax.plot([d0, dmax], [y0, y0 + slope * (dmax - d0)], **style, zorder=4,
                             label=f"_{name} seq_len={seq_len}")
         # one y scale per block, from the measurements only (a theory line may leave the panel)
-        lo, hi = _ylim(rows[rows["variant"].isin(variants)]["value"].to_numpy(dtype=float))
+        lo, hi = _ylim(rows[rows["setting"].isin(settings)]["value"].to_numpy(dtype=float))
         first_ax.set_ylim(lo, hi)
         dmax = rows["distance"].max()
         first_ax.set_xlim(0, float(dmax) if dmax > 0 else 1.0)
@@ -252,8 +252,8 @@ def draw_profiles(info: Trials, df: pd.DataFrame, snapshots: Snapshots | None, *
     notes = ["rows: sequence length T (colour), each row with its own y scale" if block == 1
              else f"rows: sequence length T (colour) in blocks of {block} rows, each block with "
                   "its own y scale"]
-    if len(variants) < len(all_variants):
-        notes.append(f"{len(variants)} of {len(all_variants)} settings shown")
+    if len(settings) < len(all_settings):
+        notes.append(f"{len(settings)} of {len(all_settings)} settings shown")
     if len(seq_lens) < len(all_lens):
         notes.append(f"{len(seq_lens)} of {len(all_lens)} sequence lengths shown")
     if seeds:
@@ -269,7 +269,7 @@ def gradient_profiles(trials: pd.DataFrame, gradients: pd.DataFrame,
                       lyapunov: pd.DataFrame | None = None) -> Figure:
     """log10‖∂L/∂h_t‖ (batch mean, decades) against the distance T−1−t from the loss: one row
     block of panel rows per seq_len (each with its own y scale, so a T=10 profile is not
-    flattened by a T=1000 one), one panel per variant in it (up to 4 a row, wrapped as in the
+    flattened by a T=1000 one), one panel per setting in it (up to 4 a row, wrapped as in the
     loss figure, each panel titled when wrapped), each trial's first recorded epoch dashed and
     its last one solid.
 

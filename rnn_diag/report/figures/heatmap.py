@@ -56,12 +56,12 @@ def _colour_bar(fig: Figure, mesh, cax, orientation: str):
 
 def _layout(order: pd.DataFrame, seq_lens: tuple[int, ...]
             ) -> tuple[list[tuple[int, int]], int, int, bool]:
-    """Panel position of each trial: rows = (variant, seed), columns = seq_len when 2..8
+    """Panel position of each trial: rows = (setting, seed), columns = seq_len when 2..8
     lengths, else a plain wrapped grid of 6 columns."""
     if 2 <= len(seq_lens) <= 8:
-        keys = list(dict.fromkeys(zip(order["variant_rank"], order["seed"])))
+        keys = list(dict.fromkeys(zip(order["setting_rank"], order["seed"])))
         pos = [(keys.index((r, s)), seq_lens.index(L))
-               for r, s, L in zip(order["variant_rank"], order["seed"], order["seq_len"])]
+               for r, s, L in zip(order["setting_rank"], order["seed"], order["seq_len"])]
         return pos, len(keys), len(seq_lens), True
     ncols = min(_WRAP, len(order))
     return ([divmod(i, ncols) for i in range(len(order))], math.ceil(len(order) / ncols), ncols,
@@ -92,17 +92,17 @@ def gradient_heatmaps(trials: pd.DataFrame, gradients: pd.DataFrame) -> Figure:
     df, n_layers = last_layer(df)
     require(df, "gradients", hint=": no 'total_mean' rows for the trials of this run")
     order = info.info.loc[info.info.index.isin(df["trial"].unique())].copy()
-    order["seed_rank"] = order.groupby(["variant_rank", "seq_len"])["seed"].rank(method="first")
+    order["seed_rank"] = order.groupby(["setting_rank", "seq_len"])["seed"].rank(method="first")
     notes = []
     if len(order) > MAX_PANELS:
         notes.append(f"{MAX_PANELS} of {len(order)} trials shown (the first seeds of each "
                      "setting first)")
-        order = order.sort_values(["seed_rank", "variant_rank", "seq_len"]).head(MAX_PANELS)
-    order = order.sort_values(["variant_rank", "seed", "seq_len"])
+        order = order.sort_values(["seed_rank", "setting_rank", "seq_len"]).head(MAX_PANELS)
+    order = order.sort_values(["setting_rank", "seed", "seq_len"])
     seq_lens = tuple(sorted(order["seq_len"].unique()))
     positions, nrows, ncols, structured = _layout(order, seq_lens)
     palette = seq_len_palette(info.seq_lens)
-    several_seeds = order.groupby(["variant_rank", "seq_len"]).size().max() > 1
+    several_seeds = order.groupby(["setting_rank", "seq_len"]).size().max() > 1
     cmap = mpl.colormaps["viridis"].with_extremes(bad="#d9d9d9")
     groups = dict(tuple(df.groupby("trial")))
     binned = {trial: _binned(groups[trial]) for trial in order.index}
@@ -153,7 +153,7 @@ def gradient_heatmaps(trials: pd.DataFrame, gradients: pd.DataFrame) -> Figure:
             ax.xaxis.set_major_locator(MaxNLocator(4, integer=True))
             ax.tick_params(labelsize=6.5, length=2, pad=1)
             ax.grid(False)
-            title = info.variant_title(row["variant"]) if row["variant"] else ""
+            title = info.setting_title(row["setting"]) if row["setting"] else ""
             if several_seeds:
                 title = f"{title} · seed {row['seed']}" if title else f"seed {row['seed']}"
             ax.set_title(f"{title}\nseq_len={row['seq_len']}" if title

@@ -20,7 +20,7 @@ def jacobian_norms(trials: pd.DataFrame, gradients: pd.DataFrame,
                    lyapunov: pd.DataFrame | None = None) -> Figure:
     """log10 ‖∂h_{T−1}/∂h_t‖₂ (spectral norm of the Jacobian product, mean over the probed
     samples, decades) against the distance T−1−t, laid out as :func:`gradient_profiles`: one
-    block of panel rows per seq_len (own y scale), one panel per variant in it (wrapped as in
+    block of panel rows per seq_len (own y scale), one panel per setting in it (wrapped as in
     the loss figure), first recorded epoch dashed, last one solid, theory lines at the last
     epoch.
 

@@ -50,7 +50,7 @@ def _ylim(values: np.ndarray, chance: float) -> tuple[float, float, bool]:
 
 def loss_history(trials: pd.DataFrame, curves: pd.DataFrame) -> Figure:
     """Train (solid) and held-out (dashed) loss against epoch, one colour per ``seq_len``, one
-    panel per variant (the swept settings other than seq_len and seed).
+    panel per setting (the swept values other than seq_len and seed).
 
     Args:
         trials: the trials table (``id``, ``task.seq_len``, settings, ``chance_loss``,
@@ -58,7 +58,7 @@ def loss_history(trials: pd.DataFrame, curves: pd.DataFrame) -> Figure:
         curves: long table ``trial, epoch, train_loss, val_loss`` (``val_loss`` may be NaN when
             there is no held-out split).
 
-    Seeds of the same (variant, seq_len) are drawn as their mean with a min-max band; NaN/inf
+    Seeds of the same (setting, seq_len) are drawn as their mean with a min-max band; NaN/inf
     losses (a diverged trial) are left out; a y axis clipped to 99% of the values is noted.
     """
     info = Trials.from_table(trials)
@@ -71,8 +71,8 @@ def loss_history(trials: pd.DataFrame, curves: pd.DataFrame) -> Figure:
     require(df, "curves", hint=" for the trials of this run")
     palette = seq_len_palette(info.seq_lens)
     chance = _chance(trials)
-    variants = [v for v in info.variants if (df["variant"] == v).any()]
-    nrows, ncols, where = panel_layout(info, variants, _MAX_COLS)
+    settings = [v for v in info.settings if (df["setting"] == v).any()]
+    nrows, ncols, where = panel_layout(info, settings, _MAX_COLS)
     lo, hi, clipped = _ylim(df[["train_loss", "val_loss"]].to_numpy().ravel(), chance)
     has_val = bool(df["val_loss"].notna().any())
     with figure_style():
@@ -81,9 +81,9 @@ def loss_history(trials: pd.DataFrame, curves: pd.DataFrame) -> Figure:
         filled = set(where.values())
         for (r, c), ax in np.ndenumerate(axes):
             ax.set_visible((r, c) in filled)
-        for variant in variants:
-            ax = axes[where[variant]]
-            part = df[df["variant"] == variant]
+        for setting in settings:
+            ax = axes[where[setting]]
+            part = df[df["setting"] == setting]
             for seq_len, group in part.groupby("seq_len"):
                 colour = palette.get(seq_len, "#7f7f7f")
                 for col, style in (("train_loss", "-"), ("val_loss", "--")):
@@ -99,7 +99,7 @@ def loss_history(trials: pd.DataFrame, curves: pd.DataFrame) -> Figure:
                                         alpha=BAND_ALPHA, lw=0)
             if not math.isnan(chance):
                 ax.axhline(chance, color="black", ls=":", lw=1.1, label="_chance")
-            ax.set_title(info.variant_title(variant))
+            ax.set_title(info.setting_title(setting))
             ax.set_ylim(lo, hi)
         for ax in axes[-1, :]:
             ax.set_xlabel("epoch")
@@ -121,7 +121,7 @@ def loss_history(trials: pd.DataFrame, curves: pd.DataFrame) -> Figure:
                                   label=f"chance level ({chance:.4g})"))
         fig.legend(handles=handles, loc="outside right upper", frameon=False)
         notes = []
-        if df.groupby(["variant", "seq_len"])["trial"].nunique().max() > 1:
+        if df.groupby(["setting", "seq_len"])["trial"].nunique().max() > 1:
             notes.append("lines: mean over seeds, bands: min-max over seeds")
         if clipped:
             notes.append("y axis clipped at the 99th percentile of the losses")

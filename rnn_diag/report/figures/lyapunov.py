@@ -20,7 +20,7 @@ _MAX_COLS = 4
 def lyapunov_spectra(trials: pd.DataFrame, lyapunov: pd.DataFrame) -> Figure:
     """Lyapunov exponents (nats per step, left axis; decades per step, right axis) against
     their rank, one line per seq_len (mean over seeds, min-max band), dashed at init and solid
-    at the end, one panel per variant.
+    at the end, one panel per setting.
 
     Args:
         trials: the trials table.
@@ -39,17 +39,17 @@ def lyapunov_spectra(trials: pd.DataFrame, lyapunov: pd.DataFrame) -> Figure:
     df = df[df["exponent"].map(math.isfinite)]
     require(df, "lyapunov", hint=": no finite init/end exponents for the trials of this run")
     palette = seq_len_palette(info.seq_lens)
-    variants = [v for v in info.variants if (df["variant"] == v).any()]
-    ncols = min(_MAX_COLS, len(variants))
-    nrows = math.ceil(len(variants) / ncols)
+    settings = [v for v in info.settings if (df["setting"] == v).any()]
+    ncols = min(_MAX_COLS, len(settings))
+    nrows = math.ceil(len(settings) / ncols)
     seeds = False
     with figure_style():
         fig, axes = new_figure(nrows, ncols, sharey=True, panel_height=2.6 if ncols > 1 else 3.2)
-        for ax in axes.ravel()[len(variants):]:
+        for ax in axes.ravel()[len(settings):]:
             ax.set_visible(False)
-        for k, (ax, variant) in enumerate(zip(axes.ravel(), variants)):
+        for k, (ax, setting) in enumerate(zip(axes.ravel(), settings)):
             ax.axhline(0.0, color="black", lw=0.9)
-            part = df[df["variant"] == variant]
+            part = df[df["setting"] == setting]
             for (seq_len, when), g in part.groupby(["seq_len", "when"]):
                 colour = palette.get(seq_len, "#7f7f7f")
                 stats = g.groupby("index")["exponent"].agg(["mean", "min", "max"])
@@ -61,12 +61,12 @@ def lyapunov_spectra(trials: pd.DataFrame, lyapunov: pd.DataFrame) -> Figure:
                     seeds = True
                     ax.fill_between(stats.index, stats["min"], stats["max"], color=colour,
                                     alpha=BAND_ALPHA, lw=0)
-            ax.set_title(info.variant_title(variant))
+            ax.set_title(info.setting_title(setting))
             ax.set_xlabel("index i (largest exponent first)")
             ax.xaxis.set_tick_params(labelbottom=True)
             if k % ncols == 0:
                 ax.set_ylabel("Lyapunov exponent λ_i (nats/step)")
-            if k % ncols == ncols - 1 or k == len(variants) - 1:
+            if k % ncols == ncols - 1 or k == len(settings) - 1:
                 right = ax.secondary_yaxis("right", functions=(lambda x: x / LN10,
                                                                lambda x: x * LN10))
                 right.set_ylabel("decades/step")

@@ -32,15 +32,15 @@ def _verdict_text(verdicts: list) -> str:
 
 
 def _cells(info: Trials, trials: pd.DataFrame, tag: str) -> tuple[np.ndarray, list[list[str]]]:
-    """``[variants, seq_lens]`` mean decay per step and the cell texts for ``tag`` "first" or
+    """``[settings, seq_lens]`` mean decay per step and the cell texts for ``tag`` "first" or
     "last"."""
-    df = info.info[["variant_rank", "seq_len"]].copy()
+    df = info.info[["setting_rank", "seq_len"]].copy()
     df["decay"] = pd.to_numeric(trials.set_index(trials["id"].astype(str))[f"decay_per_step_{tag}"]
                                 .reindex(df.index), errors="coerce")
     df["verdict"] = trials.set_index(trials["id"].astype(str))[f"verdict_{tag}"].reindex(df.index)
-    z = np.full((len(info.variants), len(info.seq_lens)), np.nan)
-    text = [["no data"] * len(info.seq_lens) for _ in info.variants]
-    for (rank, seq_len), group in df.groupby(["variant_rank", "seq_len"]):
+    z = np.full((len(info.settings), len(info.seq_lens)), np.nan)
+    text = [["no data"] * len(info.seq_lens) for _ in info.settings]
+    for (rank, seq_len), group in df.groupby(["setting_rank", "seq_len"]):
         if seq_len not in info.seq_lens:
             continue
         j = info.seq_lens.index(seq_len)
@@ -82,9 +82,9 @@ def phase_diagram(trials: pd.DataFrame) -> Figure:
     norm = Normalize(-m, m)
     cmap = mpl.colormaps[_DIVERGING].with_extremes(bad="#d9d9d9")
     palette = seq_len_palette(info.seq_lens)
-    nv, ns = len(info.variants), len(info.seq_lens)
+    nv, ns = len(info.settings), len(info.seq_lens)
     panel_w = 1.0 + 1.25 * ns
-    only_ws = info.variant_keys == ("model.weight_scale",)
+    only_ws = info.setting_keys == ("model.weight_scale",)
     with figure_style():
         fig, axes = new_figure(1, len(tags), width=min(11.0, 1.6 + len(tags) * panel_w),
                                panel_height=0.9 + 0.55 * nv)
@@ -104,8 +104,8 @@ def phase_diagram(trials: pd.DataFrame) -> Figure:
                 label.set_color(palette[s])
                 label.set_fontweight("bold")
             ax.set_yticks(np.arange(nv) + 0.5,
-                          [v.split("=", 1)[1] if only_ws else info.variant_title(v)
-                           for v in info.variants])
+                          [v.split("=", 1)[1] if only_ws else info.setting_title(v)
+                           for v in info.settings])
             ax.set_xlabel("sequence length T (steps)")
             ax.grid(False)
             ax.set_title("first recorded epoch (init)" if tag == "first"

@@ -33,8 +33,8 @@ def next_step_predictions(trials: pd.DataFrame, predictions: pd.DataFrame) -> Fi
         df["name"] = df["class"].astype(str)
     classes = (df[["class", "name"]].drop_duplicates("class").sort_values("class"))
     order = (info.info.loc[info.info.index.isin(df["trial"].unique())]
-             .sort_values(["variant_rank", "seq_len", "seed"]))
-    several_seeds = order.groupby(["variant_rank", "seq_len"]).size().max() > 1
+             .sort_values(["setting_rank", "seq_len", "seed"]))
+    several_seeds = order.groupby(["setting_rank", "seq_len"]).size().max() > 1
     prob = df.pivot_table(index="trial", columns="class", values="probability",
                           aggfunc="first").reindex(index=order.index, columns=classes["class"])
     flags = {col: df.pivot_table(index="trial", columns="class", values=col, aggfunc="first")
@@ -66,7 +66,7 @@ def next_step_predictions(trials: pd.DataFrame, predictions: pd.DataFrame) -> Fi
         ax.xaxis.set_label_position("top")
         labels = []
         for _, row in order.iterrows():
-            text = f"{info.variant_title(row['variant']) if row['variant'] else ''}"
+            text = f"{info.setting_title(row['setting']) if row['setting'] else ''}"
             text = f"{text} · seq_len={row['seq_len']}" if text else f"seq_len={row['seq_len']}"
             labels.append(f"{text} · seed {row['seed']}" if several_seeds else text)
         ax.set_yticks(np.arange(n) + 0.5, labels)

@@ -18,7 +18,7 @@ __all__ = ["weight_spectra"]
 #: Marker of each gate block (rnn: hh; gru: r, z, n; lstm: i, f, g, o).
 GATE_MARKERS = {"hh": "o", "r": "s", "z": "^", "n": "o", "i": "s", "f": "^", "g": "o",
                 "o": "D"}
-#: At most this many variants (rows) are drawn.
+#: At most this many settings (rows) are drawn.
 MAX_ROWS = 12
 
 
@@ -39,7 +39,7 @@ def _singular_values(ax, g: pd.DataFrame, colour, ls: str, marker: str, ms: floa
 
 
 def weight_spectra(trials: pd.DataFrame, spectra: pd.DataFrame) -> Figure:
-    """Per variant (row): eigenvalues of W_hh in the complex plane with the unit circle (grey
+    """Per setting (row): eigenvalues of W_hh in the complex plane with the unit circle (grey
     hollow = init, coloured = end, colour = seq_len), its singular values in decreasing order,
     and ρ(W_hh) (solid) and σ_max(W_hh) (dashed) at every stored snapshot.
 
@@ -65,20 +65,20 @@ def weight_spectra(trials: pd.DataFrame, spectra: pd.DataFrame) -> Figure:
     df["snap_epoch"] = [snapshot_epoch(w, info.info.at[t, "epochs_run"])
                         for w, t in zip(df["when"], df["trial"])]
     palette = seq_len_palette(info.seq_lens)
-    variants = [v for v in info.variants if (df["variant"] == v).any()]
+    settings = [v for v in info.settings if (df["setting"] == v).any()]
     notes = []
-    if len(variants) > MAX_ROWS:
-        notes.append(f"the first {MAX_ROWS} of {len(variants)} settings shown")
-        variants = variants[:MAX_ROWS]
+    if len(settings) > MAX_ROWS:
+        notes.append(f"the first {MAX_ROWS} of {len(settings)} settings shown")
+        settings = settings[:MAX_ROWS]
     gates = list(dict.fromkeys(zip(df["cell"].astype(str), df["gate"])))
     # markers on the singular values only while they can be told apart
     sv_marker = 3 if df["index"].max() < 32 else 0
-    several_seeds = df.groupby(["variant", "seq_len"])["trial"].nunique().max() > 1
+    several_seeds = df.groupby(["setting", "seq_len"])["trial"].nunique().max() > 1
     with figure_style():
-        fig, axes = new_figure(len(variants), 3, width=11.0, panel_height=2.7,
+        fig, axes = new_figure(len(settings), 3, width=11.0, panel_height=2.7,
                                gridspec_kw=dict(width_ratios=[1.0, 1.25, 1.25]))
-        for row, variant in zip(axes, variants):
-            part = df[df["variant"] == variant]
+        for row, setting in zip(axes, settings):
+            part = df[df["setting"] == setting]
             ax_eig, ax_sv, ax_rho = row
             ax_eig.add_patch(Circle((0, 0), 1.0, fill=False, color="black", lw=0.9, ls="-"))
             ax_sv.axhline(1.0, color="black", lw=0.9)
@@ -104,7 +104,7 @@ def weight_spectra(trials: pd.DataFrame, spectra: pd.DataFrame) -> Figure:
             ax_eig.set_xlim(-lim, lim)
             ax_eig.set_ylim(-lim, lim)
             ax_eig.set_aspect("equal")
-            ax_eig.set_ylabel(f"{info.variant_title(variant)}\n\nIm λ(W_hh)")
+            ax_eig.set_ylabel(f"{info.setting_title(setting)}\n\nIm λ(W_hh)")
             ax_eig.set_xlabel("Re λ(W_hh)")
             ax_eig.set_title("eigenvalues, unit circle", fontsize=8.5)
             ax_sv.set_xlabel("index i (largest first)")

@@ -34,6 +34,7 @@ from rnn_diag.experiments.config.schema import (
     ExperimentConfig,
     canonical_settings,
     get_dotted,
+    register_trial_check,
     with_params,
 )
 from rnn_diag.experiments.labels import format_value, short_names
@@ -277,3 +278,6 @@ def trial_label(spec: TrialSpec) -> str:
         return "default"
     names = short_names(list(spec.params))
     return " ".join(f"{names[k]}={format_value(v, nan='nan')}" for k, v in spec.params.items())
+
+
+register_trial_check(validate_trials)

@@ -99,7 +99,7 @@ def _read_config(path: Path) -> tuple[str, dict, list[str]]:
 
     The config is not re-validated: that imports torch (seconds) to list the optimizers, and
     the report shows what was run whatever today's schema says."""
-    from ..experiments.config import SWEEP_ALIASES
+    from ..experiments.config import SWEEP_ALIASES  # deferred: loads pydantic, only needed here
 
     text = path.read_text(encoding="utf-8", errors="replace")
     try:

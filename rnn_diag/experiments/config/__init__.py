@@ -90,6 +90,11 @@ from .schema import (
 )
 from .yaml_lines import load_config
 
+# isort: split
+# Last: the sweep module builds its trials from the schema above and registers their check
+# with it (schema.register_trial_check), so that a config with a sweep validates every trial.
+from .. import grid as _grid  # noqa: E402, F401
+
 __all__ = [
     "SWEEP_ALIASES",
     "ConfigError",

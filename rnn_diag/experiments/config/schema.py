@@ -116,7 +116,7 @@ def _choices(value: Any, choices) -> PydanticCustomError:
 
 @functools.lru_cache(maxsize=1)
 def _task_options() -> dict[str, type[BaseModel]]:
-    from rnn_diag.tasks import TASK_OPTIONS
+    from rnn_diag.tasks import TASK_OPTIONS  # deferred: the tasks import torch (seconds)
 
     return dict(TASK_OPTIONS)
 
@@ -462,12 +462,25 @@ class ExperimentConfig(_Section):
     @model_validator(mode="after")
     def _trials_valid(self) -> ExperimentConfig:
         if self.sweep:
-            from rnn_diag.experiments.grid import validate_trials  # grid imports this module
-
-            errors = validate_trials(self)
-            if errors:
-                raise ValidationError.from_exception_data("ExperimentConfig", errors)
+            for check in _TRIAL_CHECKS:
+                errors = check(self)
+                if errors:
+                    raise ValidationError.from_exception_data("ExperimentConfig", errors)
         return self
+
+
+#: Checks of every trial of a sweep, run last when a config validates. The sweep module
+#: (:mod:`rnn_diag.experiments.grid`) builds its trials from this schema, so the schema cannot
+#: import it: grid registers :func:`~rnn_diag.experiments.grid.validate_trials` here when it is
+#: imported, which the config package does.
+_TRIAL_CHECKS: list = []
+
+
+def register_trial_check(check) -> None:
+    """Run ``check(config) -> errors`` (pydantic line errors, ``[]`` when valid) on every
+    config with a sweep, after all its other checks."""
+    if check not in _TRIAL_CHECKS:
+        _TRIAL_CHECKS.append(check)
 
 
 # --------------------------------------------------------------------------------------------

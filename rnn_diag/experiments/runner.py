@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+import torch
+from tqdm.auto import tqdm
 
 from .. import __version__
 from .backends import Backend, make_backend
@@ -44,8 +46,6 @@ def _git_commit() -> str | None:
 
 
 def _manifest(config_path: Path, started: str, ended: str | None, execution: dict) -> dict:
-    import torch
-
     return {
         "rnn_diag": __version__,
         "torch": torch.__version__,
@@ -92,8 +92,6 @@ class EpochBars:
         self.finished: set[str] = set()
 
     def __call__(self, trial_id: str, done: int, total: int) -> None:
-        from tqdm.auto import tqdm
-
         if self.disable or trial_id in self.finished:
             return
         if trial_id not in self.bars:
@@ -139,8 +137,6 @@ def run_sweep(config_path, out=None, jobs: int | None = None, fresh: bool = Fals
         BackendError: the backend cannot be used (nothing has been run).
         SweepInterrupted: Ctrl-C; outstanding trials were cancelled, finished ones are stored.
     """
-    from tqdm.auto import tqdm
-
     config_path = Path(config_path)
     config = load_config(config_path)
     runner = make_backend(backend, jobs, scheduler) if isinstance(backend, str) else backend

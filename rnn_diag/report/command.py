@@ -42,6 +42,7 @@ def _fail(message: str, status: int = 2) -> None:
 
 
 def _run_dirs(given: tuple[str, ...]) -> list[Path]:
+    # deferred here and below: this module is the CLI's, and rnn-diag --help must stay fast
     from .run_data import NotARunError, check_run, find_runs
 
     if not given:

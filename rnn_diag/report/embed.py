@@ -12,6 +12,10 @@ from __future__ import annotations
 import base64
 import io
 
+from matplotlib.collections import Collection, QuadMesh
+from matplotlib.image import AxesImage
+from matplotlib.lines import Line2D
+
 __all__ = ["DPI", "SVG_MAX_POINTS", "figure_to_data_uri", "svg_may_be_smaller"]
 
 #: Pixels per inch of the PNGs: sharp on screen at 100% and readable in print.
@@ -36,10 +40,6 @@ def svg_may_be_smaller(fig) -> bool:
         >>> svg_may_be_smaller(fig)
         False
     """
-    from matplotlib.collections import Collection, QuadMesh
-    from matplotlib.image import AxesImage
-    from matplotlib.lines import Line2D
-
     points = 0
     for artist in fig.findobj(lambda a: isinstance(a, (Line2D, Collection, AxesImage))):
         if isinstance(artist, (AxesImage, QuadMesh)):

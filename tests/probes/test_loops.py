@@ -102,6 +102,26 @@ def _g(x):
     return torch.zeros_like(x) if x.grad is None else x.grad
 
 
+def _probed_against_explicit(lstm: nn.LSTM, run, shape) -> rd.Probe:
+    """Run ``run(module)`` on ``ExplicitLSTM(lstm)`` (float64, every h_t and c_t retained) and
+    on ``lstm`` with a probe attached; assert every layer's total ∂L/∂h_t and ∂L/∂c_t (shape
+    ``shape``) equals the explicit model's, and return the probe."""
+    explicit = ExplicitLSTM(lstm)
+    run(explicit)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ProbeWarning)
+        with rd.attach(lstm) as probe:
+            run(lstm)
+    for layer in range(lstm.num_layers):
+        for i, state in enumerate("hc"):
+            want = torch.stack([_g(s[i]) for s in explicit.states[(layer, 0)]])
+            got = probe.hidden_grads(layer=layer, state=state)
+            assert got.shape == shape
+            torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12,
+                                       msg=f"layer {layer} {state}")
+    return probe
+
+
 @pytest.mark.parametrize("hand_over", ["same", "view", "mask", "detach"])
 def test_multilayer_lstm_called_per_step_equals_the_unrolled_truth(hand_over):
     """A 2-layer nn.LSTM run one step per call, the state handed over four ways; the loss
@@ -133,19 +153,7 @@ def test_multilayer_lstm_called_per_step_equals_the_unrolled_truth(hand_over):
             state = hand(t, new)
         loss.backward()
 
-    explicit = ExplicitLSTM(lstm)
-    run(explicit)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ProbeWarning)
-        with rd.attach(lstm) as probe:
-            run(lstm)
-    for layer in (0, 1):
-        for i, state in enumerate("hc"):
-            want = torch.stack([_g(s[i]) for s in explicit.states[(layer, 0)]])
-            got = probe.hidden_grads(layer=layer, state=state)
-            assert got.shape == (T, B, 4)
-            torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12,
-                                       msg=f"layer {layer} {state}")
+    probe = _probed_against_explicit(lstm, run, shape=(T, B, 4))
     imm = probe.immediate_grads(layer=1)
     torch.testing.assert_close(imm[-1], probe.hidden_grads(layer=1)[-1])
     if hand_over == "mask":
@@ -343,17 +351,7 @@ def test_chunks_and_single_steps_mixed_in_one_forward():
             loss = loss + (out.sin() * torch.arange(1, hi - lo + 1).view(-1, 1, 1)).sum()
         (loss + (state[0] ** 2).sum()).backward()
 
-    explicit = ExplicitLSTM(lstm)
-    run(explicit)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ProbeWarning)
-        with rd.attach(lstm) as probe:
-            run(lstm)
-    for layer in (0, 1):
-        for i, state in enumerate("hc"):
-            want = torch.stack([_g(s[i]) for s in explicit.states[(layer, 0)]])
-            torch.testing.assert_close(probe.hidden_grads(layer=layer, state=state), want,
-                                       rtol=1e-9, atol=1e-12, msg=f"layer {layer} {state}")
+    probe = _probed_against_explicit(lstm, run, shape=(11, B, 3))
     nan_steps = torch.isnan(probe.immediate_grads(layer=1)).any(-1).any(-1)
     # only step 6, before the masked hand-over: the chunks and the one-step calls are joined
     # to each other through the state they return

@@ -39,10 +39,8 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import gc
 import json
-import platform
 import resource
 import statistics
 import subprocess
@@ -54,6 +52,15 @@ from pathlib import Path
 
 import torch
 from _bootstrap import import_rnn_diag  # noqa: E402
+from _measure import (  # noqa: E402
+    machine_line,
+    max_grad_difference,
+    proc_status_kib,
+    reset_peak_rss,
+    sync,
+    table,
+    timed,
+)
 from torch import nn
 from torch.distributions.categorical import Categorical
 from torch.nn import functional as F
@@ -312,11 +319,6 @@ def _setup(w: Workload, device: torch.device, seed: int = 0):
     return w.setup(device)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _step(w: Workload, model: nn.Module, data: dict, opt, probe=None) -> None:
     opt.zero_grad(set_to_none=True)
     loss = w.loss(model, data)
@@ -328,22 +330,6 @@ def _step(w: Workload, model: nn.Module, data: dict, opt, probe=None) -> None:
     if w.max_grad_norm is not None:
         nn.utils.clip_grad_norm_(model.parameters(), w.max_grad_norm)
     opt.step()
-
-
-def _timed(fn, device: torch.device) -> float:
-    _sync(device)
-    t0 = time.perf_counter()
-    fn()
-    _sync(device)
-    return time.perf_counter() - t0
-
-
-def _grad_diff(a: nn.Module, b: nn.Module) -> float:
-    """Largest absolute difference between the two models' parameter gradients."""
-    worst = 0.0
-    for pa, pb in zip(a.parameters(), b.parameters()):
-        worst = max(worst, (pa.grad - pb.grad).abs().max().item())
-    return worst
 
 
 def _seeded(i: int) -> None:
@@ -361,7 +347,7 @@ def measure_time(w: Workload, device: torch.device, warmup: int, repeats: int) -
             _step(w, plain, data, opt_plain)
             _seeded(i)
             _step(w, probed, data, opt_probed, probe)
-        grad_diff_warm = _grad_diff(plain, probed)
+        grad_diff_warm = max_grad_difference(plain, probed)
         t_plain, t_probed = [], []
         for i in range(repeats):
             order = (False, True) if i % 2 == 0 else (True, False)
@@ -369,11 +355,11 @@ def measure_time(w: Workload, device: torch.device, warmup: int, repeats: int) -
                 _seeded(warmup + i)
                 if with_probe:
                     t_probed.append(
-                        _timed(lambda: _step(w, probed, data, opt_probed, probe), device)
+                        timed(lambda: _step(w, probed, data, opt_probed, probe), device)
                     )
                 else:
-                    t_plain.append(_timed(lambda: _step(w, plain, data, opt_plain), device))
-        grad_diff = max(grad_diff_warm, _grad_diff(plain, probed))
+                    t_plain.append(timed(lambda: _step(w, plain, data, opt_plain), device))
+        grad_diff = max(grad_diff_warm, max_grad_difference(plain, probed))
         shapes = {}
         for name in probe.modules:
             try:
@@ -398,26 +384,6 @@ def measure_time(w: Workload, device: torch.device, warmup: int, repeats: int) -
 # --- peak memory, one fresh subprocess per (model, probed?), as in probe_overhead.py ----------
 
 
-def _proc_status_kib(field: str) -> int | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def _reset_peak_rss() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        return False
-    return True
-
-
 def _mem_child(w: Workload, device: torch.device, with_probe: bool, steps: int = 3) -> dict:
     model, data, opt = _setup(w, device)
     probe = rd.attach(model) if with_probe else None
@@ -427,8 +393,8 @@ def _mem_child(w: Workload, device: torch.device, with_probe: bool, steps: int =
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
         method = "cuda.max_memory_allocated"
-    elif _reset_peak_rss() and _proc_status_kib("VmRSS") is not None:
-        base = 1024 * _proc_status_kib("VmRSS")
+    elif reset_peak_rss() and proc_status_kib("VmRSS") is not None:
+        base = 1024 * proc_status_kib("VmRSS")
         method = "VmHWM"
     else:  # ru_maxrss is a high-water mark since process start: a lower bound on the step's peak
         base = 1024 * resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -436,11 +402,11 @@ def _mem_child(w: Workload, device: torch.device, with_probe: bool, steps: int =
     for i in range(steps):
         _seeded(i)
         _step(w, model, data, opt, probe)
-    _sync(device)
+    sync(device)
     if method == "cuda.max_memory_allocated":
         peak = torch.cuda.max_memory_allocated(device)
     elif method == "VmHWM":
-        peak = 1024 * _proc_status_kib("VmHWM")
+        peak = 1024 * proc_status_kib("VmHWM")
     else:
         peak = 1024 * resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     if probe is not None:
@@ -473,29 +439,14 @@ def measure_memory(
 
 
 def _header(device: torch.device, args: argparse.Namespace) -> str:
-    if device.type == "cuda":
-        hw = torch.cuda.get_device_name(device)
-    else:
-        hw = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
     return (
-        f"rnn_diag {rd.__version__}, torch {torch.__version__}, python {platform.python_version()}"
-        f"\ndevice {device} ({hw}), {_dt.datetime.now().isoformat(timespec='seconds')}"
-        f"\nsteps: {args.warmup} warm-up + {args.repeats} timed per variant, alternating; "
+        machine_line(device, rd.__version__)
+        + f"\nsteps: {args.warmup} warm-up + {args.repeats} timed per variant, alternating; "
         f"ratio = median(probed) / median(plain), pair med = median of per-pair ratios"
         f"\nstep = zero_grad + forward (RNN stepped in a Python loop) + loss + backward "
         f"[+ probe.hidden_grad_log10_norms()] + Adam step; probe = rnn_diag.attach(model), "
         f"attached for the whole run"
     )
-
-
-def _table(rows: list[list[str]], header: list[str]) -> str:
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    line = "  ".join("-" * w for w in widths)
-
-    def fmt(r: list[str]) -> str:
-        return "  ".join(c.rjust(w) for c, w in zip(r, widths))
-
-    return "\n".join([fmt(header), line, *(fmt(r) for r in rows)])
 
 
 def _shape(s) -> str:
@@ -584,7 +535,7 @@ def main(argv: list[str] | None = None) -> int:
         header += ["plain MiB", "probed MiB", "mem ratio"]
     header.append("grads equal")
     print()
-    print(_table(rows, header))
+    print(table(rows, header))
     if methods:
         how = ", ".join(sorted(methods))
         print(f"\nmemory: peak extra over 3 steps, a fresh subprocess each; method {how}")

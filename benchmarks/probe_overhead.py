@@ -24,20 +24,26 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime as _dt
 import gc
 import json
-import platform
 import resource
 import statistics
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from _bootstrap import import_rnn_diag  # noqa: E402
+from _measure import (  # noqa: E402
+    machine_line,
+    max_grad_difference,
+    proc_status_kib,
+    reset_peak_rss,
+    sync,
+    table,
+    timed,
+)
 from torch import nn
 
 rd = import_rnn_diag()
@@ -100,11 +106,6 @@ def _setup(cfg: Config, device: torch.device, seed: int = 0):
     return model, x, y
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, probe=None) -> None:
     model.zero_grad(set_to_none=True)
     loss = nn.functional.cross_entropy(model(x), y)
@@ -112,22 +113,6 @@ def _step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, probe=None) -> Non
     if probe is not None:
         # What a user reads after each step; includes any work the probe defers until asked.
         probe.hidden_grad_log10_norms()
-
-
-def _timed(fn, device: torch.device) -> float:
-    _sync(device)
-    t0 = time.perf_counter()
-    fn()
-    _sync(device)
-    return time.perf_counter() - t0
-
-
-def _grad_diff(a: nn.Module, b: nn.Module) -> float:
-    """Largest absolute difference between the two models' parameter gradients."""
-    worst = 0.0
-    for pa, pb in zip(a.parameters(), b.parameters()):
-        worst = max(worst, (pa.grad - pb.grad).abs().max().item())
-    return worst
 
 
 def measure_time(cfg: Config, device: torch.device, warmup: int, repeats: int) -> dict:
@@ -138,15 +123,15 @@ def measure_time(cfg: Config, device: torch.device, warmup: int, repeats: int) -
         for _ in range(warmup):
             _step(plain, x, y)
             _step(probed, x, y, probe)
-        grad_diff = _grad_diff(plain, probed)
+        grad_diff = max_grad_difference(plain, probed)
         t_plain, t_probed = [], []
         for i in range(repeats):
             order = (False, True) if i % 2 == 0 else (True, False)
             for with_probe in order:
                 if with_probe:
-                    t_probed.append(_timed(lambda: _step(probed, x, y, probe), device))
+                    t_probed.append(timed(lambda: _step(probed, x, y, probe), device))
                 else:
-                    t_plain.append(_timed(lambda: _step(plain, x, y), device))
+                    t_plain.append(timed(lambda: _step(plain, x, y), device))
     finally:
         probe.detach()
     pair_ratios = [p / q for p, q in zip(t_probed, t_plain)]
@@ -163,26 +148,6 @@ def measure_time(cfg: Config, device: torch.device, warmup: int, repeats: int) -
 # --- peak memory, one fresh subprocess per (config, probed?) ---------------------------------
 
 
-def _proc_status_kib(field: str) -> int | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def _reset_peak_rss() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        return False
-    return True
-
-
 def _mem_child(cfg: Config, device: torch.device, with_probe: bool, steps: int = 3) -> dict:
     model, x, y = _setup(cfg, device)
     probe = rd.attach(model) if with_probe else None
@@ -192,19 +157,19 @@ def _mem_child(cfg: Config, device: torch.device, with_probe: bool, steps: int =
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
         method = "cuda.max_memory_allocated"
-    elif _reset_peak_rss() and _proc_status_kib("VmRSS") is not None:
-        base = 1024 * _proc_status_kib("VmRSS")
+    elif reset_peak_rss() and proc_status_kib("VmRSS") is not None:
+        base = 1024 * proc_status_kib("VmRSS")
         method = "VmHWM"
     else:  # ru_maxrss is a high-water mark since process start: a lower bound on the step's peak
         base = 1024 * resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         method = "ru_maxrss"
     for _ in range(steps):
         _step(model, x, y, probe)
-    _sync(device)
+    sync(device)
     if method == "cuda.max_memory_allocated":
         peak = torch.cuda.max_memory_allocated(device)
     elif method == "VmHWM":
-        peak = 1024 * _proc_status_kib("VmHWM")
+        peak = 1024 * proc_status_kib("VmHWM")
     else:
         peak = 1024 * resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     if probe is not None:
@@ -235,28 +200,13 @@ def measure_memory(cfg: Config, device: torch.device, quick: bool, with_probe: b
 
 
 def _header(device: torch.device, args: argparse.Namespace) -> str:
-    if device.type == "cuda":
-        hw = torch.cuda.get_device_name(device)
-    else:
-        hw = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
     return (
-        f"rnn_diag {rd.__version__}, torch {torch.__version__}, python {platform.python_version()}"
-        f"\ndevice {device} ({hw}), {_dt.datetime.now().isoformat(timespec='seconds')}"
-        f"\nsteps: {args.warmup} warm-up + {args.repeats} timed per variant, alternating; "
+        machine_line(device, rd.__version__)
+        + f"\nsteps: {args.warmup} warm-up + {args.repeats} timed per variant, alternating; "
         f"ratio = median(probed) / median(plain)"
         f"\nprobed step = forward + cross-entropy on Linear(last output) + backward "
         f"+ probe.hidden_grad_log10_norms()"
     )
-
-
-def _table(rows: list[list[str]], header: list[str]) -> str:
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    line = "  ".join("-" * w for w in widths)
-
-    def fmt(r: list[str]) -> str:
-        return "  ".join(c.rjust(w) for c, w in zip(r, widths))
-
-    return "\n".join([fmt(header), line, *(fmt(r) for r in rows)])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -319,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         header += ["plain MiB", "probed MiB", "mem ratio"]
     header.append("grads equal")
     print()
-    print(_table(rows, header))
+    print(table(rows, header))
     if methods:
         how = ", ".join(sorted(methods))
         print(f"\nmemory: peak extra over 3 steps, a fresh subprocess each; method {how}")

@@ -1,0 +1,75 @@
+"""Measurement helpers shared by the overhead benchmarks (``probe_overhead.py``,
+``loop_overhead.py``): device sync and timing, gradient comparison, peak-memory probes of the
+process, the header's machine line and the printed table."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import platform
+import time
+
+import torch
+from torch import nn
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device: torch.device) -> float:
+    sync(device)
+    t0 = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - t0
+
+
+def max_grad_difference(a: nn.Module, b: nn.Module) -> float:
+    """Largest absolute difference between the two models' parameter gradients."""
+    worst = 0.0
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        worst = max(worst, (pa.grad - pb.grad).abs().max().item())
+    return worst
+
+
+def proc_status_kib(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def reset_peak_rss() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    return True
+
+
+def table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    line = "  ".join("-" * w for w in widths)
+
+    def fmt(r: list[str]) -> str:
+        return "  ".join(c.rjust(w) for c, w in zip(r, widths))
+
+    return "\n".join([fmt(header), line, *(fmt(r) for r in rows)])
+
+
+def machine_line(device: torch.device, version: str) -> str:
+    """The first lines of a benchmark's header: versions, device, threads and time."""
+    if device.type == "cuda":
+        hw = torch.cuda.get_device_name(device)
+    else:
+        hw = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    return (
+        f"rnn_diag {version}, torch {torch.__version__}, python {platform.python_version()}"
+        f"\ndevice {device} ({hw}), {_dt.datetime.now().isoformat(timespec='seconds')}"
+    )

@@ -1,0 +1,1 @@
+"""``rnn-diag inspect``: the recurrent weights of a saved checkpoint, without the user's code."""

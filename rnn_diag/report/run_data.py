@@ -136,6 +136,25 @@ def _read_table(folder: Path, ids: list[str]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
+def _for_report(df: pd.DataFrame) -> pd.DataFrame:
+    """A stored table as the report computes with it.
+
+    * Nullable integer columns (``Int64``: a column's dtype never depends on which trials
+      failed) become float64 with NaN for missing values: the report's arithmetic and
+      comparisons are NaN-aware, while ``pd.NA`` would raise in an ``if``.
+    * A recording of a user's loop (:func:`rnn_diag.record`) counts training steps where the
+      runner counts epochs: its column ``step`` is read as the report's time axis ``epoch``;
+      ``trials.time_unit`` says which it is (see :func:`rnn_diag.report.figures.time_unit`).
+    """
+    nullable = [c for c in df.columns if isinstance(df[c].dtype, pd.api.extensions.ExtensionDtype)
+                and pd.api.types.is_integer_dtype(df[c].dtype)]
+    if nullable:
+        df = df.astype({c: "float64" for c in nullable})
+    if "step" in df.columns and "epoch" not in df.columns:
+        df = df.rename(columns={"step": "epoch"})
+    return df
+
+
 def check_run(path) -> Path:
     """``path`` as a Path if it is a run folder.
 
@@ -171,7 +190,7 @@ def load_run(path) -> RunData:
     config_text, config, warnings = _read_config(root / CONFIG)
     manifest, more = _read_manifest(root / MANIFEST)
     warnings += more
-    trials = pd.read_parquet(root / TRIALS)
+    trials = _for_report(pd.read_parquet(root / TRIALS))
     ids = [str(i) for i in trials["id"]] if "id" in trials else []
     tables = {name: _read_table(root / name, ids) for name in TABLES}
     swept = tuple(str(k) for k in config.get("sweep", {}))

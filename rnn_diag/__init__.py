@@ -9,6 +9,8 @@ Public API (imported lazily, so ``rnn-diag --help`` does not pay for importing t
     recurrent_spectra(model) -> DataFrame         every recurrent weight block of a model
     lyapunov_spectrum(step, h0, inputs=None, ...) -> Tensor [k], nats per step
     gradient_summary(log10_norms) -> dict | DataFrame
+    record(run_dir, model, every=50, ...) -> Recorder   a user's training loop into a run folder
+    Recorder
 """
 
 from __future__ import annotations
@@ -27,16 +29,20 @@ _EXPORTS = {
     "gradient_summary": ".dynamics.summary",
     "recurrent_spectra": ".modules.dynamics",
     "lyapunov_spectrum": ".modules.dynamics",
+    "record": ".recording",
+    "Recorder": ".recording",
 }
 
 __all__ = [
     "Probe",
     "ProbeWarning",
+    "Recorder",
     "Spectrum",
     "__version__",
     "attach",
     "gradient_summary",
     "lyapunov_spectrum",
+    "record",
     "recurrent_spectra",
     "spectrum",
 ]
@@ -46,6 +52,7 @@ if TYPE_CHECKING:
     from .dynamics.summary import gradient_summary
     from .modules.dynamics import lyapunov_spectrum, recurrent_spectra
     from .probes import Probe, ProbeWarning, attach
+    from .recording import Recorder, record
 
 
 def __getattr__(name: str):

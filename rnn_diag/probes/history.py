@@ -24,6 +24,13 @@ class History:
         self._blocks.append((iteration, module, layer, direction, summary))
         self._iterations.add(iteration)
 
+    def take(self) -> pd.DataFrame:
+        """The tidy table of every block so far, which are then forgotten (bounded memory for a
+        recorder that stores them elsewhere); the count of :attr:`iterations` is kept."""
+        frame = self.frame()
+        self._blocks = []
+        return frame
+
     def frame(self) -> pd.DataFrame:
         """The tidy table (see ``Probe.frame``); empty with the right columns if nothing yet."""
         parts = []

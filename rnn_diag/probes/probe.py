@@ -305,6 +305,19 @@ class Probe:
         """
         return self._history.frame()
 
+    def take_frame(self):
+        """:meth:`frame` of the backward passes recorded since the last ``take_frame()``, which
+        the probe then forgets (:meth:`frame` no longer has them). For long runs whose rows
+        are stored elsewhere, such as :func:`rnn_diag.record`: the probe's memory stays bounded.
+        """
+        return self._history.take()
+
+    @property
+    def backwards(self) -> int:
+        """The backward passes that reached the probed modules so far, recorded or not: the
+        ``iteration`` the next one will have in :meth:`frame`."""
+        return self._backwards
+
     def _result(self, module, layer: int, direction: int) -> LayerResult:
         name = self._resolve(module)
         hint = (

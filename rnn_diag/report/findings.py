@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from ..experiments.labels import format_value, short_names
+from .figures import time_unit
 
 __all__ = ["Finding", "compute_findings", "grid_order", "setting_keys", "setting_labels"]
 
@@ -74,6 +75,8 @@ def _setting_text(short: str, key: str, value) -> str:
     """``"seq_len 300"``; an unset weight scale reads "default init" (as in the figures)."""
     if key == "model.weight_scale" and format_value(value) == "null":
         return "default init"
+    if key == "recording.name":  # a recording's own name needs no key before it
+        return format_value(value)
     return f"{short} {format_value(value)}"
 
 
@@ -155,7 +158,7 @@ def _status(trials: pd.DataFrame, labels: pd.Series) -> list[Finding]:
     )]
 
 
-def _verdicts(trials: pd.DataFrame) -> list[Finding]:
+def _verdicts(trials: pd.DataFrame, unit: str = "epoch") -> list[Finding]:
     verdict = trials.get("verdict_last")
     if verdict is None or verdict.notna().sum() == 0:
         return []
@@ -166,7 +169,7 @@ def _verdicts(trials: pd.DataFrame) -> list[Finding]:
                 "undetermined": "has no readable trend (fewer than two finite points)"}.get(
             counts.index[0], "is stable")
         return [Finding(
-            f"At the last recorded epoch the gradient {word} (vanishing: the fitted line falls "
+            f"At the last recorded {unit} the gradient {word} (vanishing: the fitted line falls "
             "by 3 decades or more over the window; exploding: it rises by 1 decade or more).",
             "profile")]
     words = [f"vanishes in {counts.get('vanishing', 0)}",
@@ -176,7 +179,7 @@ def _verdicts(trials: pd.DataFrame) -> list[Finding]:
         words.append(f"has no readable trend (fewer than two finite points) in "
                      f"{counts['undetermined']}")
     return [Finding(
-        f"At the last recorded epoch the gradient {', '.join(words)} of the {n} trials with a "
+        f"At the last recorded {unit} the gradient {', '.join(words)} of the {n} trials with a "
         "gradient profile (vanishing: the fitted line falls by 3 decades or more over the "
         "window; exploding: it rises by 1 decade or more).",
         "profile",
@@ -401,7 +404,7 @@ def _lyapunov(trials: pd.DataFrame, labels: pd.Series) -> list[Finding]:
     return [Finding(" ".join(texts), "lyapunov")] if texts else []
 
 
-def _changes(trials: pd.DataFrame, labels: pd.Series) -> list[Finding]:
+def _changes(trials: pd.DataFrame, labels: pd.Series, unit: str = "epoch") -> list[Finding]:
     if "verdict_first" not in trials or "verdict_last" not in trials:
         return []
     first, last = trials.verdict_first, trials.verdict_last
@@ -411,9 +414,39 @@ def _changes(trials: pd.DataFrame, labels: pd.Series) -> list[Finding]:
     parts = [f"{labels[i]}: {first[i]} → {last[i]}" for i in trials.index[changed]]
     return [Finding(
         f"Training changed the verdict of {int(changed.sum())} trial"
-        f"{'s' if changed.sum() != 1 else ''} (first → last recorded epoch): {_list(parts)}.",
+        f"{'s' if changed.sum() != 1 else ''} (first → last recorded {unit}): {_list(parts)}.",
         "heatmap",
     )]
+
+
+def _horizon_changes(trials: pd.DataFrame, summaries: pd.DataFrame,
+                     labels: pd.Series) -> list[Finding]:
+    """For a recording: how the horizon of each module changed from its first recorded step
+    to its last (top layer, first direction, as in ``trials``)."""
+    if summaries.empty or not {"trial", "epoch", "horizon", "anchor", "layer"} <= set(
+            summaries.columns):
+        return []
+    s = summaries
+    if "direction" in s:
+        s = s[s.direction == s.groupby("trial").direction.transform("min")]
+    s = s[s.layer == s.groupby("trial").layer.transform("max")].sort_values("epoch")
+    parts = []
+    for i, row in trials.iterrows():
+        mine = s[s.trial.astype(str) == str(row["id"])]
+        if len(mine) < 2:
+            continue
+        first, last = mine.iloc[0], mine.iloc[-1]
+        if not (first.horizon >= 0 and last.horizon >= 0):
+            continue
+        h0, h1 = int(first.horizon), int(last.horizon)
+        change = ("stayed at" if h0 == h1 else "grew from" if h1 > h0 else "shrank from")
+        numbers = f"{h0} steps" if h0 == h1 else f"{h0} to {h1} steps"
+        parts.append(f"{labels[i]}: the horizon {change} {numbers} between step "
+                     f"{int(first.epoch)} and step {int(last.epoch)} (window "
+                     f"{int(last.anchor) + 1} steps)")
+    if not parts:
+        return []
+    return [Finding(f"During training, {_list(parts)}.", "heatmap")]
 
 
 def grid_order(trials: pd.DataFrame, swept: Sequence[str]) -> pd.DataFrame:
@@ -450,13 +483,15 @@ def compute_findings(tables: Mapping[str, pd.DataFrame], swept: Sequence[str],
     labels = setting_labels(trials, swept)
     panel_settings = setting_labels(trials, [k for k in swept if k != "task.seq_len"])
     per_trial = _trial_labels(trials, swept, labels)
+    unit = time_unit(trials)
     return [
         *_status(trials, per_trial),
-        *_verdicts(trials),
+        *_verdicts(trials, unit),
         *_reach(trials, summaries, labels, panel_settings),
         *_exploding(trials, labels),
         *_chance(trials, labels),
         *_pascanu(trials, labels, config or {}),
         *_lyapunov(trials, labels),
-        *_changes(trials, per_trial),
+        *_changes(trials, per_trial, unit),
+        *(_horizon_changes(trials, summaries, per_trial) if unit == "step" else []),
     ]

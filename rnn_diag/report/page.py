@@ -210,6 +210,9 @@ def render_report(run: RunData, sections: Sequence | None = None, *, fmt: str = 
     if palette is None:
         palette = figures.seq_len_palette
     tables = run.for_figures()
+    has_task = "task.name" in run.trials and run.trials["task.name"].notna().any()
+    if not has_task and "time_unit" in run.trials:  # a recording: no task-specific figure
+        sections = [s for s in sections if not getattr(s, "task_only", False)]
     results = _draw_sections(run.name, sections, tables, fmt, progress, jobs)
     findings = compute_findings(tables, run.swept, run.config)
     keys = {s.key for s in results}
@@ -228,6 +231,8 @@ def render_report(run: RunData, sections: Sequence | None = None, *, fmt: str = 
     html = _environment().get_template("report.html.j2").render(
         name=run.name,
         description=run.description,
+        has_task=has_task or "time_unit" not in run.trials,
+        unit=figures.time_unit(run.trials),
         folder=str(run.root),
         generated=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         version=__version__,

@@ -133,7 +133,7 @@ def _read_table(folder: Path, ids: list[str]) -> pd.DataFrame:
     frames = [f for f in frames if len(f)]
     if not frames:
         return pd.DataFrame()
-    return pd.concat(frames, ignore_index=True)
+    return _for_report(pd.concat(frames, ignore_index=True))
 
 
 def _for_report(df: pd.DataFrame) -> pd.DataFrame:
@@ -144,15 +144,16 @@ def _for_report(df: pd.DataFrame) -> pd.DataFrame:
       comparisons are NaN-aware, while ``pd.NA`` would raise in an ``if``.
     * A recording of a user's loop (:func:`rnn_diag.record`) counts training steps where the
       runner counts epochs: its column ``step`` is read as the report's time axis ``epoch``;
-      ``trials.time_unit`` says which it is (see :func:`rnn_diag.report.figures.time_unit`).
+      ``trials.time_unit`` says which it is (see :func:`rnn_diag.report.figures.time_unit`);
+      its ``steps_run`` is read as ``epochs_run``.
     """
     nullable = [c for c in df.columns if isinstance(df[c].dtype, pd.api.extensions.ExtensionDtype)
                 and pd.api.types.is_integer_dtype(df[c].dtype)]
     if nullable:
         df = df.astype({c: "float64" for c in nullable})
-    if "step" in df.columns and "epoch" not in df.columns:
-        df = df.rename(columns={"step": "epoch"})
-    return df
+    renames = {"step": "epoch", "steps_run": "epochs_run"}
+    return df.rename(columns={k: v for k, v in renames.items()
+                              if k in df.columns and v not in df.columns})
 
 
 def check_run(path) -> Path:

@@ -59,7 +59,7 @@ def unrecorded(section, tables: Mapping[str, pd.DataFrame]) -> tuple[str, ...]:
 
 def build_section(section, tables: Mapping[str, pd.DataFrame], fmt: str) -> SectionResult:
     """Draw and encode one figure section; never raises (an error becomes an error box)."""
-    base = dict(key=section.key, title=section.title, caption=section.caption)
+    base = dict(key=section.key, title=section.title, caption=figures.caption_for(section, tables))
     missing = unrecorded(section, tables)
     if missing:
         return SectionResult(state="missing", missing=missing, **base)

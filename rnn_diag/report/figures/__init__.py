@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import pandas as pd
 from matplotlib.figure import Figure
 
-from ._data import MissingData, table
+from ._data import MissingData, table, time_unit
 from .gradient_profile import gradient_profiles
 from .heatmap import gradient_heatmaps
 from .jacobians import jacobian_norms
@@ -38,6 +38,7 @@ from .style import seq_len_palette
 __all__ = [
     "SECTIONS",
     "FigureSection",
+    "caption_for",
     "MissingData",
     "gradient_heatmaps",
     "gradient_profiles",
@@ -47,6 +48,7 @@ __all__ = [
     "next_step_predictions",
     "phase_diagram",
     "seq_len_palette",
+    "time_unit",
     "weight_spectra",
 ]
 
@@ -59,9 +61,14 @@ class FigureSection:
         key: anchor id ("loss", "profile", "heatmap", "phase", "spectra", "jacobians",
             "lyapunov", "predictions").
         title: short heading.
-        caption: what the figure shows and what to look for (plain words, 1-3 sentences).
+        caption: what the figure shows and what to look for (plain words, 1-3 sentences);
+            ``{unit}`` stands for the time axis, "epoch" or "step" (:func:`caption_for`).
         needs: table names that must be present and non-empty.
         build: draws the figure from a ``{table name: DataFrame}`` mapping.
+        task_only: the figure is about a task of the runner (e.g. its predictions), so a
+            recording of a user's own loop, which has none, leaves it out.
+        task_caption: the part of the caption about the task (chance levels), left out for a
+            recording.
     """
 
     key: str
@@ -69,6 +76,19 @@ class FigureSection:
     caption: str
     needs: tuple[str, ...]
     build: Callable[[Mapping[str, pd.DataFrame]], Figure]
+    task_only: bool = False
+    task_caption: str = ""
+
+
+def caption_for(section, tables: Mapping[str, pd.DataFrame]) -> str:
+    """A section's caption with the time axis of these tables in place of ``{unit}``,
+    followed by its ``task_caption`` unless the tables are a recording of a user's loop (no
+    task). ``section`` is a :class:`FigureSection` or any object with a ``caption``."""
+    trials = tables.get("trials")
+    unit = time_unit(trials) if trials is not None else "epoch"
+    extra = getattr(section, "task_caption", "")
+    text = section.caption if unit == "step" or not extra else f"{section.caption} {extra}"
+    return text.replace("{unit}", unit)
 
 
 def _build_loss(tables: Mapping[str, pd.DataFrame]) -> Figure:
@@ -110,8 +130,11 @@ SECTIONS: tuple[FigureSection, ...] = (
         key="loss",
         title="Loss history",
         caption=(
-            "Training loss (solid) and held-out loss (dashed) per epoch, one colour per "
-            "sequence length, one panel per setting. The dotted line is the chance level, the "
+            "Training loss (solid) and held-out loss (dashed) per {unit}, one colour per "
+            "sequence length, one panel per setting."
+        ),
+        task_caption=(
+            "The dotted line is the chance level, the "
             "loss of the best prediction that ignores the input: a curve that stays on it has "
             "learned nothing, and a training loss below it with a held-out loss above it is "
             "memorisation, not learning."
@@ -126,10 +149,10 @@ SECTIONS: tuple[FigureSection, ...] = (
             "How strongly the learning signal reaches back: log10 of the gradient norm "
             "‖∂L/∂h_t‖ at each step against its distance from the loss, one block of rows per "
             "sequence length T with its own y scale (T=1000 can fall hundreds of decades, T=10 "
-            "a few), one panel per setting, the first recorded epoch dashed and the last solid. A "
+            "a few), one panel per setting, the first recorded {unit} dashed and the last solid. A "
             "straight falling line is exponential vanishing (every 1 down is 10× weaker), a "
             "rising one exploding; look at how the slope changes from dashed to solid and "
-            "across settings. Grey, for the last epoch: dash-dotted the slope predicted by the "
+            "across settings. Grey, for the last {unit}: dash-dotted the slope predicted by the "
             "top Lyapunov exponent, dotted Pascanu's upper bound σ_max^(T−1−t) (vanilla RNN "
             "only) — a solid line above the dotted one would be an error."
         ),
@@ -141,7 +164,7 @@ SECTIONS: tuple[FigureSection, ...] = (
         title="Gradient profile during training",
         caption=(
             "One panel per trial: the colour is log10 ‖∂L/∂h_t‖ at each distance from the loss "
-            "(x) and each recorded epoch (y, init at the bottom). Colour changing along x is the "
+            "(x) and each recorded {unit} (y, init at the bottom). Colour changing along x is the "
             "decay over time steps; look for rows that change as training goes on — the "
             "gradient reaching further back (colour spreading right) or collapsing."
         ),
@@ -181,7 +204,7 @@ SECTIONS: tuple[FigureSection, ...] = (
             "How much a change of the hidden state at step t still moves the last state: "
             "log10 of the spectral norm of the product of step Jacobians ∂h_{T−1}/∂h_t, "
             "against the distance, laid out like the gradient profile (a block of rows per T "
-            "with its own y scale, a panel per setting, dashed: first epoch, solid: last). "
+            "with its own y scale, a panel per setting, dashed: first {unit}, solid: last). "
             "Unlike the gradient "
             "it does not depend on the loss, so it shows the network's memory itself; compare "
             "the solid line's slope with the grey dash-dotted Lyapunov line and, for a vanilla "
@@ -214,5 +237,6 @@ SECTIONS: tuple[FigureSection, ...] = (
         ),
         needs=("trials", "predictions"),
         build=_build_predictions,
+        task_only=True,
     ),
 )

@@ -84,6 +84,7 @@ class Trials:
         setting_keys: the dotted keys whose values differ between settings.
         seq_lens: the sequence lengths, increasing.
         setting_parts: per setting (same order), the text of its value of each setting key.
+        unit: the time axis, "epoch" or "step" (:func:`time_unit`).
     """
 
     info: pd.DataFrame
@@ -91,6 +92,7 @@ class Trials:
     setting_keys: tuple[str, ...]
     seq_lens: tuple[int, ...]
     setting_parts: tuple[tuple[str, ...], ...] = ()
+    unit: str = "epoch"
 
     @staticmethod
     def from_table(trials: pd.DataFrame) -> Trials:
@@ -119,7 +121,8 @@ class Trials:
         info["weight_scale"] = pd.to_numeric(info["weight_scale"], errors="coerce")
         info["label"] = [lab if lab else tid for lab, tid in zip(info["label"], info.index)]
         seq_lens = tuple(sorted(v for v in info["seq_len"].unique() if v >= 0))
-        return Trials(info, settings, keys, seq_lens, tuple(parts[v] for v in settings))
+        return Trials(info, settings, keys, seq_lens, tuple(parts[v] for v in settings),
+                      time_unit(trials))
 
     def attach(self, df: pd.DataFrame) -> pd.DataFrame:
         """``df`` (a long table with a ``trial`` column) joined with ``seq_len``, ``setting``,
@@ -196,6 +199,17 @@ def downsample(x: np.ndarray, max_points: int) -> np.ndarray:
     if n <= max_points:
         return np.arange(n)
     return np.unique(np.linspace(0, n - 1, max_points).round().astype(int))
+
+
+def time_unit(trials: pd.DataFrame) -> str:
+    """The report's time axis: "step" for a recording of a user's loop (every trial has
+    ``time_unit`` "step", see :func:`rnn_diag.record`), else "epoch".
+
+    >>> time_unit(pd.DataFrame({"time_unit": ["step"]})), time_unit(pd.DataFrame({"x": [1]}))
+    ('step', 'epoch')
+    """
+    units = trials["time_unit"].dropna().unique() if "time_unit" in trials else []
+    return "step" if len(units) == 1 and units[0] == "step" else "epoch"
 
 
 def snapshot_epoch(when: str, epochs_run: float) -> float:

@@ -80,10 +80,11 @@ def _aggregate(group: pd.DataFrame) -> pd.DataFrame:
                          "neg": g["neg"].any(), "pos": g["pos"].any()})
 
 
-def _epoch_text(epochs: np.ndarray) -> str:
-    """The epoch(s) of one role ("first" or "last") over the trials: "epoch 0", "epochs 5–99"."""
+def _epoch_text(epochs: np.ndarray, unit: str = "epoch") -> str:
+    """The epoch(s) of one role ("first" or "last") over the trials: "epoch 0", "epochs 5–99"
+    (``unit`` "step" for a recording: "steps 0–400")."""
     lo, hi = int(np.min(epochs)), int(np.max(epochs))
-    return f"epoch {lo}" if lo == hi else f"epochs {lo}–{hi}"
+    return f"{unit} {lo}" if lo == hi else f"{unit}s {lo}–{hi}"
 
 
 def _ylim(values: np.ndarray) -> tuple[float, float]:
@@ -231,17 +232,18 @@ def draw_profiles(info: Trials, df: pd.DataFrame, snapshots: Snapshots | None, *
     fig.supylabel(ylabel, fontsize=9)
     fig.align_ylabels(axes[:, 0])
     handles = []
+    unit = info.unit
     for when, style in (("first", _FIRST), ("last", _LAST)):
         epochs = df.loc[df["when"] == when, "epoch"].to_numpy()
         if epochs.size:
             handles.append(Line2D([], [], color=THEORY_COLOUR, **style,
-                                  label=f"measured, {when} recorded epoch "
-                                        f"({_epoch_text(epochs)})"))
+                                  label=f"measured, {when} recorded {unit} "
+                                        f"({_epoch_text(epochs, unit)})"))
     if used_lyap:
-        handles.append(Line2D([], [], **_LYAPUNOV, label="Lyapunov slope λ₁/ln10 (last epoch)"))
+        handles.append(Line2D([], [], **_LYAPUNOV, label=f"Lyapunov slope λ₁/ln10 (last {unit})"))
     if used_pascanu:
         handles.append(Line2D([], [], **_PASCANU,
-                              label="Pascanu bound σ_max^(T−1−t) (last epoch)"))
+                              label=f"Pascanu bound σ_max^(T−1−t) (last {unit})"))
     if marked_inf:
         handles.append(Line2D([], [], color=THEORY_COLOUR, ls="", marker="v", ms=4,
                               label="exact zero (−∞)"))

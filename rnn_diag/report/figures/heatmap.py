@@ -11,7 +11,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from ._data import Trials, last_layer, require
+from ._data import Trials, last_layer, require, time_unit
 from .style import add_note, figure_style, new_figure, seq_len_palette
 
 __all__ = ["gradient_heatmaps"]
@@ -178,7 +178,7 @@ def gradient_heatmaps(trials: pd.DataFrame, gradients: pd.DataFrame) -> Figure:
         for r in range(nrows):
             row_axes = [axes[r, c] for c in range(ncols) if axes[r, c].get_visible()]
             if row_axes:
-                row_axes[0].set_ylabel("epoch", fontsize=7)
+                row_axes[0].set_ylabel(time_unit(trials), fontsize=7)
         scale = "one scale per sequence length" if by_column else "each panel on its own scale"
         notes.insert(0, f"colour: log10 ‖∂L/∂h_t‖ in decades, {scale}; "
                         "grey: no finite value (exact zero or overflow)")

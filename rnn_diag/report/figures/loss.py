@@ -62,6 +62,7 @@ def loss_history(trials: pd.DataFrame, curves: pd.DataFrame) -> Figure:
     losses (a diverged trial) are left out; a y axis clipped to 99% of the values is noted.
     """
     info = Trials.from_table(trials)
+    unit = info.unit
     require(curves, "curves", ["trial", "epoch", "train_loss"])
     df = info.attach(curves)
     if "val_loss" not in df:
@@ -102,14 +103,14 @@ def loss_history(trials: pd.DataFrame, curves: pd.DataFrame) -> Figure:
             ax.set_title(info.setting_title(setting))
             ax.set_ylim(lo, hi)
         for ax in axes[-1, :]:
-            ax.set_xlabel("epoch")
+            ax.set_xlabel(unit)
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         for ax in axes[:, 0]:
             ax.set_ylabel(_loss_label(trials))
         # the last row may be partly hidden: label the x axis of the panels above the gap too
         for r, c in filled:
             if (r + 1, c) not in filled:
-                axes[r, c].set_xlabel("epoch")
+                axes[r, c].set_xlabel(unit)
                 axes[r, c].xaxis.set_tick_params(labelbottom=True)
         handles = [Line2D([], [], color=palette[s], lw=2, label=f"seq_len={s}")
                    for s in info.seq_lens if (df["seq_len"] == s).any()]

@@ -70,6 +70,7 @@ def phase_diagram(trials: pd.DataFrame) -> Figure:
     cells without a summary (failed trials) are grey.
     """
     info = Trials.from_table(trials)
+    unit = info.unit
     require(trials, "trials", ["decay_per_step_first", "verdict_first"],
             hint=" (the gradient summary: record gradients with probes.gradients: true)")
     tags = ["first"] + (["last"] if "decay_per_step_last" in trials else [])
@@ -108,8 +109,8 @@ def phase_diagram(trials: pd.DataFrame) -> Figure:
                            for v in info.settings])
             ax.set_xlabel("sequence length T (steps)")
             ax.grid(False)
-            ax.set_title("first recorded epoch (init)" if tag == "first"
-                         else "last recorded epoch")
+            ax.set_title(f"first recorded {unit} (init)" if tag == "first"
+                         else f"last recorded {unit}")
         axes[0, 0].set_ylabel("weight_scale (×W_hh at init)" if only_ws else "setting")
         bar = fig.colorbar(mesh, ax=axes[0, -1], shrink=0.9, pad=0.02)
         bar.set_label("decay per step (decades/step)\n← vanishing · exploding →")

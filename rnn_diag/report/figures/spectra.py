@@ -10,7 +10,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Circle
 
-from ._data import Trials, last_layer, require, snapshot_epoch
+from ._data import Trials, last_layer, require, snapshot_epoch, time_unit
 from .style import BAND_ALPHA, MISSING_COLOUR, add_note, figure_style, new_figure, seq_len_palette
 
 __all__ = ["weight_spectra"]
@@ -122,7 +122,7 @@ def weight_spectra(trials: pd.DataFrame, spectra: pd.DataFrame) -> Figure:
                             label=f"_rho seq_len={seq_len}")
                 ax_rho.plot(mean.index, mean["singular_value"], "--s", color=colour, ms=3.5,
                             lw=1.3, label=f"_sigma seq_len={seq_len}")
-            ax_rho.set_xlabel("epoch (snapshot)")
+            ax_rho.set_xlabel(f"{time_unit(trials)} (snapshot)")
             ax_rho.set_ylabel("ρ(W_hh), σ_max(W_hh)")
             ax_rho.set_title("spectral radius and norm over training", fontsize=8.5)
         handles = [Line2D([], [], color=palette[s], lw=2, label=f"seq_len={s}")

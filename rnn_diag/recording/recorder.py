@@ -1,0 +1,437 @@
+"""Record a user's own training loop into a run folder that ``rnn-diag report`` renders.
+
+::
+
+    import rnn_diag as rd
+
+    with rd.record("runs/lstm", model, every=50) as rec:
+        for step, (x, y) in enumerate(loader):
+            loss = criterion(model(x), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            rec.log(step, loss=loss.item())
+
+    # then: rnn-diag report runs/lstm
+
+The recorder keeps a :class:`rnn_diag.Probe` attached (its hooks cost next to nothing on the
+steps it does not record) and records every ``every``-th backward pass. It writes the store
+format of ``rnn-diag run`` (:mod:`rnn_diag.experiments.store`), one trial per recorded module
+and ``name``, with training *steps* where a sweep has epochs:
+
+* ``gradients``: :meth:`rnn_diag.Probe.frame` rows, ``step`` in place of ``iteration``;
+* ``summaries``: :func:`rnn_diag.gradient_summary` of each recorded batch-mean profile;
+* ``curves``: what :meth:`Recorder.log` was given (``loss=`` is stored as ``train_loss``);
+* ``spectra`` and ``lyapunov``: the recurrent weights' spectra and the Lyapunov exponents of
+  the dynamics driven by the module's own recent inputs, at the start ("init"), at chosen
+  steps and at the end ("end").
+
+A *step* is a backward pass that reached the recorded modules, counted from 0: in a loop with
+one backward per optimizer step it is the loop's step index. Pass ``rec.log(step, ...)`` the
+same numbering.
+
+Nothing is lost to a crash: the folder is rewritten (atomically, under a lock) every
+``flush_seconds`` and when the recorder closes; an exception or Ctrl-C inside ``with`` stores
+what was recorded with the status "failed" or "interrupted", and a process killed outright
+leaves the last flush with the status "running".
+"""
+
+from __future__ import annotations
+
+import atexit
+import datetime as dt
+import math
+import re
+import sys
+import time
+import traceback
+import warnings
+import weakref
+from collections.abc import Iterable
+
+import pandas as pd
+import torch
+from torch import nn
+
+from ..experiments.store import Table
+from ..modules.layers import FUSED_TYPES, cell_kind, module_kind
+from ..probes import Probe, ProbeWarning
+from ..probes.summaries import summarise_frame
+from .run_folder import RunFolder
+from .snapshots import InputTape, lyapunov_rows, spectra_rows, supports_snapshots, top
+
+__all__ = ["Recorder", "record"]
+
+#: When spectra and Lyapunov exponents are taken by default: before the first update and at
+#: the end.
+DEFAULT_SNAPSHOTS = ("init", "end")
+_SUMMARY_KEYS = ("decay_per_step", "horizon", "ratio_log10", "verdict")
+
+
+def record(run_dir, model: nn.Module, *, every: int = 50, modules=None,
+           jacobians: str | None = "estimate", jacobian_samples: int | None = 64,
+           spectra: Iterable = DEFAULT_SNAPSHOTS, lyapunov: Iterable = DEFAULT_SNAPSHOTS,
+           lyapunov_steps: int = 500, name: str | None = None, description: str | None = None,
+           flush_seconds: float = 30.0) -> Recorder:
+    """Record the gradient flow of ``model`` in the user's own training loop.
+
+    Args:
+        run_dir: the run folder (created if missing; other recordings in it are kept, an
+            earlier recording of the same ``name`` is replaced).
+        model: the model; every nn.RNN/GRU/LSTM and cell inside it is recorded (or ``modules``).
+        every: record every ``every``-th backward pass (the 1st, the every+1-th, ...).
+        modules: as for :func:`rnn_diag.attach` (names or modules; custom cells allowed).
+        jacobians: None, "exact" or "estimate" (default): also record the Jacobian-product
+            norms (see :func:`rnn_diag.attach`).
+        jacobian_samples: the samples of the batch the Jacobian-product norms are taken on.
+        spectra, lyapunov: when to take the weight spectra and the Lyapunov exponents:
+            "init" (the first recorded forward, before any update), step numbers (the first
+            forward at or after that step), and "end" (when the recorder closes). ``()``: never.
+        lyapunov_steps: the length of the input sequence driving the Lyapunov exponents (the
+            module's most recent inputs, samples strung end to end).
+        name: the recording's name (default: the model's class name); one trial per recorded
+            module, named ``name`` (one module) or ``name--module``.
+        description: a sentence for the report's header.
+        flush_seconds: rewrite the folder at most this often while recording.
+
+    Returns:
+        The :class:`Recorder`; use it as a context manager, or call :meth:`Recorder.close`.
+
+    Example:
+        >>> import tempfile, torch, rnn_diag as rd
+        >>> rnn = torch.nn.GRU(3, 8)
+        >>> opt = torch.optim.SGD(rnn.parameters(), lr=0.1)
+        >>> with rd.record(tempfile.mkdtemp(), rnn, every=2, lyapunov=()) as rec:
+        ...     for step in range(4):
+        ...         out, _ = rnn(torch.randn(20, 5, 3))
+        ...         loss = out[-1].pow(2).mean()
+        ...         opt.zero_grad(); loss.backward(); opt.step()
+        ...         rec.log(step, loss=loss.item())
+        >>> sorted(rec.summaries()["step"].unique().tolist())
+        [0, 2]
+    """
+    return Recorder(run_dir, model, every=every, modules=modules, jacobians=jacobians,
+                    jacobian_samples=jacobian_samples, spectra=spectra, lyapunov=lyapunov,
+                    lyapunov_steps=lyapunov_steps, name=name, description=description,
+                    flush_seconds=flush_seconds)
+
+
+def _when_list(value, key: str) -> tuple:
+    if isinstance(value, (str, int)):
+        value = [value]
+    out = []
+    for w in value:
+        if w in ("init", "end") or (isinstance(w, int) and not isinstance(w, bool) and w >= 0):
+            out.append(w)
+        else:
+            raise ValueError(f"{key}: expected 'init', 'end' or a step number >= 0, got {w!r}")
+    return tuple(out)
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("._") or "model"
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _kind(module: nn.Module) -> tuple[str, str | None]:
+    """("rnn" | "gru" | "lstm" | "custom", nonlinearity or None), as the runner names cells."""
+    kind = module_kind(module) if isinstance(module, FUSED_TYPES) else cell_kind(module)
+    if kind is None:
+        return "custom", None
+    if kind.startswith("rnn_"):
+        return "rnn", kind[4:]
+    return kind, None
+
+
+class Recorder:
+    """A recording in progress; made by :func:`rnn_diag.record` (see there for the arguments).
+
+    Attributes:
+        probe: the attached :class:`rnn_diag.Probe` (read it as usual between steps).
+        folder: the run folder.
+        trial_ids: module name -> its trial id in the folder.
+    """
+
+    def __init__(self, run_dir, model: nn.Module, *, every: int = 50, modules=None,
+                 jacobians: str | None = "estimate", jacobian_samples: int | None = 64,
+                 spectra: Iterable = DEFAULT_SNAPSHOTS, lyapunov: Iterable = DEFAULT_SNAPSHOTS,
+                 lyapunov_steps: int = 500, name: str | None = None,
+                 description: str | None = None, flush_seconds: float = 30.0):
+        self._spectra_at = _when_list(spectra, "spectra")
+        self._lyapunov_at = _when_list(lyapunov, "lyapunov")
+        if int(lyapunov_steps) < 10:
+            raise ValueError(f"lyapunov_steps must be at least 10, got {lyapunov_steps!r}")
+        self.probe = Probe(model, modules=modules, every=every, jacobians=jacobians,
+                           jacobian_samples=jacobian_samples)
+        self.name = name if name is not None else type(model).__name__
+        self.folder = RunFolder(run_dir, description)
+        self.flush_seconds = float(flush_seconds)
+        self._modules = {n: m for n, m in model.named_modules() if n in self.probe.modules}
+        several = len(self.probe.modules) > 1
+        self.trial_ids = {n: _safe(f"{self.name}--{n or 'model'}" if several else self.name)
+                          for n in self.probe.modules}
+        self._settings = {"every": every, "jacobians": jacobians,
+                          "jacobian_samples": jacobian_samples,
+                          "spectra": list(self._spectra_at), "lyapunov": list(self._lyapunov_at),
+                          "lyapunov_steps": int(lyapunov_steps)}
+        self._tapes = {n: InputTape(m, lyapunov_steps) for n, m in self._modules.items()
+                       if supports_snapshots(m)}
+        self._gradients: list[pd.DataFrame] = []
+        self._curves: list[dict] = []
+        self._spectra: dict[str, list[pd.DataFrame]] = {n: [] for n in self._modules}
+        self._lyapunov: dict[str, list[dict]] = {n: [] for n in self._modules}
+        self._done_snapshots: set = set()
+        self._started = _now()
+        self._t0 = time.perf_counter()
+        self._last_flush = time.monotonic()
+        self._status, self._error = "running", None
+        self._closed = False
+        self._warned: set[str] = set()
+        self._handles = [m.register_forward_pre_hook(self._pre_hook(n))
+                         for n, m in self._modules.items()]
+        unsupported = [n or "<root>" for n, m in self._modules.items()
+                       if not supports_snapshots(m)]
+        if unsupported and (self._spectra_at or self._lyapunov_at):
+            warnings.warn(f"rnn_diag.record: no spectra or Lyapunov exponents for the custom "
+                          f"cell(s) {unsupported}: they have no weight_hh to read",
+                          ProbeWarning, stacklevel=3)
+        self._atexit = _register_atexit(self)
+        self.flush()
+
+    # ---------------------------------------------------------------- the user's side
+    def __enter__(self) -> Recorder:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is None:
+            self.close()
+        elif issubclass(exc_type, KeyboardInterrupt):
+            self.close(status="interrupted", error=f"interrupted at step {self.step}")
+        else:
+            self.close(status="failed",
+                       error=f"{exc_type.__name__}: {exc} (at step {self.step})")
+        return False
+
+    @property
+    def step(self) -> int:
+        """The backward passes so far: the step the next backward will be."""
+        return self.probe.backwards
+
+    def log(self, step: int | None = None, **values) -> None:
+        """Store the user's numbers of one step (losses, metrics): one ``curves`` row.
+
+        Args:
+            step: the step they belong to (default: the last backward's, ``self.step - 1``).
+            values: name -> number (float, int or a 0-d tensor); ``loss`` is stored as
+                ``train_loss``, the name the report's loss figure reads.
+
+        Example: ``rec.log(step, loss=loss.item(), val_loss=val, accuracy=acc)``.
+        """
+        if step is None:
+            step = max(self.step - 1, 0)
+        row = {"step": int(step)}
+        for key, value in values.items():
+            if isinstance(value, torch.Tensor):
+                value = value.detach().item()
+            row["train_loss" if key == "loss" else key] = float(value)
+        self._curves.append(row)
+        if time.monotonic() - self._last_flush >= self.flush_seconds:
+            self.flush()
+
+    def snapshot(self, when: str | None = None) -> None:
+        """Take the weight spectra and Lyapunov exponents now (``when`` defaults to the
+        current step), on the most recent inputs of each module."""
+        self._snapshot(str(self.step) if when is None else str(when), spectra=True,
+                       lyapunov=True)
+
+    def flush(self) -> None:
+        """Write what was recorded so far to the run folder (atomically)."""
+        self._collect()
+        self._last_flush = time.monotonic()
+        recording = {"command": list(sys.argv), "started": self._started,
+                     "ended": None if self._status == "running" else _now(),
+                     "name": self.name}
+        for module, trial_id in self.trial_ids.items():
+            tables, row = self._tables(module), self._row(module)
+            self.folder.save(trial_id, row, tables, recording,
+                             {**self._settings, "name": self.name, "module": module})
+
+    def close(self, status: str = "ok", error: str | None = None) -> None:
+        """Take the "end" snapshots, detach the probe and write the folder with ``status``
+        ("ok", or "failed"/"interrupted" as ``with`` sets them). Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if status == "ok":
+                self._snapshot("end", spectra="end" in self._spectra_at,
+                               lyapunov="end" in self._lyapunov_at)
+                status, error = self._diverged() or (status, error)
+        finally:
+            for handle in self._handles:
+                handle.remove()
+            self.probe.detach()
+            self._status, self._error = status, error
+            atexit.unregister(self._atexit)
+            self.flush()
+
+    def summaries(self) -> pd.DataFrame:
+        """The ``summaries`` rows recorded so far, all modules (column ``module``)."""
+        self._collect()
+        frames = [f for f in self._gradients if len(f)]
+        if not frames:
+            return summarise_frame(pd.DataFrame(columns=["metric", "state"]), ())
+        return summarise_frame(pd.concat(frames, ignore_index=True),
+                               by=("step", "module", "layer", "direction"))
+
+    # ---------------------------------------------------------------- internals
+    def _pre_hook(self, name: str):
+        def hook(module, args):
+            if not torch.is_grad_enabled() or not args:
+                return None
+            try:  # never raise into the user's forward
+                tape = self._tapes.get(name)
+                if tape is not None:
+                    tape.add(args[0])
+                self._due_snapshots()
+                if time.monotonic() - self._last_flush >= self.flush_seconds:
+                    self.flush()
+            except Exception as error:  # noqa: BLE001
+                self._warn(f"could not record a snapshot or write the folder ({error!r})")
+            return None
+
+        return hook
+
+    def _due_snapshots(self) -> None:
+        step = self.step
+        for when in ("init", *sorted(w for w in {*self._spectra_at, *self._lyapunov_at}
+                                     if isinstance(w, int))):
+            key = "init" if when == "init" else str(when)
+            if key in self._done_snapshots or (when != "init" and step < when):
+                continue
+            self._snapshot(key, spectra=when in self._spectra_at,
+                           lyapunov=when in self._lyapunov_at)
+
+    def _snapshot(self, when: str, *, spectra: bool, lyapunov: bool) -> None:
+        self._done_snapshots.add(when)
+        device = next((p.device for m in self._modules.values() for p in m.parameters()),
+                      torch.device("cpu"))
+        forked = torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
+        with forked, torch.no_grad():
+            for name, module in self._modules.items():
+                if not supports_snapshots(module):
+                    continue
+                if spectra:
+                    self._spectra[name].append(spectra_rows(module, when))
+                inputs = self._tapes[name].sequence()
+                if lyapunov and inputs is not None and inputs.shape[0] >= 10:
+                    self._lyapunov[name] += lyapunov_rows(module, inputs, when)
+
+    def _collect(self) -> None:
+        frame = self.probe.take_frame()
+        if len(frame):
+            self._gradients.append(frame.rename(columns={"iteration": "step"}))
+
+    def _module_gradients(self, module: str) -> pd.DataFrame:
+        frames = [f[f["module"] == module] for f in self._gradients]
+        frames = [f for f in frames if len(f)]
+        if not frames:
+            return pd.DataFrame()
+        return pd.concat(frames, ignore_index=True).drop(columns=["module"])
+
+    def _tables(self, module: str) -> dict[str, pd.DataFrame]:
+        gradients = self._module_gradients(module)
+        summaries = (summarise_frame(gradients, by=("step", "layer", "direction"))
+                     if len(gradients) else pd.DataFrame())
+        spectra = self._spectra[module]
+        return {
+            Table.CURVES: pd.DataFrame(self._curves),
+            Table.GRADIENTS: gradients,
+            Table.SUMMARIES: summaries,
+            Table.SPECTRA: pd.concat(spectra, ignore_index=True) if spectra else pd.DataFrame(),
+            Table.LYAPUNOV: pd.DataFrame(self._lyapunov[module]),
+        }
+
+    def _row(self, module: str) -> dict:
+        m = self._modules[module]
+        cell, nonlinearity = _kind(m)
+        gradients = self._module_gradients(module)
+        summaries = (summarise_frame(gradients, by=("step", "layer", "direction"))
+                     if len(gradients) else pd.DataFrame())
+        last_curve = pd.DataFrame(self._curves).ffill().iloc[-1] if self._curves else {}
+        several = len(self._modules) > 1
+        row = {
+            "label": f"{self.name}: {module or 'model'}" if several else self.name,
+            "recording.name": self.name,
+            "recording.module": module or "model",
+            "time_unit": "step",
+            "status": self._status,
+            "error": self._error,
+            "seconds": time.perf_counter() - self._t0,
+            "steps_run": self.step,
+            "task.name": None,
+            "task.seq_len": (int(summaries["steps"].iloc[-1]) if len(summaries) else None),
+            "model.cell": cell,
+            "model.nonlinearity": nonlinearity,
+            "model.hidden_size": getattr(m, "hidden_size", None),
+            "model.num_layers": getattr(m, "num_layers", 1),
+            "train_loss": float(last_curve.get("train_loss", math.nan)),
+            "val_loss": float(last_curve.get("val_loss", math.nan)),
+            "chance_loss": math.nan,
+            "chance_metric": math.nan,
+        }
+        if len(summaries):
+            s = summaries[summaries.layer == summaries.layer.max()]
+            s = s[s.direction == s.direction.min()]
+            for tag, pick in (("first", 0), ("last", -1)):
+                rec = s.iloc[pick].to_dict()
+                for key in _SUMMARY_KEYS:
+                    row[f"{key}_{tag}"] = rec[key]
+        spectra = self._spectra[module]
+        spectra = pd.concat(spectra) if spectra else pd.DataFrame()
+        lyap = pd.DataFrame(self._lyapunov[module])
+        for when in ("init", "end"):
+            part = spectra[spectra["when"] == when] if len(spectra) else spectra
+            row[f"spectral_radius_{when}"] = float(part.modulus.max()) if len(part) else math.nan
+            row[f"spectral_norm_{when}"] = (float(part.singular_value.max()) if len(part)
+                                            else math.nan)
+            lp = lyap[lyap["when"] == when].to_dict("records") if len(lyap) else []
+            row[f"lyapunov_top_{when}"] = top(lp)
+        return row
+
+    def _diverged(self) -> tuple[str, str] | None:
+        """("diverged", reason) when the last logged training loss is not finite."""
+        losses = [r["train_loss"] for r in self._curves if "train_loss" in r]
+        if losses and not math.isfinite(losses[-1]):
+            first_bad = next(r["step"] for r in self._curves
+                             if "train_loss" in r and not math.isfinite(r["train_loss"]))
+            return "diverged", f"loss became {losses[-1]} (first non-finite at step {first_bad})"
+        return None
+
+    def _warn(self, message: str) -> None:
+        key = message.split("(")[0]
+        if key in self._warned:
+            return
+        self._warned.add(key)
+        warnings.warn(f"rnn_diag.record: {message}", ProbeWarning, stacklevel=3)
+
+
+def _register_atexit(recorder: Recorder):
+    """Close a recorder that the process ends with (status "unfinished"), without keeping it
+    alive: the handler holds a weak reference."""
+    ref = weakref.ref(recorder)
+
+    def handler():
+        rec = ref()
+        if rec is not None and not rec._closed:
+            try:
+                rec.close(status="unfinished",
+                          error="the process ended without Recorder.close() or `with`")
+            except Exception:  # noqa: BLE001 - the interpreter is ending; say it, do not raise
+                traceback.print_exc()
+
+    atexit.register(handler)
+    return handler

@@ -14,6 +14,7 @@ class History:
     def __init__(self):
         self._blocks: list[tuple[int, str, int, int, dict[str, dict[str, np.ndarray]]]] = []
         self._iterations: set[int] = set()
+        self._latest: list = []  # the blocks of the most recent iteration, kept by take()
 
     @property
     def iterations(self) -> int:
@@ -21,8 +22,12 @@ class History:
         return len(self._iterations)
 
     def add(self, iteration: int, module: str, layer: int, direction: int, summary) -> None:
-        self._blocks.append((iteration, module, layer, direction, summary))
+        block = (iteration, module, layer, direction, summary)
+        self._blocks.append(block)
         self._iterations.add(iteration)
+        if self._latest and self._latest[0][0] != iteration:
+            self._latest = []
+        self._latest.append(block)
 
     def take(self) -> pd.DataFrame:
         """The tidy table of every block so far, which are then forgotten (bounded memory for a
@@ -31,10 +36,16 @@ class History:
         self._blocks = []
         return frame
 
-    def frame(self) -> pd.DataFrame:
-        """The tidy table (see ``Probe.frame``); empty with the right columns if nothing yet."""
+    def latest(self) -> pd.DataFrame:
+        """The tidy table of the most recent iteration only (also after :meth:`take`)."""
+        return self.frame(self._latest)
+
+    def frame(self, blocks: list | None = None) -> pd.DataFrame:
+        """The tidy table (see ``Probe.frame``) of every block (or of ``blocks``); empty with
+        the right columns if nothing yet."""
         parts = []
-        for iteration, module, layer, direction, summary in self._blocks:
+        for iteration, module, layer, direction, summary in (
+                self._blocks if blocks is None else blocks):
             for state, metrics in summary.items():
                 names = list(metrics)
                 T = len(metrics[names[0]])

@@ -305,6 +305,12 @@ class Probe:
         """
         return self._history.frame()
 
+    def latest_frame(self):
+        """:meth:`frame` restricted to the most recent recorded backward, built from that
+        backward's rows only (cheap at every step however long the run; unaffected by
+        :meth:`take_frame`). Empty before the first recorded backward."""
+        return self._history.latest()
+
     def take_frame(self):
         """:meth:`frame` of the backward passes recorded since the last ``take_frame()``, which
         the probe then forgets (:meth:`frame` no longer has them). For long runs whose rows

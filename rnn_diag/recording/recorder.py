@@ -72,7 +72,7 @@ def record(run_dir, model: nn.Module, *, every: int = 50, modules=None,
            jacobians: str | None = "estimate", jacobian_samples: int | None = 64,
            spectra: Iterable = DEFAULT_SNAPSHOTS, lyapunov: Iterable = DEFAULT_SNAPSHOTS,
            lyapunov_steps: int = 500, name: str | None = None, description: str | None = None,
-           flush_seconds: float = 30.0) -> Recorder:
+           flush_seconds: float = 30.0, resume: bool = False, start_step: int = 0) -> Recorder:
     """Record the gradient flow of ``model`` in the user's own training loop.
 
     Args:
@@ -93,6 +93,11 @@ def record(run_dir, model: nn.Module, *, every: int = 50, modules=None,
             module, named ``name`` (one module) or ``name--module``.
         description: a sentence for the report's header.
         flush_seconds: rewrite the folder at most this often while recording.
+        resume: continue a recording of the same ``name`` already in ``run_dir`` (a training
+            resumed from a checkpoint) instead of replacing it: its rows are read back and new
+            ones added; snapshots it already took are not taken again.
+        start_step: the step of the first backward pass (a resumed loop's global step), so
+            that the steps continue the earlier recording's.
 
     Returns:
         The :class:`Recorder`; use it as a context manager, or call :meth:`Recorder.close`.
@@ -113,7 +118,7 @@ def record(run_dir, model: nn.Module, *, every: int = 50, modules=None,
     return Recorder(run_dir, model, every=every, modules=modules, jacobians=jacobians,
                     jacobian_samples=jacobian_samples, spectra=spectra, lyapunov=lyapunov,
                     lyapunov_steps=lyapunov_steps, name=name, description=description,
-                    flush_seconds=flush_seconds)
+                    flush_seconds=flush_seconds, resume=resume, start_step=start_step)
 
 
 def _when_list(value, key: str) -> tuple:
@@ -149,6 +154,11 @@ def _kind(module: nn.Module) -> tuple[str, str | None]:
 class Recorder:
     """A recording in progress; made by :func:`rnn_diag.record` (see there for the arguments).
 
+    With ``manual=True`` (for integrations such as the Lightning callback, which attach a
+    probe only on the steps they record) the recorder's own probe is detached at once; the
+    caller hands in each recorded frame with :meth:`add_frame` and the current step with
+    :meth:`set_step`. Snapshots, curves and the folder work as in the automatic mode.
+
     Attributes:
         probe: the attached :class:`rnn_diag.Probe` (read it as usual between steps).
         folder: the run folder.
@@ -159,13 +169,19 @@ class Recorder:
                  jacobians: str | None = "estimate", jacobian_samples: int | None = 64,
                  spectra: Iterable = DEFAULT_SNAPSHOTS, lyapunov: Iterable = DEFAULT_SNAPSHOTS,
                  lyapunov_steps: int = 500, name: str | None = None,
-                 description: str | None = None, flush_seconds: float = 30.0):
+                 description: str | None = None, flush_seconds: float = 30.0,
+                 manual: bool = False, resume: bool = False, start_step: int = 0):
         self._spectra_at = _when_list(spectra, "spectra")
         self._lyapunov_at = _when_list(lyapunov, "lyapunov")
         if int(lyapunov_steps) < 10:
             raise ValueError(f"lyapunov_steps must be at least 10, got {lyapunov_steps!r}")
         self.probe = Probe(model, modules=modules, every=every, jacobians=jacobians,
                            jacobian_samples=jacobian_samples)
+        self._manual_step: int | None = None
+        self.start_step = int(start_step)
+        if manual:  # the caller probes the steps it chooses and hands the rows in (add_frame)
+            self.probe.detach()
+            self._manual_step = 0
         self.name = name if name is not None else type(model).__name__
         self.folder = RunFolder(run_dir, description)
         self.flush_seconds = float(flush_seconds)
@@ -198,6 +214,8 @@ class Recorder:
             warnings.warn(f"rnn_diag.record: no spectra or Lyapunov exponents for the custom "
                           f"cell(s) {unsupported}: they have no weight_hh to read",
                           ProbeWarning, stacklevel=3)
+        if resume:
+            self._resume()
         self._atexit = _register_atexit(self)
         self.flush()
 
@@ -217,8 +235,24 @@ class Recorder:
 
     @property
     def step(self) -> int:
-        """The backward passes so far: the step the next backward will be."""
-        return self.probe.backwards
+        """The backward passes so far: the step the next backward will be (in manual mode:
+        what :meth:`set_step` was last told)."""
+        if self._manual_step is None:
+            return self.start_step + self.probe.backwards
+        return self._manual_step
+
+    def set_step(self, step: int) -> None:
+        """Manual mode (``manual=True``, the recorder's probe detached): the current training
+        step, which dates the snapshots and the status messages."""
+        self._manual_step = int(step)
+
+    def add_frame(self, frame: pd.DataFrame, step: int) -> None:
+        """Manual mode: store the rows of a :meth:`rnn_diag.Probe.frame` of one recorded
+        backward as training step ``step`` (its ``iteration`` column is replaced)."""
+        if len(frame):
+            frame = frame.drop(columns=["iteration"], errors="ignore")
+            frame.insert(0, "step", int(step))
+            self._gradients.append(frame)
 
     def log(self, step: int | None = None, **values) -> None:
         """Store the user's numbers of one step (losses, metrics): one ``curves`` row.
@@ -330,10 +364,39 @@ class Recorder:
                 if lyapunov and inputs is not None and inputs.shape[0] >= 10:
                     self._lyapunov[name] += lyapunov_rows(module, inputs, when)
 
+    def _resume(self) -> None:
+        """Continue the recordings of this name already in the folder: their gradients,
+        curves, spectra and Lyapunov rows are read back (the snapshots they took are not taken
+        again)."""
+        folder = self.folder.root
+        for module, trial_id in self.trial_ids.items():
+            def read(table, trial_id=trial_id):
+                path = folder / table / f"{trial_id}.parquet"
+                return pd.read_parquet(path).drop(columns=["trial"]) if path.is_file() else None
+
+            gradients = read(Table.GRADIENTS)
+            if gradients is not None:
+                gradients.insert(1, "module", module)
+                self._gradients.append(gradients)
+            spectra = read(Table.SPECTRA)
+            if spectra is not None:
+                self._spectra[module].append(spectra)
+                self._done_snapshots.update(spectra["when"].astype(str))
+            lyap = read(Table.LYAPUNOV)
+            if lyap is not None:
+                self._lyapunov[module] += lyap.to_dict("records")
+                self._done_snapshots.update(lyap["when"].astype(str))
+            curves = read(Table.CURVES)
+            if curves is not None and not self._curves:  # shared by the modules: read once
+                self._curves = curves.to_dict("records")
+        self._done_snapshots.discard("end")
+
     def _collect(self) -> None:
         frame = self.probe.take_frame()
         if len(frame):
-            self._gradients.append(frame.rename(columns={"iteration": "step"}))
+            frame = frame.rename(columns={"iteration": "step"})
+            frame["step"] += self.start_step
+            self._gradients.append(frame)
 
     def _module_gradients(self, module: str) -> pd.DataFrame:
         frames = [f[f["module"] == module] for f in self._gradients]

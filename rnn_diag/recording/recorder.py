@@ -367,9 +367,13 @@ class Recorder:
     def _resume(self) -> None:
         """Continue the recordings of this name already in the folder: their gradients,
         curves, spectra and Lyapunov rows are read back (the snapshots they took are not taken
-        again)."""
+        again; their "end" snapshot becomes the snapshot of the step it was taken at)."""
         folder = self.folder.root
+        trials = folder / "trials.parquet"
+        rows = pd.read_parquet(trials).set_index("id") if trials.is_file() else pd.DataFrame()
         for module, trial_id in self.trial_ids.items():
+            ended = (str(int(rows.at[trial_id, "steps_run"]))
+                     if trial_id in rows.index and "steps_run" in rows else "resumed")
             def read(table, trial_id=trial_id):
                 path = folder / table / f"{trial_id}.parquet"
                 return pd.read_parquet(path).drop(columns=["trial"]) if path.is_file() else None
@@ -380,10 +384,12 @@ class Recorder:
                 self._gradients.append(gradients)
             spectra = read(Table.SPECTRA)
             if spectra is not None:
+                spectra["when"] = spectra["when"].astype(str).replace("end", ended)
                 self._spectra[module].append(spectra)
                 self._done_snapshots.update(spectra["when"].astype(str))
             lyap = read(Table.LYAPUNOV)
             if lyap is not None:
+                lyap["when"] = lyap["when"].astype(str).replace("end", ended)
                 self._lyapunov[module] += lyap.to_dict("records")
                 self._done_snapshots.update(lyap["when"].astype(str))
             curves = read(Table.CURVES)

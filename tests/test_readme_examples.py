@@ -28,3 +28,28 @@ def test_quick_example_runs():
     scope: dict = {}
     exec(_blocks("## Example")[0], scope)  # noqa: S102
     assert scope["norms"].shape == (300, 8)
+
+
+def test_own_training_loop_example_records_a_run_folder(tmp_path, monkeypatch):
+    import pandas as pd
+
+    monkeypatch.chdir(tmp_path)
+    exec(_blocks("## Use it in your own training")[0], {})  # noqa: S102
+    trials = pd.read_parquet(tmp_path / "runs" / "my_lstm" / "trials.parquet")
+    assert trials["status"].tolist() == ["ok"] and trials["steps_run"].tolist() == [100]
+    grads = pd.read_parquet(tmp_path / "runs" / "my_lstm" / "gradients")
+    assert sorted(grads["step"].unique()) == [0, 25, 50, 75]
+
+
+def test_tensorboard_and_wandb_examples_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    blocks = _blocks("## Use it in your own training")
+    tensorboard, wandb_block, function = blocks[2], blocks[3], blocks[4]
+    for code in (tensorboard, wandb_block, function):
+        exec(code, {})  # noqa: S102
+    assert list((tmp_path / "runs" / "lstm").glob("events.out.tfevents.*"))
+    assert list((tmp_path / "runs" / "fn").glob("events.out.tfevents.*"))
+    assert list(tmp_path.glob("wandb/offline-run-*"))

@@ -138,8 +138,8 @@ class GradientFlowMonitor(Callback):
                 self.run_dir, pl_module, every=self.every_n_steps, modules=self.modules,
                 jacobians=self.jacobians, jacobian_samples=self.jacobian_samples,
                 spectra=self.spectra, lyapunov=self.lyapunov,
-                name=self.name or type(pl_module).__name__, manual=True, resume=self._resumed)
-            self._recorder.set_step(trainer.global_step)
+                name=self.name or type(pl_module).__name__, manual=True, resume=self._resumed,
+                start_step=trainer.global_step)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         step = trainer.global_step
@@ -158,6 +158,8 @@ class GradientFlowMonitor(Callback):
         probe, self._probe = self._probe, None
         frame = probe.take_frame()
         probe.detach()
+        if self._recorder is not None:
+            self._recorder.note(probe.warnings)
         step = trainer.global_step
         if frame.empty:
             self._warn("empty", f"rnn_diag: nothing was recorded at step {step} (see the "

@@ -48,6 +48,7 @@ import traceback
 import warnings
 import weakref
 from collections.abc import Iterable
+from pathlib import Path
 
 import pandas as pd
 import torch
@@ -56,6 +57,7 @@ from torch import nn
 from ..experiments.store import Table
 from ..modules.layers import FUSED_TYPES, cell_kind, module_kind
 from ..probes import Probe, ProbeWarning
+from ..probes.discovery import find_recurrent
 from ..probes.summaries import summarise_frame
 from .run_folder import RunFolder
 from .snapshots import InputTape, lyapunov_rows, spectra_rows, supports_snapshots, top
@@ -72,7 +74,8 @@ def record(run_dir, model: nn.Module, *, every: int = 50, modules=None,
            jacobians: str | None = "estimate", jacobian_samples: int | None = 64,
            spectra: Iterable = DEFAULT_SNAPSHOTS, lyapunov: Iterable = DEFAULT_SNAPSHOTS,
            lyapunov_steps: int = 500, name: str | None = None, description: str | None = None,
-           flush_seconds: float = 30.0, resume: bool = False, start_step: int = 0) -> Recorder:
+           flush_seconds: float = 30.0, resume: bool = False,
+           start_step: int | None = None) -> Recorder:
     """Record the gradient flow of ``model`` in the user's own training loop.
 
     Args:
@@ -94,10 +97,14 @@ def record(run_dir, model: nn.Module, *, every: int = 50, modules=None,
         description: a sentence for the report's header.
         flush_seconds: rewrite the folder at most this often while recording.
         resume: continue a recording of the same ``name`` already in ``run_dir`` (a training
-            resumed from a checkpoint) instead of replacing it: its rows are read back and new
-            ones added; snapshots it already took are not taken again.
-        start_step: the step of the first backward pass (a resumed loop's global step), so
-            that the steps continue the earlier recording's.
+            resumed from a checkpoint) instead of replacing it: its rows before
+            ``start_step`` are read back and new ones added; snapshots it already took are not
+            taken again.
+        start_step: the number of the first backward pass: a resumed loop's global step (the
+            checkpoint's), so that the steps continue the earlier recording's on the same
+            ``every`` grid; rows the earlier recording stored from that step on (after the
+            checkpoint) are dropped. Default: 0, or with ``resume`` the step where the stored
+            recording stopped.
 
     Returns:
         The :class:`Recorder`; use it as a context manager, or call :meth:`Recorder.close`.
@@ -170,32 +177,41 @@ class Recorder:
                  spectra: Iterable = DEFAULT_SNAPSHOTS, lyapunov: Iterable = DEFAULT_SNAPSHOTS,
                  lyapunov_steps: int = 500, name: str | None = None,
                  description: str | None = None, flush_seconds: float = 30.0,
-                 manual: bool = False, resume: bool = False, start_step: int = 0):
+                 manual: bool = False, resume: bool = False, start_step: int | None = None):
         self._spectra_at = _when_list(spectra, "spectra")
         self._lyapunov_at = _when_list(lyapunov, "lyapunov")
         if int(lyapunov_steps) < 10:
             raise ValueError(f"lyapunov_steps must be at least 10, got {lyapunov_steps!r}")
+        if start_step is not None and (not isinstance(start_step, int)
+                                       or isinstance(start_step, bool) or start_step < 0):
+            raise ValueError(f"start_step must be None or an int >= 0, got {start_step!r}")
+        targets = find_recurrent(model, modules)
+        self.name = name if name is not None else type(model).__name__
+        several = len(targets) > 1
+        self.trial_ids = {n: _safe(f"{self.name}--{n or 'model'}" if several else self.name)
+                          for n in targets}
+        stored = _stored_steps(Path(run_dir), self.trial_ids.values()) if resume else {}
+        if start_step is None:  # a resumed recording goes on where the stored one stopped
+            start_step = max(stored.values(), default=0)
+        self.start_step = start_step
         self.probe = Probe(model, modules=modules, every=every, jacobians=jacobians,
-                           jacobian_samples=jacobian_samples)
+                           jacobian_samples=jacobian_samples, start=start_step)
         self._manual_step: int | None = None
-        self.start_step = int(start_step)
         if manual:  # the caller probes the steps it chooses and hands the rows in (add_frame)
             self.probe.detach()
-            self._manual_step = 0
-        self.name = name if name is not None else type(model).__name__
+            self._manual_step = start_step
         self.folder = RunFolder(run_dir, description)
         self.flush_seconds = float(flush_seconds)
         self._modules = {n: m for n, m in model.named_modules() if n in self.probe.modules}
-        several = len(self.probe.modules) > 1
-        self.trial_ids = {n: _safe(f"{self.name}--{n or 'model'}" if several else self.name)
-                          for n in self.probe.modules}
         self._settings = {"every": every, "jacobians": jacobians,
                           "jacobian_samples": jacobian_samples,
                           "spectra": list(self._spectra_at), "lyapunov": list(self._lyapunov_at),
-                          "lyapunov_steps": int(lyapunov_steps)}
+                          "lyapunov_steps": int(lyapunov_steps),
+                          "step_unit": "optimizer step" if manual else "backward pass"}
         self._tapes = {n: InputTape(m, lyapunov_steps) for n, m in self._modules.items()
                        if supports_snapshots(m)}
-        self._gradients: list[pd.DataFrame] = []
+        self._gradients: list[pd.DataFrame] = []  # probe frame rows, `step` for `iteration`
+        self._summaries: list[pd.DataFrame] = []  # their summaries, made once per frame
         self._curves: list[dict] = []
         self._spectra: dict[str, list[pd.DataFrame]] = {n: [] for n in self._modules}
         self._lyapunov: dict[str, list[dict]] = {n: [] for n in self._modules}
@@ -206,6 +222,7 @@ class Recorder:
         self._status, self._error = "running", None
         self._closed = False
         self._warned: set[str] = set()
+        self._notes: list[str] = []  # ProbeWarnings of probes other than self.probe
         self._handles = [m.register_forward_pre_hook(self._pre_hook(n))
                          for n, m in self._modules.items()]
         unsupported = [n or "<root>" for n, m in self._modules.items()
@@ -215,7 +232,7 @@ class Recorder:
                           f"cell(s) {unsupported}: they have no weight_hh to read",
                           ProbeWarning, stacklevel=3)
         if resume:
-            self._resume()
+            self._resume(stored)
         self._atexit = _register_atexit(self)
         self.flush()
 
@@ -227,10 +244,9 @@ class Recorder:
         if exc_type is None:
             self.close()
         elif issubclass(exc_type, KeyboardInterrupt):
-            self.close(status="interrupted", error=f"interrupted at step {self.step}")
+            self.close(status="interrupted", error=f"interrupted ({self._where()})")
         else:
-            self.close(status="failed",
-                       error=f"{exc_type.__name__}: {exc} (at step {self.step})")
+            self.close(status="failed", error=f"{exc_type.__name__}: {exc} ({self._where()})")
         return False
 
     @property
@@ -238,7 +254,7 @@ class Recorder:
         """The backward passes so far: the step the next backward will be (in manual mode:
         what :meth:`set_step` was last told)."""
         if self._manual_step is None:
-            return self.start_step + self.probe.backwards
+            return self.probe.backwards  # numbered from start_step
         return self._manual_step
 
     def set_step(self, step: int) -> None:
@@ -246,13 +262,20 @@ class Recorder:
         step, which dates the snapshots and the status messages."""
         self._manual_step = int(step)
 
+    def note(self, messages: Iterable[str]) -> None:
+        """Manual mode: keep the ProbeWarnings of a probe other than the recorder's own
+        (:attr:`rnn_diag.Probe.warnings`) in the trial row's ``warnings``."""
+        for text in messages:
+            if text not in self._notes:
+                self._notes.append(text)
+
     def add_frame(self, frame: pd.DataFrame, step: int) -> None:
         """Manual mode: store the rows of a :meth:`rnn_diag.Probe.frame` of one recorded
         backward as training step ``step`` (its ``iteration`` column is replaced)."""
         if len(frame):
             frame = frame.drop(columns=["iteration"], errors="ignore")
             frame.insert(0, "step", int(step))
-            self._gradients.append(frame)
+            self._append(frame)
 
     def log(self, step: int | None = None, **values) -> None:
         """Store the user's numbers of one step (losses, metrics): one ``curves`` row.
@@ -315,11 +338,7 @@ class Recorder:
     def summaries(self) -> pd.DataFrame:
         """The ``summaries`` rows recorded so far, all modules (column ``module``)."""
         self._collect()
-        frames = [f for f in self._gradients if len(f)]
-        if not frames:
-            return summarise_frame(pd.DataFrame(columns=["metric", "state"]), ())
-        return summarise_frame(pd.concat(frames, ignore_index=True),
-                               by=("step", "module", "layer", "direction"))
+        return self._module_summaries(None)
 
     # ---------------------------------------------------------------- internals
     def _pre_hook(self, name: str):
@@ -328,7 +347,7 @@ class Recorder:
                 return None
             try:  # never raise into the user's forward
                 tape = self._tapes.get(name)
-                if tape is not None:
+                if tape is not None and module.training:  # not a validation pass with grad on
                     tape.add(args[0])
                 self._due_snapshots()
                 if time.monotonic() - self._last_flush >= self.flush_seconds:
@@ -364,45 +383,61 @@ class Recorder:
                 if lyapunov and inputs is not None and inputs.shape[0] >= 10:
                     self._lyapunov[name] += lyapunov_rows(module, inputs, when)
 
-    def _resume(self) -> None:
+    def _where(self) -> str:
+        """Where training stood, for a status message: "after step N" (the last backward pass
+        that reached the modules, or optimizer step in manual mode)."""
+        done = self.step - self.start_step
+        if done <= 0:
+            return f"before step {self.step}" if self.start_step else "before the first step"
+        return f"after step {self.step - 1}"
+
+    def _resume(self, stored: dict[str, int]) -> None:
         """Continue the recordings of this name already in the folder: their gradients,
         curves, spectra and Lyapunov rows are read back (the snapshots they took are not taken
-        again; their "end" snapshot becomes the snapshot of the step it was taken at)."""
+        again; their "end" snapshot becomes the snapshot of the step it was taken at). Rows at
+        or after ``start_step`` (recorded after the checkpoint a run resumes from) are
+        dropped, so no step is stored twice."""
+        keep = self.start_step
         folder = self.folder.root
-        trials = folder / "trials.parquet"
-        rows = pd.read_parquet(trials).set_index("id") if trials.is_file() else pd.DataFrame()
         for module, trial_id in self.trial_ids.items():
-            ended = (str(int(rows.at[trial_id, "steps_run"]))
-                     if trial_id in rows.index and "steps_run" in rows else "resumed")
+            ended = str(stored[trial_id]) if trial_id in stored else "resumed"
             def read(table, trial_id=trial_id):
                 path = folder / table / f"{trial_id}.parquet"
                 return pd.read_parquet(path).drop(columns=["trial"]) if path.is_file() else None
 
             gradients = read(Table.GRADIENTS)
             if gradients is not None:
+                gradients = gradients[gradients["step"] < keep]
                 gradients.insert(1, "module", module)
-                self._gradients.append(gradients)
+                self._append(gradients)
             spectra = read(Table.SPECTRA)
             if spectra is not None:
                 spectra["when"] = spectra["when"].astype(str).replace("end", ended)
+                spectra = spectra[spectra["when"].map(lambda w: _before(w, keep))]
                 self._spectra[module].append(spectra)
                 self._done_snapshots.update(spectra["when"].astype(str))
             lyap = read(Table.LYAPUNOV)
             if lyap is not None:
                 lyap["when"] = lyap["when"].astype(str).replace("end", ended)
+                lyap = lyap[lyap["when"].map(lambda w: _before(w, keep))]
                 self._lyapunov[module] += lyap.to_dict("records")
                 self._done_snapshots.update(lyap["when"].astype(str))
             curves = read(Table.CURVES)
             if curves is not None and not self._curves:  # shared by the modules: read once
-                self._curves = curves.to_dict("records")
+                self._curves = curves[curves["step"] < keep].to_dict("records")
         self._done_snapshots.discard("end")
 
     def _collect(self) -> None:
         frame = self.probe.take_frame()
         if len(frame):
-            frame = frame.rename(columns={"iteration": "step"})
-            frame["step"] += self.start_step
+            self._append(frame.rename(columns={"iteration": "step"}))
+
+    def _append(self, frame: pd.DataFrame) -> None:
+        """Keep gradient rows (with ``step`` and ``module``) and their summaries."""
+        if len(frame):
             self._gradients.append(frame)
+            self._summaries.append(
+                summarise_frame(frame, by=("step", "module", "layer", "direction")))
 
     def _module_gradients(self, module: str) -> pd.DataFrame:
         frames = [f[f["module"] == module] for f in self._gradients]
@@ -411,10 +446,20 @@ class Recorder:
             return pd.DataFrame()
         return pd.concat(frames, ignore_index=True).drop(columns=["module"])
 
+    def _module_summaries(self, module: str | None) -> pd.DataFrame:
+        """The summaries of one module (without its column), or of all (``None``)."""
+        frames = [f for f in self._summaries if len(f)]
+        if not frames:
+            return pd.DataFrame()
+        df = pd.concat(frames, ignore_index=True).sort_values(["step", "module", "layer",
+                                                                "direction"], kind="stable")
+        if module is None:
+            return df.reset_index(drop=True)
+        return df[df["module"] == module].drop(columns=["module"]).reset_index(drop=True)
+
     def _tables(self, module: str) -> dict[str, pd.DataFrame]:
         gradients = self._module_gradients(module)
-        summaries = (summarise_frame(gradients, by=("step", "layer", "direction"))
-                     if len(gradients) else pd.DataFrame())
+        summaries = self._module_summaries(module)
         spectra = self._spectra[module]
         return {
             Table.CURVES: pd.DataFrame(self._curves),
@@ -427,9 +472,7 @@ class Recorder:
     def _row(self, module: str) -> dict:
         m = self._modules[module]
         cell, nonlinearity = _kind(m)
-        gradients = self._module_gradients(module)
-        summaries = (summarise_frame(gradients, by=("step", "layer", "direction"))
-                     if len(gradients) else pd.DataFrame())
+        summaries = self._module_summaries(module)
         last_curve = pd.DataFrame(self._curves).ffill().iloc[-1] if self._curves else {}
         several = len(self._modules) > 1
         row = {
@@ -439,6 +482,7 @@ class Recorder:
             "time_unit": "step",
             "status": self._status,
             "error": self._error,
+            "warnings": "\n".join(self._warnings()) or None,
             "seconds": time.perf_counter() - self._t0,
             "steps_run": self.step,
             "task.name": None,
@@ -480,12 +524,37 @@ class Recorder:
             return "diverged", f"loss became {losses[-1]} (first non-finite at step {first_bad})"
         return None
 
+    def _warnings(self) -> list[str]:
+        """The ProbeWarnings of this recording (the probe's and those handed in), and the
+        recorder's own, each once: kept in the trial row, because a warning printed once to a
+        terminal is lost when the folder is read later."""
+        return list(dict.fromkeys([*self.probe.warnings, *self._notes]))
+
     def _warn(self, message: str) -> None:
         key = message.split("(")[0]
         if key in self._warned:
             return
         self._warned.add(key)
+        self._notes.append(f"rnn_diag.record: {message}")
         warnings.warn(f"rnn_diag.record: {message}", ProbeWarning, stacklevel=3)
+
+
+def _before(when: str, step: int) -> bool:
+    """Whether a snapshot ``when`` ("init", "end" or a step number) was taken on weights no
+    later than those of step ``step`` (snapshot s is taken before step s's update)."""
+    return when == "init" or (when.isdigit() and int(when) <= step)
+
+
+def _stored_steps(root: Path, trial_ids) -> dict[str, int]:
+    """``{trial id: steps_run}`` of the given trials stored in the run folder ``root``."""
+    path = root / "trials.parquet"
+    if not path.is_file():
+        return {}
+    rows = pd.read_parquet(path)
+    if "steps_run" not in rows:
+        return {}
+    rows = rows[rows["id"].isin(list(trial_ids)) & rows["steps_run"].notna()]
+    return {str(r["id"]): int(r["steps_run"]) for _, r in rows.iterrows()}
 
 
 def _register_atexit(recorder: Recorder):

@@ -158,6 +158,22 @@ def _status(trials: pd.DataFrame, labels: pd.Series) -> list[Finding]:
     )]
 
 
+def _probe_warnings(trials: pd.DataFrame, labels: pd.Series) -> list[Finding]:
+    """The ProbeWarnings a recording kept (``trials.warnings``): what the probe could not follow
+    exactly, which the numbers of that trial carry."""
+    if "warnings" not in trials:
+        return []
+    parts = []
+    for i, text in trials["warnings"].items():
+        if isinstance(text, str) and text.strip():
+            lines = [line.replace("rnn_diag: ", "", 1) for line in text.strip().splitlines()]
+            parts.append(f"{labels[i]}: {' / '.join(lines)}")
+    if not parts:
+        return []
+    return [Finding(f"The probe warned while recording, and the numbers of these trials carry "
+                    f"the caveat: {_list(parts, limit=3)}.", "trials")]
+
+
 def _verdicts(trials: pd.DataFrame, unit: str = "epoch") -> list[Finding]:
     verdict = trials.get("verdict_last")
     if verdict is None or verdict.notna().sum() == 0:
@@ -486,6 +502,7 @@ def compute_findings(tables: Mapping[str, pd.DataFrame], swept: Sequence[str],
     unit = time_unit(trials)
     return [
         *_status(trials, per_trial),
+        *_probe_warnings(trials, per_trial),
         *_verdicts(trials, unit),
         *_reach(trials, summaries, labels, panel_settings),
         *_exploding(trials, labels),

@@ -176,7 +176,7 @@ def test_an_exception_or_ctrl_c_leaves_a_readable_folder(tmp_path):
                     raise error
         run = load_run(folder)
         row = run.trials.iloc[0]
-        assert row["status"] == status and "step 2" in row["error"]
+        assert row["status"] == status and "after step 1" in row["error"]
         assert sorted(run.tables["gradients"]["epoch"].unique()) == [0, 1]
     assert "boom" in load_run(tmp_path / "a").trials.iloc[0]["error"]
 
@@ -317,3 +317,18 @@ def test_recording_costs_nothing_between_recorded_steps(tmp_path):
             assert rec.probe.frame().empty  # taken into the recorder
     grads = pd.read_parquet(tmp_path / "run" / "gradients")
     assert sorted(grads["step"].unique()) == [0, 5, 10]
+
+
+def test_probe_warnings_are_kept_in_the_folder_and_named_by_the_report(tmp_path):
+    """Two separate sequences through one GRU in one backward: the probe warns, and the
+    warning must outlive the terminal: in trials.parquet and in the report's findings."""
+    gru = nn.GRU(3, 4)
+    with pytest.warns(rd.ProbeWarning, match="separate sequences"), \
+            rd.record(tmp_path / "run", gru, every=1, lyapunov=(), spectra=()):
+        a, _ = gru(torch.randn(5, 2, 3))
+        b, _ = gru(torch.randn(6, 2, 3))
+        (a[-1].sum() + b[-1].sum()).backward()
+    run = load_run(tmp_path / "run")
+    assert "separate sequences" in run.trials.iloc[0]["warnings"]
+    findings = render_report(run, jobs=1).findings
+    assert any("separate sequences" in f.text and f.key == "trials" for f in findings)

@@ -77,18 +77,22 @@ def validate(config: str) -> None:
               help="Dask scheduler of an existing cluster, e.g. tcp://10.0.0.5:8786 "
                    "[default with --backend dask: start a LocalCluster for this run].")
 @click.option("--jobs", type=click.IntRange(min=1), default=None,
-              help="local: N worker processes with CPUs/N torch threads each [default: in "
-                   "this process]. dask: N single-threaded LocalCluster workers [default: one "
-                   "per CPU]; with --scheduler, at most N trials at once [default: all].")
+              help="local: N worker processes [default: in this process]. dask: N "
+                   "single-threaded LocalCluster workers [default: one per CPU]; with "
+                   "--scheduler, at most N trials at once [default: all].")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="Torch threads per trial [default: 1 locally, the fastest measured for "
+                   "small models; dask: a machine's CPUs / its Dask threads].")
 @click.option("--fresh", is_flag=True, help="Discard earlier results in the directory.")
 @click.option("--quiet", is_flag=True, help="No progress bars or summary table.")
 def run(config: str, out: str | None, backend: str | None, scheduler: str | None,
-        jobs: int | None, fresh: bool, quiet: bool) -> None:
+        jobs: int | None, threads: int | None, fresh: bool, quiet: bool) -> None:
     """Train and record every trial of an experiment CONFIG (a YAML file).
 
     Finished trials already in the result directory are skipped, so re-running an interrupted
     sweep resumes it (Ctrl-C cancels outstanding trials and keeps finished ones; exit status
-    130). Exits with status 1 if any trial failed, 2 for an invalid config or backend.
+    130). Exits with status 1 if any trial failed, 2 for an invalid config or backend. The
+    summary names every diverged or failed trial with its reason.
 
     \b
     Examples:
@@ -103,7 +107,7 @@ def run(config: str, out: str | None, backend: str | None, scheduler: str | None
         backend = "local" if scheduler is None else "dask"
     try:
         outcome = run_sweep(config, out=out, jobs=jobs, fresh=fresh, quiet=quiet,
-                            backend=backend, scheduler=scheduler)
+                            backend=backend, scheduler=scheduler, threads=threads)
     except (ConfigError, BackendError) as exc:
         click.echo(str(exc), err=True)
         raise SystemExit(2) from None
@@ -115,16 +119,18 @@ def run(config: str, out: str | None, backend: str | None, scheduler: str | None
         click.echo(format_summary(outcome.summary))
     click.echo(
         f"{outcome.ran} trial(s) run, {outcome.skipped} already finished, "
-        f"{outcome.failed} failed; results in {outcome.out}"
+        f"{outcome.diverged} diverged, {outcome.failed} failed; results in {outcome.out}"
     )
     if outcome.failed:
         raise SystemExit(1)
 
 
 def _register_subcommands() -> None:
+    from .inspect.command import inspect
     from .report.command import report
 
     main.add_command(report)
+    main.add_command(inspect)
 
 
 _register_subcommands()

@@ -1,5 +1,6 @@
 """The sweep driver: config in, store out. Validates, expands the grid, skips finished trials,
-runs the rest on a backend, writes each result as it arrives and prints a summary table."""
+runs the rest on a backend, writes each result as it arrives and prints a summary table, with
+one line per trial that did not end "ok" naming its status and reason."""
 
 from __future__ import annotations
 
@@ -23,17 +24,22 @@ from .store import Store
 
 SUMMARY_COLUMNS = ["label", "status", "train_loss", "val_loss", "val_metric", "chance_metric",
                    "verdict_last", "horizon_last", "seconds"]
+#: Columns of :attr:`SweepOutcome.summary` that :func:`format_summary` prints under the table
+#: (one line per trial that is not "ok") rather than in it.
+NOTE_COLUMNS = ["error"]
 
 
 @dataclass
 class SweepOutcome:
-    """What :func:`run_sweep` did: the store directory, trial counts and the summary."""
+    """What :func:`run_sweep` did: the store directory, trial counts and the summary (the
+    :data:`SUMMARY_COLUMNS` and :data:`NOTE_COLUMNS` of every trial of the config, by id)."""
 
     out: Path
     ran: int
     skipped: int
     failed: int
     summary: pd.DataFrame
+    diverged: int = 0
 
 
 def _git_commit() -> str | None:
@@ -116,9 +122,18 @@ class EpochBars:
             self.finish(trial_id)
 
 
+def _threads_used(runner, threads: int | None) -> int | str | None:
+    """The torch threads per trial, for the manifest: the backend's resolved number where it
+    has one (local backends), else what was asked (None: the backend's rule)."""
+    resolved = getattr(runner, "threads", None)
+    if resolved is None and type(runner).__name__ == "DaskBackend":
+        return "CPUs / Dask threads per machine"
+    return resolved if resolved is not None else threads
+
+
 def run_sweep(config_path, out=None, jobs: int | None = None, fresh: bool = False,
               quiet: bool = False, backend: str | Backend = "local",
-              scheduler: str | None = None) -> SweepOutcome:
+              scheduler: str | None = None, threads: int | None = None) -> SweepOutcome:
     """Run every unfinished trial of a config and store the results.
 
     Args:
@@ -131,6 +146,9 @@ def run_sweep(config_path, out=None, jobs: int | None = None, fresh: bool = Fals
         backend: ``"local"``, ``"dask"`` or a backend object (then ``jobs`` and ``scheduler``
             are only recorded in the manifest).
         scheduler: the Dask scheduler address (``tcp://HOST:PORT``) for ``backend="dask"``.
+        threads: torch threads per trial (None: the backend's default, 1 for the local ones;
+            see :func:`~rnn_diag.experiments.backends.make_backend`). In-process, torch's
+            thread count is restored when the sweep ends. Recorded in the manifest.
 
     Raises:
         ConfigError: the config is invalid (nothing has been run or written).
@@ -139,9 +157,11 @@ def run_sweep(config_path, out=None, jobs: int | None = None, fresh: bool = Fals
     """
     config_path = Path(config_path)
     config = load_config(config_path)
-    runner = make_backend(backend, jobs, scheduler) if isinstance(backend, str) else backend
+    runner = (make_backend(backend, jobs, scheduler, threads) if isinstance(backend, str)
+              else backend)
     execution = {"backend": backend if isinstance(backend, str) else type(backend).__name__,
-                 "jobs": jobs, "scheduler": scheduler}
+                 "jobs": jobs, "scheduler": scheduler,
+                 "threads": _threads_used(runner, threads)}
     specs = expand(config)
     out = Path(out) if out is not None else Path("reports") / config.name
     store = Store(out, fresh=fresh)
@@ -156,7 +176,7 @@ def run_sweep(config_path, out=None, jobs: int | None = None, fresh: bool = Fals
                       disable=quiet, position=0)
     bars = EpochBars({s.id: trial_label(s) for s in todo}, disable=quiet)
 
-    failed = stored = 0
+    failed = diverged = stored = 0
     try:
         with closing(runner.run(todo, None if quiet else bars)) as results:
             for result in results:
@@ -164,6 +184,7 @@ def run_sweep(config_path, out=None, jobs: int | None = None, fresh: bool = Fals
                 store.save(result)
                 stored += 1
                 failed += result.row.get("status") == "failed"
+                diverged += result.row.get("status") == "diverged"
                 trials_bar.set_postfix_str(
                     f"{result.row.get('label')}: {result.row.get('status')}")
                 trials_bar.update(1)
@@ -176,12 +197,30 @@ def run_sweep(config_path, out=None, jobs: int | None = None, fresh: bool = Fals
     trials = store.trials()
     ids = [s.id for s in specs]
     summary = trials.set_index("id").reindex(ids) if len(trials) else pd.DataFrame()
-    summary = summary[[c for c in SUMMARY_COLUMNS if c in summary.columns]]
-    return SweepOutcome(out, len(todo), skipped, failed, summary)
+    summary = summary[[c for c in SUMMARY_COLUMNS + NOTE_COLUMNS if c in summary.columns]]
+    return SweepOutcome(out, len(todo), skipped, failed, summary, diverged)
 
 
 def format_summary(summary: pd.DataFrame) -> str:
-    """The end-of-sweep table as text, one line per trial."""
+    """The end-of-sweep table as text, one line per trial, then one line per trial whose
+    status is not "ok" (diverged, failed): its label, status and reason (the ``error``)."""
     if summary.empty:
         return "(no trials)"
-    return summary.to_string(float_format=lambda v: f"{v:.4g}", na_rep="-")
+    table = summary[[c for c in summary.columns if c not in NOTE_COLUMNS]]
+    text = table.to_string(float_format=lambda v: f"{v:.4g}", na_rep="-")
+    if "status" not in summary.columns:
+        return text
+    notes = []
+    for trial_id, row in summary.iterrows():
+        status = row.get("status")
+        if pd.isna(status) or status == "ok":
+            continue
+        error = row.get("error")
+        reason = "" if error is None or pd.isna(error) else str(error).strip()
+        reason = reason.splitlines()[0] if reason else "no reason recorded"
+        label = row.get("label")
+        name = trial_id if label is None or pd.isna(label) else label
+        notes.append(f"  {name} [{trial_id}] {status}: {reason}")
+    if notes:
+        text += f"\n\n{len(notes)} trial(s) not ok:\n" + "\n".join(notes)
+    return text

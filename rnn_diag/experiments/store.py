@@ -9,6 +9,13 @@ Layout of a store directory (``reports/<name>/`` by default)::
 
 ``pandas.read_parquet(store / "curves")`` reads a long table of every trial at once.
 
+Column types of ``trials.parquet`` never depend on which trials failed (docs/design.md §20):
+whole-number columns are nullable ``Int64`` (a failed trial's missing value is ``<NA>``, not a
+float NaN that turns the column into float64), the numeric columns of :data:`FLOAT_COLUMNS`
+are float64 (NaN), and a swept setting is ``Int64`` when every value given is a whole number
+(``None`` allowed), float64 when it mixes numbers. The same rows give the same dtypes before
+and after a resume.
+
 Crash safety: a trial's tables are written first and its row in ``trials.parquet`` last, each
 file through a temporary file and ``os.replace``; a trial without a row is not finished, and its
 tables are overwritten when it runs again. ``kill -9`` at any moment leaves every file either
@@ -25,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 
@@ -54,6 +62,69 @@ MANIFEST = "manifest.json"
 CONFIG = "config.yaml"
 #: Statuses of a trial that is not run again on resume ("failed" trials are retried).
 DONE = ("ok", "diverged")
+
+
+#: Columns of ``trials.parquet`` that are ``Int64`` whatever their values (missing: ``<NA>``).
+INT_COLUMNS = ("task.seq_len", "model.hidden_size", "model.num_layers", "train.seed",
+               "epochs_run", "horizon_first", "horizon_last")
+#: Text columns of ``trials.parquet``: pandas' ``str`` dtype (missing: NaN) whatever their values,
+#: also when every value is missing (e.g. ``error`` when no trial failed).
+TEXT_COLUMNS = ("id", "label", "status", "error", "metric", "verdict_first", "verdict_last",
+                "task.name", "model.cell", "model.init")
+#: Columns that are float64 whatever their values (missing: NaN), even when every trial that
+#: wrote them failed.
+FLOAT_COLUMNS = ("model.weight_scale", "train.clip_grad_norm", "seconds", "train_loss",
+                 "train_metric", "val_loss", "val_metric", "chance_loss", "chance_metric",
+                 "decay_per_step_first", "decay_per_step_last", "ratio_log10_first",
+                 "ratio_log10_last", "spectral_radius_init", "spectral_radius_end",
+                 "spectral_norm_init", "spectral_norm_end", "lyapunov_top_init",
+                 "lyapunov_top_end")
+
+
+def _missing(value) -> bool:
+    if value is None or value is pd.NA:
+        return True
+    return isinstance(value, float) and value != value  # NaN
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_number(value) -> bool:
+    return (isinstance(value, (int, float, np.integer, np.floating))
+            and not isinstance(value, (bool, np.bool_)))
+
+
+def trials_frame(rows: list[dict]) -> pd.DataFrame:
+    """The rows of ``trials.parquet`` as a DataFrame with stable dtypes (see the module
+    docstring): :data:`INT_COLUMNS` and whole-number columns ``Int64``, :data:`FLOAT_COLUMNS`
+    and other numeric columns float64, :data:`TEXT_COLUMNS` ``str``; other columns as pandas
+    makes them.
+
+    Example:
+        >>> df = trials_frame([{"id": "a", "horizon_last": 5, "train.lr": 1, "error": None},
+        ...                    {"id": "b", "horizon_last": None, "train.lr": 0.5}])
+        >>> df.dtypes.astype(str).to_dict()
+        {'id': 'str', 'horizon_last': 'Int64', 'train.lr': 'float64', 'error': 'str'}
+    """
+    df = pd.DataFrame(rows)
+    types = {}
+    for col in df.columns:
+        values = [v for v in df[col].tolist() if not _missing(v)]
+        if col in INT_COLUMNS or (values and all(_is_int(v) for v in values)):
+            types[col] = "Int64"
+        elif col in FLOAT_COLUMNS or (values and all(_is_number(v) for v in values)):
+            types[col] = "float64"
+        elif col in TEXT_COLUMNS:
+            types[col] = "str"
+    if not types:
+        return df
+    out = df.astype({c: "object" for c in types})  # so that None, NaN and pd.NA all read as
+    for col, dtype in types.items():              # missing in the conversion below
+        column = out[col].map(lambda v: None if _missing(v) else v)
+        out[col] = pd.array(column.tolist(), dtype=dtype)
+    return out
 
 
 @dataclass
@@ -162,8 +233,9 @@ class Store:
         write_parquet(self.root / TRIALS, self.trials())
 
     def trials(self) -> pd.DataFrame:
-        """``trials.parquet`` as a DataFrame (one row per stored trial)."""
-        return pd.DataFrame(self._rows)
+        """``trials.parquet`` as a DataFrame (one row per stored trial), with the dtypes of
+        :func:`trials_frame`."""
+        return trials_frame(self._rows)
 
     def table(self, name: str) -> pd.DataFrame:
         """A long table over every stored trial (empty when none wrote it)."""

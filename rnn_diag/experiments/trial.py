@@ -2,8 +2,18 @@
 
 :func:`run_trial` takes a :class:`~rnn_diag.experiments.grid.TrialSpec` and returns a
 :class:`~rnn_diag.experiments.store.TrialResult`; it never raises for a problem of the trial
-itself (a loss that becomes NaN/inf gives status "diverged", an exception gives "failed" with
-the message), so a sweep goes on. It writes nothing: the driver stores the result.
+itself (an exception gives status "failed" with the message), so a sweep goes on. It writes
+nothing: the driver stores the result.
+
+Status "diverged" (docs/design.md §19), with the reason in the row's ``error``:
+
+* a non-finite training loss (that batch is not stepped and its epoch has no ``curves`` row),
+  gradient norm before clipping (no step is taken with it) or validation loss: training stops
+  at once ("gradient norm became inf at epoch 3 (before clipping; ...)");
+* a finite loss blown up past ``train.divergence`` (:func:`blow_up`): ``patience`` epochs in a
+  row stop training; a last epoch blown up counts too ("train loss 4.9e+05 at epoch 30,
+  4.4e+05× chance ..."). The weights are finite then, so the trial keeps every table and
+  takes its "end" snapshots (spectra, Lyapunov exponents) and predictions like an ok trial.
 
 Recorded (long tables, one row per observation, ``epoch`` is the number of completed epochs
 before the measurement, so 0 is the initialisation):
@@ -95,6 +105,44 @@ def _closure(model, task, optimizer, xb, yb):
         return loss
 
     return closure
+
+
+def blow_up(loss: float, chance: float | None, first: float | None, rule,
+            epoch: int | None = None) -> str | None:
+    """Why an epoch's training loss ``loss`` counts as blown up under ``rule`` (a
+    :class:`~rnn_diag.experiments.config.DivergenceConfig`), or None when it does not.
+
+    ``chance`` is the task's chance loss and ``first`` the trial's first-epoch training loss
+    (None or non-finite: that comparison is skipped, as is a factor set to None). Either
+    comparison suffices; the text names the loss as a multiple of chance in any case, and the
+    epoch (1-based) when given.
+
+    >>> from rnn_diag.experiments.config import DivergenceConfig
+    >>> blow_up(488764.0, 1.0986, 1.2, DivergenceConfig(), epoch=30)
+    'train loss 4.9e+05 at epoch 30, 4.4e+05× chance (limit 100× chance)'
+    >>> blow_up(50.0, 1.0986, 0.1, DivergenceConfig())
+    'train loss 50, 46× chance, 5e+02× its first-epoch loss (limit 100×)'
+    >>> blow_up(50.0, 1.0986, 1.0, DivergenceConfig()) is None
+    True
+    """
+    if rule is None or not math.isfinite(loss):
+        return None
+
+    def usable(v):
+        return v is not None and math.isfinite(v) and v > 0
+
+    over_chance = (rule.chance_factor is not None and usable(chance)
+                   and loss > rule.chance_factor * chance)
+    over_first = (rule.first_factor is not None and usable(first)
+                  and loss > rule.first_factor * first)
+    if not (over_chance or over_first):
+        return None
+    text = f"train loss {loss:.2g}" + (f" at epoch {epoch}" if epoch is not None else "")
+    if usable(chance):
+        text += f", {loss / chance:.2g}× chance"
+    if over_chance:
+        return text + f" (limit {rule.chance_factor:g}× chance)"
+    return text + f", {loss / first:.2g}× its first-epoch loss (limit {rule.first_factor:g}×)"
 
 
 def _lyapunov_rows(model, task, steps: int | None, when) -> list[dict]:
@@ -208,15 +256,12 @@ def _build(cfg, task, device: torch.device) -> _Setup:
                   batch_size=cfg.train.batch_size, clip_grad_norm=cfg.train.clip_grad_norm)
 
 
-def _step(s: _Setup, xb: Tensor, yb: Tensor) -> Tensor:
-    """Clip the gradients of the batch ``xb, yb`` (already computed) and take the optimizer
-    step; returns the gradient norm of all parameters before clipping (0-d tensor)."""
-    norm = _clip(s.model, s.clip_grad_norm)
+def _step(s: _Setup, xb: Tensor, yb: Tensor) -> None:
+    """Take the optimizer step of the batch ``xb, yb`` (gradients computed and clipped)."""
     if isinstance(s.optimizer, torch.optim.LBFGS):
         s.optimizer.step(_closure(s.model, s.task, s.optimizer, xb, yb))
     else:
         s.optimizer.step()
-    return norm
 
 
 def _gradient_rows(probe_frame: pd.DataFrame, epoch: int) -> pd.DataFrame:
@@ -260,10 +305,12 @@ class _Recorder:
         self.lyapunov: list[dict] = []
         self.predictions: list[dict] = []
         self.task = None
+        self.blown: list[tuple[int, str]] = []  # (epoch, why) of the current blown-up run
 
     def run(self, progress: Progress | None) -> None:
-        """Build, then train ``train.epochs`` epochs or until the loss diverges, recording the
-        configured probes; exceptions propagate (:func:`run_trial` catches them)."""
+        """Build, then train ``train.epochs`` epochs or until the trial diverges (see the
+        module docstring), recording the configured probes; exceptions propagate
+        (:func:`run_trial` catches them)."""
         cfg = self.spec.config
         task, device = _prepare(cfg)
         self.task = task  # kept for the trial's row even if building the model fails
@@ -274,21 +321,46 @@ class _Recorder:
         for epoch in range(epochs):
             record = p.gradients and (epoch % p.every == 0 or epoch == epochs - 1)
             if not self._train_epoch(setup, epoch, record):
-                return
+                return  # non-finite: the weights may be too, no further snapshots
             if (epoch + 1) in list(p.lyapunov) or (epoch + 1) in list(p.spectra):
                 self._snapshots(setup, epoch + 1)
             if progress is not None:
                 progress(self.spec.id, epoch + 1, epochs)
+            if self._judge(cfg.train.divergence, last=epoch == epochs - 1):
+                break  # diverged: blown up for `patience` epochs, or at the last one
         self._snapshots(setup, "end")
         self._predict(setup)
+
+    def _judge(self, rule, last: bool) -> bool:
+        """After an epoch's ``curves`` row: track blown-up epochs (:func:`blow_up`). Sets
+        status "diverged" and returns True when ``rule.patience`` epochs in a row are blown up
+        or when the ``last`` epoch of training is."""
+        if rule is None or not self.curves:
+            return False
+        row = self.curves[-1]
+        why = blow_up(row["train_loss"], self.task.chance_loss,
+                      self.curves[0]["train_loss"], rule, epoch=row["epoch"])
+        if why is None:
+            self.blown = []
+            return False
+        self.blown.append((row["epoch"], why))
+        n = len(self.blown)
+        if n < rule.patience and not last:
+            return False
+        self.status = "diverged"
+        run = f"{n} epoch{'s' * (n > 1)} in a row above it"
+        self.error = f"{why}; " + (f"{run} at the end of training" if last
+                                   else f"{run}, training stopped")
+        return True
 
     def _train_epoch(self, s: _Setup, epoch: int, record: bool) -> bool:
         """Train epoch ``epoch`` (0-based) over every batch once and append its ``curves`` row.
 
         With ``record``, the first batch is probed (``gradients`` and ``summaries`` rows, with
         the gradients before its update); every batch takes the same forward/backward path.
-        Returns False, with status "diverged", when the training loss of a batch (the epoch
-        then has no ``curves`` row) or the validation loss is NaN/inf.
+        Returns False, with status "diverged", when the training loss of a batch or the
+        gradient norm of its parameters before clipping (the epoch then has no ``curves`` row,
+        and that batch takes no step) or the validation loss is NaN/inf.
         """
 
         start = time.perf_counter()
@@ -307,9 +379,15 @@ class _Recorder:
                 self._store_probe(probe, epoch)
             if not math.isfinite(loss_value):
                 self.status = "diverged"
-                self.error = f"loss became {loss_value} in epoch {epoch + 1}"
+                self.error = f"training loss became {loss_value} at epoch {epoch + 1}"
                 return False
-            norm = _step(s, xb, yb)
+            norm = _clip(s.model, s.clip_grad_norm)
+            if not math.isfinite(float(norm)):
+                self.status = "diverged"
+                self.error = (f"gradient norm became {float(norm)} at epoch {epoch + 1} "
+                              f"(before clipping; training loss {loss_value:.3g})")
+                return False
+            _step(s, xb, yb)
             losses.append(loss_value)
             with torch.no_grad():
                 metrics.append(float(s.task.metric(out.detach(), yb)))

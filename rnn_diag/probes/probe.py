@@ -40,7 +40,7 @@ def attach(
     *,
     saturation: bool = False,
     jacobians: str | None = None,
-    jacobian_samples: int | None = None,
+    jacobian_samples: int | str | None = "auto",
 ) -> Probe:
     """Attach a :class:`Probe` to the recurrent modules of ``model``.
 
@@ -57,9 +57,13 @@ def attach(
             ``jacobian_*`` metrics in :meth:`Probe.frame`). "exact" forms every product (costly
             for large H); "estimate" is the forward-backward probe, within 10% almost always.
         jacobian_samples: compute the Jacobian-product norms for the first N samples of the
-            batch only (None: all). Their cost grows linearly with the batch while a few dozen
+            batch only; None: all of them. Their cost grows linearly with the batch while a few
             samples already give the batch statistics; :meth:`Probe.jacobian_log10_norms` then
-            returns ``[T, min(B, N)]``.
+            returns ``[T, min(B, N)]``. The default, "auto", is N = 8
+            (``rnn_diag.probes.options.AUTO_JACOBIAN_SAMPLES``), which keeps "estimate" under
+            0.2× a training step at B = 400, T = 1000 (docs/design.md §22); when it leaves
+            samples out the probe says so once, with a :class:`ProbeWarning` naming how many
+            of how many. Passing a number (or None) explicitly gives no warning.
 
     Returns:
         The attached Probe; use it as a context manager to detach automatically.
@@ -86,6 +90,9 @@ class Probe:
     pass are readable through :meth:`hidden_grads`, :meth:`immediate_grads` and
     :meth:`hidden_grad_log10_norms`; per-timestep batch aggregates of every recorded pass are
     kept in :meth:`frame`. The probe never changes what the model computes.
+    ``Probe(model, ..., start=N)`` (the arguments of :func:`attach`, plus ``start``) numbers
+    the backward passes from N instead of 0, for a run resumed at step N: the recorded passes
+    are those whose number is a multiple of ``every``.
 
     **Modules run several times in one forward** (a fused module or a cell stepped by the
     user's loop, a module run on chunks) give one time series in call order; a call on L steps
@@ -110,8 +117,11 @@ class Probe:
         *,
         saturation: bool = False,
         jacobians: str | None = None,
-        jacobian_samples: int | None = None,
+        jacobian_samples: int | str | None = "auto",
+        start: int = 0,
     ):
+        if not isinstance(start, int) or isinstance(start, bool) or start < 0:
+            raise ValueError(f"start must be an int >= 0, got {start!r}")
         if not isinstance(every, int) or isinstance(every, bool) or every < 1:
             raise ValueError(f"every must be a positive int, got {every!r}")
         self._options = RecordOptions(bool(saturation), jacobians, jacobian_samples)
@@ -124,8 +134,10 @@ class Probe:
         }
         self._chains: dict[str, CellChain | None] = {}
         self._seq = itertools.count()
-        self._backwards = 0
+        self._backwards = start
         self._in_backward = False
+        #: The messages of the ProbeWarnings this probe issued, in order (each once).
+        self.warnings: list[str] = []
         # Per module: the calls since the last backward (weakly: they die with their graph),
         # the calls a gradient reached in the current backward, what the latest call returned
         # (to classify how the next call's state relates to it), and a fused call's pre-hook
@@ -566,8 +578,27 @@ class Probe:
         if (name, reason) in self._warned:
             return
         self._warned.add((name, reason))
-        warnings.warn(f"rnn_diag: module {name or '<root>'!r}: {message}", ProbeWarning,
-                      stacklevel=3)
+        text = f"rnn_diag: module {name or '<root>'!r}: {message}"
+        self.warnings.append(text)
+        warnings.warn(text, ProbeWarning, stacklevel=3)
+
+    def _warn_subsampled(self, name: str, results: dict[tuple[int, int], LayerResult]) -> None:
+        """Once per probe: say that the default ``jacobian_samples="auto"`` left samples out."""
+        if not self._options.auto_samples or ("", "jacobian_samples") in self._warned:
+            return
+        for result in results.values():
+            if result.jacobian is None:
+                continue
+            n, batch = result.jacobian.shape[1], result.total["h"].log_norm.shape[1]
+            if n < batch:
+                self._warned.add(("", "jacobian_samples"))
+                warnings.warn(
+                    f"rnn_diag: module {name or '<root>'!r}: Jacobian-product norms are "
+                    f"computed on the first {n} of {batch} samples (the default, "
+                    f"jacobian_samples='auto', keeps their cost small); pass "
+                    f"attach(..., jacobian_samples=N) for another number, or "
+                    f"jacobian_samples=None for all {batch}", ProbeWarning, stacklevel=3)
+                return
 
     # ---------------------------------------------------------------- backward bookkeeping
     def _begin_backward(self) -> bool:
@@ -666,6 +697,7 @@ class Probe:
 
     def _store(self, iteration: int, name: str, results: dict[tuple[int, int], LayerResult]):
         self._latest[name] = results
+        self._warn_subsampled(name, results)
         for (layer, direction), result in sorted(results.items()):
             self._history.add(iteration, name, layer, direction, result.summary())
 

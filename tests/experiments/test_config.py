@@ -108,7 +108,9 @@ def test_minimal_config_gets_every_default():
                                       "weight_scale": None}
     assert cfg.train.model_dump() == {"epochs": 100, "optimizer": "Adam", "optimizer_args": {},
                                       "lr": 0.01, "batch_size": None, "clip_grad_norm": None,
-                                      "device": "auto", "seed": 0}
+                                      "device": "auto", "seed": 0,
+                                      "divergence": {"chance_factor": 100.0,
+                                                     "first_factor": 100.0, "patience": 3}}
     assert cfg.probes.model_dump() == {"every": 1, "jacobians": "off", "jacobian_samples": 64,
                                        "lyapunov": ["init", "end"], "lyapunov_steps": None,
                                        "gradients": True,

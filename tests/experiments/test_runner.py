@@ -89,7 +89,8 @@ def test_diverging_trial_is_stored_as_diverged(tmp_path):
     outcome = run_sweep(write(tmp_path, data), out=tmp_path / "o", quiet=True)
     row = pd.read_parquet(tmp_path / "o" / "trials.parquet").iloc[0]
     assert outcome.failed == 0 and row.status == "diverged"
-    assert "loss became" in row.error
+    assert row.error.startswith("training loss became ")
+    assert row.error.endswith(f"at epoch {row.epochs_run + 1}")
 
 
 def test_failing_trial_does_not_stop_the_sweep(tmp_path, monkeypatch):

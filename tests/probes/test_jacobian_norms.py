@@ -233,3 +233,39 @@ def test_jacobian_samples_with_packed_sequences_and_cells():
                                equal_nan=True)
     with pytest.raises(ValueError, match="jacobian_samples"):
         rd.attach(cell, jacobian_samples=0)
+
+
+def test_default_jacobian_samples_subsample_a_large_batch_with_one_warning():
+    """GitHub issue 17: without jacobian_samples the norms cover the first 8 samples (to keep
+    "estimate" cheap), with one ProbeWarning per probe saying how many of how many and how to
+    change it; an explicit number or None gives no warning; a small batch is not subsampled."""
+    import warnings
+
+    from rnn_diag.probes.options import AUTO_JACOBIAN_SAMPLES
+
+    assert AUTO_JACOBIAN_SAMPLES == 8
+    torch.manual_seed(7)
+    module = nn.RNN(3, 4).double()
+    T, B = 7, 20
+    x = torch.randn(T, B, 3, dtype=torch.float64)
+    with pytest.warns(rd.ProbeWarning) as caught, rd.attach(module, jacobians="exact") as probe:
+        for _ in range(2):  # two recorded backwards: still one warning
+            module(x)[0].sum().backward()
+    messages = [str(w.message) for w in caught if issubclass(w.category, rd.ProbeWarning)]
+    assert len(messages) == 1
+    assert "first 8 of 20 samples" in messages[0] and "jacobian_samples=None" in messages[0]
+    got = probe.jacobian_log10_norms().numpy()
+    assert got.shape == (T, 8)
+    want = _reference_log10_norms(module, x[:, :8], 0, 0, T - 1)
+    np.testing.assert_allclose(got, want, atol=1e-9)
+    for samples, n in ((8, 8), (None, B)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", rd.ProbeWarning)
+            with rd.attach(module, jacobians="estimate", jacobian_samples=samples) as explicit:
+                module(x)[0].sum().backward()
+        assert explicit.jacobian_log10_norms().shape == (T, n)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", rd.ProbeWarning)
+        with rd.attach(module, jacobians="estimate") as small:
+            module(x[:, :5])[0].sum().backward()
+    assert small.jacobian_log10_norms().shape == (T, 5)

@@ -16,10 +16,11 @@ Layout: :mod:`.base` (what every backend shares), :mod:`.local` (this machine) a
 from __future__ import annotations
 
 from .base import DASK_HINT, Backend, BackendError, Throttled, drive, failed_result
-from .local import InProcess, ProcessPool
+from .local import DEFAULT_THREADS, InProcess, ProcessPool
 
 __all__ = [
     "DASK_HINT",
+    "DEFAULT_THREADS",
     "Backend",
     "BackendError",
     "InProcess",
@@ -32,13 +33,16 @@ __all__ = [
 
 
 def make_backend(kind: str = "local", jobs: int | None = None,
-                 scheduler: str | None = None) -> Backend:
-    """The backend for the ``run`` command's ``--backend``, ``--jobs`` and ``--scheduler``.
+                 scheduler: str | None = None, threads: int | None = None) -> Backend:
+    """The backend for the ``run`` command's ``--backend``, ``--jobs``, ``--scheduler`` and
+    ``--threads``.
 
-    * ``local``: in-process for ``jobs`` None, else ``jobs`` worker processes;
+    * ``local``: in-process for ``jobs`` None, else ``jobs`` worker processes; ``threads``
+      torch threads per trial (None: :data:`~.local.DEFAULT_THREADS`, 1);
     * ``dask``: on the cluster at ``scheduler``, with ``jobs`` the most trials outstanding at
       once (None: all); without a scheduler on a ``LocalCluster`` of ``jobs`` single-threaded
-      workers (None: one per CPU), started and closed by the run.
+      workers (None: one per CPU), started and closed by the run; ``threads`` torch threads
+      per trial (None: a machine's CPUs divided by its Dask threads, see :mod:`.dask`).
 
     Raises:
         BackendError: unknown kind, a scheduler for the local backend, or Dask not installed.
@@ -46,7 +50,7 @@ def make_backend(kind: str = "local", jobs: int | None = None,
     if kind == "local":
         if scheduler is not None:
             raise BackendError("--scheduler needs --backend dask")
-        return InProcess() if jobs is None else ProcessPool(jobs)
+        return InProcess(threads) if jobs is None else ProcessPool(jobs, threads)
     if kind == "dask":
         try:
             # deferred: .dask imports the optional, heavy `distributed` (only for --backend dask)
@@ -54,5 +58,5 @@ def make_backend(kind: str = "local", jobs: int | None = None,
         except ImportError as exc:
             raise BackendError(f"--backend dask needs Dask distributed ({exc}); "
                                f"install it with: {DASK_HINT}") from None
-        return DaskBackend(scheduler=scheduler, jobs=jobs)
+        return DaskBackend(scheduler=scheduler, jobs=jobs, threads=threads)
     raise BackendError(f"unknown backend {kind!r}; expected 'local' or 'dask'")

@@ -1,5 +1,12 @@
 """Backends on this machine: :class:`InProcess` (one trial after the other in this process)
-and :class:`ProcessPool` (``--jobs N`` spawned worker processes)."""
+and :class:`ProcessPool` (``--jobs N`` spawned worker processes).
+
+Torch threads per trial (``--threads``): :data:`DEFAULT_THREADS` (1) for both unless given.
+The models of a sweep are small (H ~ 10-100): their matmuls are too small for torch's intra-op
+threads to pay for their synchronisation, and a second thread only competes with the other
+workers and with other jobs on the machine. Measured with ``benchmarks/threads.py``
+(docs/design.md §21).
+"""
 
 from __future__ import annotations
 
@@ -17,13 +24,27 @@ from ..store import TrialResult
 from ..trial import Progress, run_trial
 from .base import Throttled, drive, failed_result
 
+#: Torch threads per trial of the local backends when ``threads`` is not given.
+DEFAULT_THREADS = 1
+
 
 class InProcess:
-    """Run the trials one after the other in this process."""
+    """Run the trials one after the other in this process, with ``threads`` torch threads
+    (default :data:`DEFAULT_THREADS`); torch's own thread count is restored afterwards."""
+
+    def __init__(self, threads: int | None = None):
+        if threads is not None and threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        self.threads = threads or DEFAULT_THREADS
 
     def run(self, specs: list, progress: Progress | None = None) -> Iterator[TrialResult]:
-        for spec in specs:
-            yield run_trial(spec, progress)
+        before = torch.get_num_threads()
+        try:
+            for spec in specs:
+                torch.set_num_threads(self.threads)  # the caller may change it between trials
+                yield run_trial(spec, progress)
+        finally:
+            torch.set_num_threads(before)
 
 
 _posts = None  # in a pool worker: the queue its epoch reports go to (None: nobody listens)
@@ -51,14 +72,16 @@ def _forward(posts, events: queue.Queue) -> None:
 
 class ProcessPool:
     """Run trials in ``jobs`` worker processes (spawned, so no state leaks in), each with
-    ``threads`` torch threads (default: the CPU count divided by ``jobs``, at least 1) so that
-    the machine is not oversubscribed. A worker that dies fails the trials it took down."""
+    ``threads`` torch threads (default :data:`DEFAULT_THREADS`). A worker that dies fails the
+    trials it took down."""
 
     def __init__(self, jobs: int, threads: int | None = None):
         if jobs < 1:
             raise ValueError(f"jobs must be >= 1, got {jobs}")
+        if threads is not None and threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
         self.jobs = jobs
-        self.threads = threads or max(1, (os.cpu_count() or 1) // jobs)
+        self.threads = threads or DEFAULT_THREADS
 
     def run(self, specs: list, progress: Progress | None = None) -> Iterator[TrialResult]:
         ctx = multiprocessing.get_context("spawn")

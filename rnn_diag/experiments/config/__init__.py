@@ -25,6 +25,10 @@ A config is a YAML file, read with ``yaml.safe_load`` and validated into an
       clip_grad_norm: null        # null, or the max gradient norm (> 0)
       device: auto                # cpu | cuda | auto
       seed: 0                     # >= 0
+      divergence:                 # when a finite loss counts as diverged; null: NaN/inf only
+        chance_factor: 100        # training loss > 100 x task chance loss (null: off), or
+        first_factor: 100         # > 100 x the trial's first-epoch loss (null: off),
+        patience: 3               # for 3 epochs in a row (training stops), or at the last
     probes:
       every: 1                    # gradient profile every N epochs (and always the last one)
       jacobians: off              # off | estimate | exact
@@ -78,6 +82,7 @@ Importing this package does not import torch (the optimizers are listed on first
 from .errors import ConfigError, ConfigProblem
 from .schema import (
     SWEEP_ALIASES,
+    DivergenceConfig,
     ExperimentConfig,
     ModelConfig,
     ProbesConfig,
@@ -99,6 +104,7 @@ __all__ = [
     "SWEEP_ALIASES",
     "ConfigError",
     "ConfigProblem",
+    "DivergenceConfig",
     "ExperimentConfig",
     "ModelConfig",
     "ProbesConfig",

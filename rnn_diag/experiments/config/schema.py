@@ -45,6 +45,7 @@ __all__ = [
     "ProbesConfig",
     "TaskConfig",
     "TrainConfig",
+    "DivergenceConfig",
     "canonical_settings",
     "get_dotted",
     "set_dotted",
@@ -249,6 +250,36 @@ class ModelConfig(_Section):
         return value
 
 
+class DivergenceConfig(_Section):
+    """``train.divergence``: when a trial whose loss stays finite counts as diverged.
+
+    A trial is always ``diverged`` when its loss or its gradient norm (before clipping)
+    becomes NaN/inf. Beyond that, an epoch is *blown up* when its training loss (the ``curves``
+    column ``train_loss``, the epoch's mean) exceeds ``chance_factor`` × the task's chance
+    loss, or ``first_factor`` × the trial's own first-epoch training loss (either suffices).
+    The trial is ``diverged`` when ``patience`` consecutive epochs are blown up (training
+    stops there) or when its last epoch is blown up; a blow-up it recovers from leaves it
+    ``ok`` (the spike stays visible in ``curves``). ``train.divergence: null`` keeps only the
+    non-finite rule.
+
+    Attributes:
+        chance_factor: the multiple (> 1) of ``task.chance_loss``, or ``None`` to not compare
+            with chance.
+        first_factor: the multiple (> 1) of the first epoch's training loss, or ``None``.
+        patience: consecutive blown-up epochs (> 0) after which training stops.
+
+    Example:
+        >>> DivergenceConfig().model_dump()
+        {'chance_factor': 100.0, 'first_factor': 100.0, 'patience': 3}
+    """
+
+    chance_factor: Annotated[float, BeforeValidator(_not_bool),
+                             Field(gt=1, allow_inf_nan=False)] | None = 100.0
+    first_factor: Annotated[float, BeforeValidator(_not_bool),
+                            Field(gt=1, allow_inf_nan=False)] | None = 100.0
+    patience: PositiveInt = 3
+
+
 class TrainConfig(_Section):
     """The ``train:`` section: the optimisation.
 
@@ -261,6 +292,8 @@ class TrainConfig(_Section):
         clip_grad_norm: ``None``, or the max L2 norm of all parameter gradients (> 0).
         device: "cpu", "cuda" or "auto" (cuda where available).
         seed: the trial seed (0 ≤ seed < 2**63).
+        divergence: when a finite but exploded loss makes the trial ``diverged``
+            (:class:`DivergenceConfig`), or ``None`` for non-finite losses and gradients only.
 
     Example:
         >>> TrainConfig(optimizer="SGD", optimizer_args={"momentum": 0.9}).lr
@@ -275,6 +308,7 @@ class TrainConfig(_Section):
     clip_grad_norm: PositiveFloat | None = None
     device: Literal["cpu", "cuda", "auto"] = "auto"
     seed: Annotated[int, BeforeValidator(_not_bool), Field(ge=0, lt=2**63)] = 0
+    divergence: DivergenceConfig | None = Field(default_factory=DivergenceConfig)
 
     @field_validator("optimizer")
     @classmethod
@@ -642,6 +676,8 @@ def valid_keys(loc: tuple, data: Any) -> list[str]:
     sections = {"model": ModelConfig, "train": TrainConfig, "probes": ProbesConfig}
     if len(loc) == 1 and loc[0] in sections:
         return list(sections[loc[0]].model_fields)
+    if loc == ("train", "divergence"):
+        return list(DivergenceConfig.model_fields)
     return []
 
 

@@ -48,8 +48,10 @@ def test_tensorboard_and_wandb_examples_run(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     blocks = _blocks("## Use it in your own training")
     tensorboard, wandb_block, function = blocks[2], blocks[3], blocks[4]
-    for code in (tensorboard, wandb_block, function):
-        exec(code, {})  # noqa: S102
+    scopes = [{}, {}, {}]
+    for code, scope in zip((tensorboard, wandb_block, function), scopes):
+        exec(code, scope)  # noqa: S102
     assert list((tmp_path / "runs" / "lstm").glob("events.out.tfevents.*"))
     assert list((tmp_path / "runs" / "fn").glob("events.out.tfevents.*"))
-    assert list(tmp_path.glob("wandb/offline-run-*"))
+    run = scopes[1]["run"]  # finished, offline: its files are on disk
+    assert run.settings.mode == "offline" and list(Path(run.dir).parent.glob("*.wandb"))

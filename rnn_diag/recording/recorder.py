@@ -68,6 +68,11 @@ __all__ = ["Recorder", "record"]
 #: the end.
 DEFAULT_SNAPSHOTS = ("init", "end")
 _SUMMARY_KEYS = ("decay_per_step", "horizon", "ratio_log10", "verdict")
+#: A recording is "diverged" when its last BLOW_UP_PATIENCE logged training losses all exceed
+#: BLOW_UP_FACTOR × its first one (the sweep's rule of ``train.divergence.first_factor``; a
+#: recording has no chance level), or when the last one is not finite.
+BLOW_UP_FACTOR = 100.0
+BLOW_UP_PATIENCE = 3
 
 
 def record(run_dir, model: nn.Module, *, every: int = 50, modules=None,
@@ -516,12 +521,24 @@ class Recorder:
         return row
 
     def _diverged(self) -> tuple[str, str] | None:
-        """("diverged", reason) when the last logged training loss is not finite."""
-        losses = [r["train_loss"] for r in self._curves if "train_loss" in r]
-        if losses and not math.isfinite(losses[-1]):
-            first_bad = next(r["step"] for r in self._curves
-                             if "train_loss" in r and not math.isfinite(r["train_loss"]))
-            return "diverged", f"loss became {losses[-1]} (first non-finite at step {first_bad})"
+        """("diverged", reason) when the last logged training loss is not finite, or when the
+        last :data:`BLOW_UP_PATIENCE` logged ones are all above :data:`BLOW_UP_FACTOR` × the
+        first one (a loss that blew up and stayed there; one spike that recovers is not)."""
+        losses = [(r["step"], r["train_loss"]) for r in self._curves if "train_loss" in r]
+        if not losses:
+            return None
+        last_step, last = losses[-1]
+        if not math.isfinite(last):
+            first_bad = next(s for s, v in losses if not math.isfinite(v))
+            return "diverged", f"loss became {last} (first non-finite at step {first_bad})"
+        first = next((v for _, v in losses if math.isfinite(v) and v > 0), None)
+        tail = [v for _, v in losses[-BLOW_UP_PATIENCE:]]
+        if (first is not None and len(losses) > BLOW_UP_PATIENCE
+                and all(v > BLOW_UP_FACTOR * first for v in tail)):
+            return "diverged", (
+                f"train loss {last:.2g} at step {last_step}, {last / first:.2g}× the first "
+                f"logged loss (limit {BLOW_UP_FACTOR:g}×, over the last {BLOW_UP_PATIENCE} "
+                "logged losses)")
         return None
 
     def _warnings(self) -> list[str]:

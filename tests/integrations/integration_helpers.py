@@ -84,10 +84,15 @@ def wandb_records(run_dir: str):
 def finished_records(run_dir: str, timeout: float = 60.0) -> list:
     """The records of a finished offline run. ``run.finish()`` can return before W&B's service
     has written the last records (seen here: the history rows of ``log(..., step=)``), so wait
-    for the final "exit" record."""
+    for the final "exit" record; a record read half-written fails to parse and is read again."""
+    from google.protobuf.message import DecodeError
+
     deadline = time.monotonic() + timeout
     while True:
-        records = list(wandb_records(run_dir))
+        try:
+            records = list(wandb_records(run_dir))
+        except (DecodeError, struct.error):  # read while W&B's service was writing a record
+            records = []
         if any(r.WhichOneof("record_type") == "exit" for r in records):
             return records
         if time.monotonic() > deadline:

@@ -332,3 +332,23 @@ def test_probe_warnings_are_kept_in_the_folder_and_named_by_the_report(tmp_path)
     assert "separate sequences" in run.trials.iloc[0]["warnings"]
     findings = render_report(run, jobs=1).findings
     assert any("separate sequences" in f.text and f.key == "trials" for f in findings)
+
+
+@pytest.mark.parametrize("losses, status, words", [
+    ([1.0, 2.0, 5e3, 1e5, 4e5, 4.9e5], "diverged", ["4.9e+05 at step 5", "limit 100"]),
+    ([1.0, 1e4, 0.9, 0.8, 0.7, 0.6], "ok", []),          # one spike that recovers
+    ([1.0, 0.5, 0.4, 0.3, float("nan")], "diverged", ["nan", "step 4"]),
+])
+def test_a_loss_that_blew_up_and_stayed_there_is_diverged(tmp_path, losses, status, words):
+    rnn = nn.RNN(2, 3)
+    with rd.record(tmp_path / "run", rnn, every=1, lyapunov=(), spectra=()) as rec:
+        for step, loss in enumerate(losses):
+            out, _ = rnn(torch.randn(4, 2, 2))
+            out.sum().backward()
+            rec.log(step, loss=loss)
+    run = load_run(tmp_path / "run")
+    row = run.trials.iloc[0]
+    assert row["status"] == status
+    assert all(w in str(row["error"]) for w in words), row["error"]
+    assert len(run.tables["curves"]) == len(losses)  # the spike stays visible
+    assert len(run.tables["gradients"]) > 0  # a diverged recording keeps its tables

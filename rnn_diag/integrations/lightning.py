@@ -84,7 +84,7 @@ class GradientFlowMonitor(Callback):
         every_n_steps: record the global steps 0, N, 2N, ...
         modules: as for :func:`rnn_diag.attach` (None: every nn.RNN/GRU/LSTM and cell).
         jacobians, jacobian_samples: as for :func:`rnn_diag.attach` (default: the estimate on
-            64 samples).
+            8 samples, as :func:`rnn_diag.record`).
         run_dir: also write a run folder there (None: only log).
         name: the recording's name in ``run_dir`` (default: the LightningModule's class name).
         figures_every: log the figures at every ``figures_every``-th recorded step (the scalars
@@ -94,7 +94,7 @@ class GradientFlowMonitor(Callback):
     """
 
     def __init__(self, every_n_steps: int = 50, *, modules=None,
-                 jacobians: str | None = "estimate", jacobian_samples: int | None = 64,
+                 jacobians: str | None = "estimate", jacobian_samples: int | None = 8,
                  run_dir=None, name: str | None = None, figures_every: int = 1,
                  spectra=("init", "end"), lyapunov=("init", "end"),
                  warn_exploding: bool = True):

@@ -76,9 +76,10 @@ BLOW_UP_PATIENCE = 3
 
 
 def record(run_dir, model: nn.Module, *, every: int = 50, modules=None,
-           jacobians: str | None = "estimate", jacobian_samples: int | None = 64,
+           jacobians: str | None = "estimate", jacobian_samples: int | None = 8,
            spectra: Iterable = DEFAULT_SNAPSHOTS, lyapunov: Iterable = DEFAULT_SNAPSHOTS,
-           lyapunov_steps: int = 500, name: str | None = None, description: str | None = None,
+           lyapunov_steps: int = 500, lyapunov_k: int | None = 16, name: str | None = None,
+           description: str | None = None,
            flush_seconds: float = 30.0, resume: bool = False,
            start_step: int | None = None) -> Recorder:
     """Record the gradient flow of ``model`` in the user's own training loop.
@@ -91,10 +92,14 @@ def record(run_dir, model: nn.Module, *, every: int = 50, modules=None,
         modules: as for :func:`rnn_diag.attach` (names or modules; custom cells allowed).
         jacobians: None, "exact" or "estimate" (default): also record the Jacobian-product
             norms (see :func:`rnn_diag.attach`).
-        jacobian_samples: the samples of the batch the Jacobian-product norms are taken on.
+        jacobian_samples: the samples of the batch the Jacobian-product norms are taken on (8:
+            see ``benchmarks/record_overhead.py`` for what the defaults cost).
         spectra, lyapunov: when to take the weight spectra and the Lyapunov exponents:
             "init" (the first recorded forward, before any update), step numbers (the first
             forward at or after that step), and "end" (when the recorder closes). ``()``: never.
+        lyapunov_k: how many leading Lyapunov exponents (None: all S, one QR of the full
+            [S, S] tangent block per step, about 4× the cost of 16 for a 2-layer LSTM with
+            H = 128). The leading ones are exact whatever k; they set the gradient's slope.
         lyapunov_steps: the length of the input sequence driving the Lyapunov exponents (the
             module's most recent inputs, samples strung end to end).
         name: the recording's name (default: the model's class name); one trial per recorded
@@ -129,7 +134,8 @@ def record(run_dir, model: nn.Module, *, every: int = 50, modules=None,
     """
     return Recorder(run_dir, model, every=every, modules=modules, jacobians=jacobians,
                     jacobian_samples=jacobian_samples, spectra=spectra, lyapunov=lyapunov,
-                    lyapunov_steps=lyapunov_steps, name=name, description=description,
+                    lyapunov_steps=lyapunov_steps, lyapunov_k=lyapunov_k, name=name,
+                    description=description,
                     flush_seconds=flush_seconds, resume=resume, start_step=start_step)
 
 
@@ -178,9 +184,9 @@ class Recorder:
     """
 
     def __init__(self, run_dir, model: nn.Module, *, every: int = 50, modules=None,
-                 jacobians: str | None = "estimate", jacobian_samples: int | None = 64,
+                 jacobians: str | None = "estimate", jacobian_samples: int | None = 8,
                  spectra: Iterable = DEFAULT_SNAPSHOTS, lyapunov: Iterable = DEFAULT_SNAPSHOTS,
-                 lyapunov_steps: int = 500, name: str | None = None,
+                 lyapunov_steps: int = 500, lyapunov_k: int | None = 16, name: str | None = None,
                  description: str | None = None, flush_seconds: float = 30.0,
                  manual: bool = False, resume: bool = False, start_step: int | None = None):
         self._spectra_at = _when_list(spectra, "spectra")
@@ -211,8 +217,9 @@ class Recorder:
         self._settings = {"every": every, "jacobians": jacobians,
                           "jacobian_samples": jacobian_samples,
                           "spectra": list(self._spectra_at), "lyapunov": list(self._lyapunov_at),
-                          "lyapunov_steps": int(lyapunov_steps),
+                          "lyapunov_steps": int(lyapunov_steps), "lyapunov_k": lyapunov_k,
                           "step_unit": "optimizer step" if manual else "backward pass"}
+        self._lyapunov_k = lyapunov_k
         self._tapes = {n: InputTape(m, lyapunov_steps) for n, m in self._modules.items()
                        if supports_snapshots(m)}
         self._gradients: list[pd.DataFrame] = []  # probe frame rows, `step` for `iteration`
@@ -386,7 +393,8 @@ class Recorder:
                     self._spectra[name].append(spectra_rows(module, when))
                 inputs = self._tapes[name].sequence()
                 if lyapunov and inputs is not None and inputs.shape[0] >= 10:
-                    self._lyapunov[name] += lyapunov_rows(module, inputs, when)
+                    self._lyapunov[name] += lyapunov_rows(module, inputs, when,
+                                                          k=self._lyapunov_k)
 
     def _where(self) -> str:
         """Where training stood, for a status message: "after step N" (the last backward pass

@@ -98,19 +98,30 @@ def spectra_rows(module: nn.Module, when: str) -> pd.DataFrame:
     return df
 
 
-def lyapunov_rows(module: nn.Module, inputs: Tensor, when: str) -> list[dict]:
-    """The Lyapunov spectrum of every layer of ``module`` driven by ``inputs [T, I]`` (nats per
-    step; 100 or T/10 warm-up steps, whichever is fewer): rows ``when, layer, index,
-    exponent``. Bidirectional modules: the forward direction."""
+def lyapunov_rows(module: nn.Module, inputs: Tensor, when: str,
+                  k: int | None = None) -> list[dict]:
+    """The ``k`` leading Lyapunov exponents (None: all) of every layer of ``module`` driven by
+    ``inputs [T, I]`` (nats per step; 100 or T/10 warm-up steps, whichever is fewer): rows
+    ``when, layer, index, exponent``. Bidirectional modules: the forward direction."""
     T = inputs.shape[0]
     layers = getattr(module, "num_layers", 1) if isinstance(module, FUSED_TYPES) else 1
+    if k is not None:
+        k = min(k, _state_size(module))
     rows = []
     for layer in range(layers):
         kwargs = {"layer": layer} if isinstance(module, FUSED_TYPES) else {}
-        exps = lyapunov_spectrum(module, None, inputs, warmup=min(100, T // 10), **kwargs)
+        exps = lyapunov_spectrum(module, None, inputs, warmup=min(100, T // 10), k=k, **kwargs)
         rows += [{"when": str(when), "layer": layer, "index": i, "exponent": v}
                  for i, v in enumerate(exps.tolist())]
     return rows
+
+
+def _state_size(module: nn.Module) -> int:
+    """The size S of a layer's state: h (P entries with an LSTM projection), plus c (H) for an
+    LSTM."""
+    h = getattr(module, "proj_size", 0) or module.hidden_size
+    lstm = isinstance(module, (nn.LSTM, nn.LSTMCell))
+    return h + (module.hidden_size if lstm else 0)
 
 
 def top(rows: list[dict]) -> float:

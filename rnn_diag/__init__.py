@@ -2,7 +2,8 @@
 
 Public API (imported lazily, so ``rnn-diag --help`` does not pay for importing torch):
 
-    attach(model, modules=None, every=1, *, saturation=False, jacobians=None) -> Probe
+    attach(model, modules=None, every=1, *, saturation=False, jacobians=None,
+           jacobian_samples="auto") -> Probe
     Probe
     ProbeWarning                                  what the probe could not record exactly, and why
     spectrum(W) -> Spectrum                       eigen/singular values of one matrix

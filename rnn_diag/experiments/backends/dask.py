@@ -137,7 +137,10 @@ class DaskBackend:
         if self.scheduler is None:
             opened["cluster"] = distributed.LocalCluster(
                 n_workers=self.jobs or CPU_COUNT, threads_per_worker=1, processes=True,
-                host="127.0.0.1", silence_logs=logging.ERROR, dashboard_address=None,
+                # CRITICAL: at shutdown a worker may log an ERROR (a heartbeat to the scheduler
+                # that just closed) into the user's terminal; a trial's own errors come back
+                # in its result, and a worker's death as KilledWorker ("worker died: ...")
+                host="127.0.0.1", silence_logs=logging.CRITICAL, dashboard_address=None,
                 # its HTTP server (health, metrics) would take port 8787 otherwise
                 scheduler_kwargs={"dashboard_address": ":0"})
             opened["client"] = distributed.Client(opened["cluster"], set_as_default=False)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import platform
+import resource
 import time
 
 import torch
@@ -51,6 +52,30 @@ def reset_peak_rss() -> bool:
     except OSError:
         return False
     return True
+
+
+def memory_baseline(device: torch.device) -> tuple[int, str]:
+    """Start a peak-memory measurement: ``(bytes in use now, method)``, the method being
+    "cuda.max_memory_allocated" (CUDA, peak counter reset), "VmHWM" (Linux, the resident
+    high-water mark reset) or "ru_maxrss" (a high-water mark since process start: the
+    measured peak is then a lower bound)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        return torch.cuda.memory_allocated(device), "cuda.max_memory_allocated"
+    if reset_peak_rss() and proc_status_kib("VmRSS") is not None:
+        return 1024 * proc_status_kib("VmRSS"), "VmHWM"
+    return 1024 * resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "ru_maxrss"
+
+
+def memory_peak(device: torch.device, method: str) -> int:
+    """The peak bytes since :func:`memory_baseline` returned ``method``."""
+    sync(device)
+    if method == "cuda.max_memory_allocated":
+        return torch.cuda.max_memory_allocated(device)
+    if method == "VmHWM":
+        return 1024 * proc_status_kib("VmHWM")
+    return 1024 * resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 def table(rows: list[list[str]], header: list[str]) -> str:

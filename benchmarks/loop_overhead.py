@@ -41,7 +41,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -55,9 +54,8 @@ from _bootstrap import import_rnn_diag  # noqa: E402
 from _measure import (  # noqa: E402
     machine_line,
     max_grad_difference,
-    proc_status_kib,
-    reset_peak_rss,
-    sync,
+    memory_baseline,
+    memory_peak,
     table,
     timed,
 )
@@ -388,27 +386,11 @@ def _mem_child(w: Workload, device: torch.device, with_probe: bool, steps: int =
     model, data, opt = _setup(w, device)
     probe = rd.attach(model) if with_probe else None
     gc.collect()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-        method = "cuda.max_memory_allocated"
-    elif reset_peak_rss() and proc_status_kib("VmRSS") is not None:
-        base = 1024 * proc_status_kib("VmRSS")
-        method = "VmHWM"
-    else:  # ru_maxrss is a high-water mark since process start: a lower bound on the step's peak
-        base = 1024 * resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        method = "ru_maxrss"
+    base, method = memory_baseline(device)
     for i in range(steps):
         _seeded(i)
         _step(w, model, data, opt, probe)
-    sync(device)
-    if method == "cuda.max_memory_allocated":
-        peak = torch.cuda.max_memory_allocated(device)
-    elif method == "VmHWM":
-        peak = 1024 * proc_status_kib("VmHWM")
-    else:
-        peak = 1024 * resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = memory_peak(device, method)
     if probe is not None:
         probe.detach()
     return {"peak_extra_mib": (peak - base) / 2**20, "method": method}

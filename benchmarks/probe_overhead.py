@@ -26,7 +26,6 @@ import argparse
 import copy
 import gc
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -38,9 +37,8 @@ from _bootstrap import import_rnn_diag  # noqa: E402
 from _measure import (  # noqa: E402
     machine_line,
     max_grad_difference,
-    proc_status_kib,
-    reset_peak_rss,
-    sync,
+    memory_baseline,
+    memory_peak,
     table,
     timed,
 )
@@ -152,26 +150,10 @@ def _mem_child(cfg: Config, device: torch.device, with_probe: bool, steps: int =
     model, x, y = _setup(cfg, device)
     probe = rd.attach(model) if with_probe else None
     gc.collect()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-        method = "cuda.max_memory_allocated"
-    elif reset_peak_rss() and proc_status_kib("VmRSS") is not None:
-        base = 1024 * proc_status_kib("VmRSS")
-        method = "VmHWM"
-    else:  # ru_maxrss is a high-water mark since process start: a lower bound on the step's peak
-        base = 1024 * resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        method = "ru_maxrss"
+    base, method = memory_baseline(device)
     for _ in range(steps):
         _step(model, x, y, probe)
-    sync(device)
-    if method == "cuda.max_memory_allocated":
-        peak = torch.cuda.max_memory_allocated(device)
-    elif method == "VmHWM":
-        peak = 1024 * proc_status_kib("VmHWM")
-    else:
-        peak = 1024 * resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = memory_peak(device, method)
     if probe is not None:
         probe.detach()
     return {"peak_extra_mib": (peak - base) / 2**20, "method": method}

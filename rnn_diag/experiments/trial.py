@@ -50,6 +50,7 @@ from ..dynamics.summary import gradient_summary
 from ..modules.dynamics import lyapunov_spectrum, recurrent_spectra
 from ..probes import attach
 from ..tasks import make_task
+from .derived_columns import derived_columns
 from .grid import trial_label
 from .model import SequenceModel, init_recurrent
 from .store import Table, TrialResult
@@ -452,20 +453,9 @@ class _Recorder:
         row["chance_loss"] = task.chance_loss if task else math.nan
         row["chance_metric"] = task.chance_metric if task else math.nan
         summaries = pd.DataFrame(self.summaries)
-        top = summaries[summaries.layer == summaries.layer.max()] if len(summaries) else summaries
-        for tag, pick in (("first", 0), ("last", -1)):
-            rec = top.iloc[pick].to_dict() if len(top) else {}
-            for key in ("decay_per_step", "horizon", "ratio_log10", "verdict"):
-                row[f"{key}_{tag}"] = rec.get(key)
         spectra = pd.concat(self.spectra) if self.spectra else pd.DataFrame()
         lyap = pd.DataFrame(self.lyapunov)
-        for when in ("init", "end"):
-            part = spectra[spectra.when == when] if len(spectra) else spectra
-            row[f"spectral_radius_{when}"] = float(part.modulus.max()) if len(part) else math.nan
-            row[f"spectral_norm_{when}"] = (
-                float(part.singular_value.max()) if len(part) else math.nan)
-            lp = lyap[lyap.when == when] if len(lyap) else lyap
-            row[f"lyapunov_top_{when}"] = float(lp.exponent.max()) if len(lp) else math.nan
+        row.update(derived_columns(summaries, spectra, lyap))
         tables = {
             Table.CURVES: pd.DataFrame(self.curves),
             Table.GRADIENTS: pd.concat(self.gradients, ignore_index=True) if self.gradients

@@ -54,20 +54,20 @@ import pandas as pd
 import torch
 from torch import nn
 
+from ..experiments.derived_columns import derived_columns
 from ..experiments.store import Table
 from ..modules.layers import FUSED_TYPES, cell_kind, module_kind
 from ..probes import Probe, ProbeWarning
 from ..probes.discovery import find_recurrent
 from ..probes.summaries import summarise_frame
 from .run_folder import RunFolder
-from .snapshots import InputTape, lyapunov_rows, spectra_rows, supports_snapshots, top
+from .snapshots import InputTape, lyapunov_rows, spectra_rows, supports_snapshots
 
 __all__ = ["Recorder", "record"]
 
 #: When spectra and Lyapunov exponents are taken by default: before the first update and at
 #: the end.
 DEFAULT_SNAPSHOTS = ("init", "end")
-_SUMMARY_KEYS = ("decay_per_step", "horizon", "ratio_log10", "verdict")
 #: A recording is "diverged" when its last BLOW_UP_PATIENCE logged training losses all exceed
 #: BLOW_UP_FACTOR × its first one (the sweep's rule of ``train.divergence.first_factor``; a
 #: recording has no chance level), or when the last one is not finite.
@@ -509,23 +509,9 @@ class Recorder:
             "chance_loss": math.nan,
             "chance_metric": math.nan,
         }
-        if len(summaries):
-            s = summaries[summaries.layer == summaries.layer.max()]
-            s = s[s.direction == s.direction.min()]
-            for tag, pick in (("first", 0), ("last", -1)):
-                rec = s.iloc[pick].to_dict()
-                for key in _SUMMARY_KEYS:
-                    row[f"{key}_{tag}"] = rec[key]
         spectra = self._spectra[module]
         spectra = pd.concat(spectra) if spectra else pd.DataFrame()
-        lyap = pd.DataFrame(self._lyapunov[module])
-        for when in ("init", "end"):
-            part = spectra[spectra["when"] == when] if len(spectra) else spectra
-            row[f"spectral_radius_{when}"] = float(part.modulus.max()) if len(part) else math.nan
-            row[f"spectral_norm_{when}"] = (float(part.singular_value.max()) if len(part)
-                                            else math.nan)
-            lp = lyap[lyap["when"] == when].to_dict("records") if len(lyap) else []
-            row[f"lyapunov_top_{when}"] = top(lp)
+        row.update(derived_columns(summaries, spectra, pd.DataFrame(self._lyapunov[module])))
         return row
 
     def _diverged(self) -> tuple[str, str] | None:

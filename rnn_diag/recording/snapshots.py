@@ -9,8 +9,6 @@ training windows end to end.
 
 from __future__ import annotations
 
-import math
-
 import pandas as pd
 import torch
 from torch import Tensor, nn
@@ -19,7 +17,7 @@ from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 from ..modules.dynamics import lyapunov_spectrum, recurrent_spectra
 from ..modules.layers import FUSED_TYPES
 
-__all__ = ["InputTape", "lyapunov_rows", "spectra_rows", "supports_snapshots", "top"]
+__all__ = ["InputTape", "lyapunov_rows", "spectra_rows", "supports_snapshots"]
 
 _CELLS = (nn.RNNCell, nn.GRUCell, nn.LSTMCell)
 
@@ -122,9 +120,3 @@ def _state_size(module: nn.Module) -> int:
     h = getattr(module, "proj_size", 0) or module.hidden_size
     lstm = isinstance(module, (nn.LSTM, nn.LSTMCell))
     return h + (module.hidden_size if lstm else 0)
-
-
-def top(rows: list[dict]) -> float:
-    """The largest exponent among ``rows`` (NaN when none)."""
-    values = [r["exponent"] for r in rows if r["exponent"] == r["exponent"]]
-    return max(values) if values else math.nan

@@ -202,15 +202,23 @@ def _verdicts(trials: pd.DataFrame, unit: str = "epoch") -> list[Finding]:
     )]
 
 
-def _last_summaries(summaries: pd.DataFrame) -> pd.DataFrame:
-    """Per trial: the summary of the last recorded epoch, top layer, first direction."""
+def _top_layer(summaries: pd.DataFrame) -> pd.DataFrame:
+    """The summaries of each trial's top layer, first direction (empty when the table lacks
+    the columns the findings read)."""
     need = {"trial", "epoch", "layer", "horizon", "anchor"}
     if summaries.empty or not need <= set(summaries.columns):
         return pd.DataFrame()
     s = summaries
     if "direction" in s:
         s = s[s.direction == s.groupby("trial").direction.transform("min")]
-    s = s[s.layer == s.groupby("trial").layer.transform("max")]
+    return s[s.layer == s.groupby("trial").layer.transform("max")]
+
+
+def _last_summaries(summaries: pd.DataFrame) -> pd.DataFrame:
+    """Per trial: the summary of the last recorded epoch, top layer, first direction."""
+    s = _top_layer(summaries)
+    if s.empty:
+        return s
     s = s[s.epoch == s.groupby("trial").epoch.transform("max")]
     return s.drop_duplicates("trial").set_index("trial")
 
@@ -439,13 +447,10 @@ def _horizon_changes(trials: pd.DataFrame, summaries: pd.DataFrame,
                      labels: pd.Series) -> list[Finding]:
     """For a recording: how the horizon of each module changed from its first recorded step
     to its last (top layer, first direction, as in ``trials``)."""
-    if summaries.empty or not {"trial", "epoch", "horizon", "anchor", "layer"} <= set(
-            summaries.columns):
+    s = _top_layer(summaries)
+    if s.empty:
         return []
-    s = summaries
-    if "direction" in s:
-        s = s[s.direction == s.groupby("trial").direction.transform("min")]
-    s = s[s.layer == s.groupby("trial").layer.transform("max")].sort_values("epoch")
+    s = s.sort_values("epoch", kind="stable")
     parts = []
     for i, row in trials.iterrows():
         mine = s[s.trial.astype(str) == str(row["id"])]

@@ -119,7 +119,7 @@ class GradientFlowMonitor(Callback):
         self._recorder: Recorder | None = None
         self._batch_step = 0
         self._figure_loggers: dict[int, Any] = {}
-        self._scalars = ProfileLog()
+        self._scalars = ProfileLog(max_steps=1)  # scalars only: no heatmap history to keep
         self._warned: set = set()
 
     @property
@@ -225,12 +225,15 @@ class GradientFlowMonitor(Callback):
         if not trainer.is_global_zero:
             return
         figures = (len(self.recorded_steps) - 1) % self.figures_every == 0
-        values = scalars(self._scalars.update(frame, step))
+        values = None  # made once, for the loggers that take scalars only
         for logger in trainer.loggers:
             writer = self._figure_writer(logger)
             if writer is not None:  # TensorBoard / W&B: scalars and figures from one place
                 writer.log(frame, step, figures=figures)
-            elif values:
+                continue
+            if values is None:
+                values = scalars(self._scalars.update(frame, step))
+            if values:
                 logger.log_metrics(values, step=step)
 
     def _figure_writer(self, logger):

@@ -240,9 +240,8 @@ class Recorder:
         unsupported = [n or "<root>" for n, m in self._modules.items()
                        if not supports_snapshots(m)]
         if unsupported and (self._spectra_at or self._lyapunov_at):
-            warnings.warn(f"rnn_diag.record: no spectra or Lyapunov exponents for the custom "
-                          f"cell(s) {unsupported}: they have no weight_hh to read",
-                          ProbeWarning, stacklevel=3)
+            self._warn(f"no spectra or Lyapunov exponents for the custom cell(s) "
+                       f"{unsupported}: they have no weight_hh to read")
         if resume:
             self._resume(stored)
         self._atexit = _register_atexit(self)

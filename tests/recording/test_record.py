@@ -290,6 +290,7 @@ def test_custom_cells_are_recorded_and_their_missing_snapshots_said(tmp_path):
         model(torch.randn(7, 3, 2)).sum().backward()
     run = load_run(tmp_path / "run")
     assert run.trials.iloc[0]["model.cell"] == "custom"
+    assert "custom cell" in run.trials.iloc[0]["warnings"]  # kept beyond the terminal
     assert run.tables["gradients"]["t"].max() == 6 and run.tables["spectra"].empty
 
 

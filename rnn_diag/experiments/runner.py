@@ -5,7 +5,6 @@ one line per trial that did not end "ok" naming its status and reason."""
 from __future__ import annotations
 
 import datetime as dt
-import platform
 import subprocess
 import sys
 from contextlib import closing
@@ -13,14 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-import torch
 from tqdm.auto import tqdm
 
-from .. import __version__
 from .backends import Backend, make_backend
 from .config import load_config
 from .grid import expand, trial_label
 from .store import Store
+from .versions import versions
 
 SUMMARY_COLUMNS = ["label", "status", "train_loss", "val_loss", "val_metric", "chance_metric",
                    "verdict_last", "horizon_last", "seconds"]
@@ -53,10 +51,7 @@ def _git_commit() -> str | None:
 
 def _manifest(config_path: Path, started: str, ended: str | None, execution: dict) -> dict:
     return {
-        "rnn_diag": __version__,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
+        **versions(),
         "command": sys.argv,
         "config": str(config_path),
         **execution,

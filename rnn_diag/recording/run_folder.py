@@ -18,16 +18,14 @@ reads a recording like a sweep. What differs:
 from __future__ import annotations
 
 import json
-import platform
 from pathlib import Path
 
 import pandas as pd
-import torch
 import yaml
 from filelock import FileLock
 
-from .. import __version__
 from ..experiments.store import CONFIG, MANIFEST, TRIALS, write_parquet, write_text
+from ..experiments.versions import versions
 
 __all__ = ["RunFolder"]
 
@@ -114,10 +112,7 @@ class RunFolder:
         ends = [r["ended"] for r in recordings.values() if r.get("ended")]
         manifest = {
             "kind": "recording",
-            "rnn_diag": __version__,
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-            "platform": platform.platform(),
+            **versions(),
             "command": recording.get("command"),
             "started": min(starts) if starts else None,
             "ended": max(ends) if ends and len(ends) == len(recordings) else None,

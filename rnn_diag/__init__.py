@@ -12,6 +12,10 @@ Public API (imported lazily, so ``rnn-diag --help`` does not pay for importing t
     gradient_summary(log10_norms) -> dict | DataFrame
     record(run_dir, model, every=50, ...) -> Recorder   a user's training loop into a run folder
     Recorder
+    register_scan(cls, adapter)                   declare a diagonal-scan layer class from outside
+    ScanTrace                                     what an adapter returns (decays, drives, read-out)
+
+Reference scan layers (LRU, MinGRU, SelectiveSSM, ScanStack) live in :mod:`rnn_diag.scans`.
 """
 
 from __future__ import annotations
@@ -32,12 +36,15 @@ _EXPORTS = {
     "lyapunov_spectrum": ".modules.dynamics",
     "record": ".recording",
     "Recorder": ".recording",
+    "register_scan": ".modules.scans",
+    "ScanTrace": ".modules.scans",
 }
 
 __all__ = [
     "Probe",
     "ProbeWarning",
     "Recorder",
+    "ScanTrace",
     "Spectrum",
     "__version__",
     "attach",
@@ -45,6 +52,7 @@ __all__ = [
     "lyapunov_spectrum",
     "record",
     "recurrent_spectra",
+    "register_scan",
     "spectrum",
 ]
 
@@ -52,6 +60,7 @@ if TYPE_CHECKING:
     from .dynamics.spectrum import Spectrum, spectrum
     from .dynamics.summary import gradient_summary
     from .modules.dynamics import lyapunov_spectrum, recurrent_spectra
+    from .modules.scans import ScanTrace, register_scan
     from .probes import Probe, ProbeWarning, attach
     from .recording import Recorder, record
 

@@ -17,6 +17,8 @@ import rnn_diag as rd
         ("gradient_summary", "rnn_diag.dynamics.summary"),
         ("recurrent_spectra", "rnn_diag.modules.dynamics"),
         ("lyapunov_spectrum", "rnn_diag.modules.dynamics"),
+        ("register_scan", "rnn_diag.modules.scans"),
+        ("ScanTrace", "rnn_diag.modules.scans"),
     ],
 )
 def test_top_level_names(name, module):

@@ -33,6 +33,13 @@ from .layers import (
     run_layer,
     single_layer_shadow,
 )
+from .scans import (
+    capture_decays,
+    is_scan_layer,
+    is_scan_stack,
+    registered_eigenvalues,
+    scan_layers,
+)
 
 __all__ = ["lyapunov_spectrum", "module_linearisation", "recurrent_spectra"]
 
@@ -113,14 +120,23 @@ def recurrent_spectra(model: nn.Module) -> pd.DataFrame:
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"recurrent_spectra needs an nn.Module, got {type(model).__name__}")
-    found = [(n, m) for n, m in model.named_modules() if isinstance(m, RECURRENT_TYPES)]
+    found = []
+    for n, m in model.named_modules():
+        if any(n.startswith(f"{outer}.") or outer == "" for outer, o in found
+               if scan_layers(o) is not None):
+            continue  # inside a scan stack or layer already found
+        if isinstance(m, RECURRENT_TYPES) or is_scan_stack(m) or is_scan_layer(m):
+            found.append((n, m))
     if not found:
         raise ValueError(
             f"no recurrent module found in {type(model).__name__}: recurrent_spectra looks for "
-            "nn.RNN, nn.GRU, nn.LSTM, nn.RNNCell, nn.GRUCell and nn.LSTMCell"
+            "nn.RNN, nn.GRU, nn.LSTM, nn.RNNCell, nn.GRUCell, nn.LSTMCell and scan layers"
         )
     frames = []
     for name, module in found:
+        if scan_layers(module) is not None:
+            frames.extend(_scan_spectra(name, module))
+            continue
         for layer, direction, kind, blocks in _recurrent_matrices(module):
             for gate, block in zip(GATES[kind], blocks, strict=True):
                 H = block.shape[0]
@@ -144,6 +160,69 @@ def recurrent_spectra(model: nn.Module) -> pd.DataFrame:
     if not frames:
         return pd.DataFrame(columns=SPECTRA_COLUMNS)
     return pd.concat(frames, ignore_index=True)[SPECTRA_COLUMNS]
+
+
+def _scan_spectra(name: str, module: nn.Module) -> list[pd.DataFrame]:
+    """Rows of every scan layer of ``module``: its diagonal, sorted by modulus. A diagonal
+    matrix's singular values are its moduli, so ``singular_value`` repeats ``modulus``."""
+    frames = []
+    for layer, scan in enumerate(scan_layers(module)):
+        if hasattr(scan, "eigenvalues") and not registered_eigenvalues(scan):
+            ev = scan.eigenvalues()
+            gate = "a(x=0)" if getattr(scan, "input_dependent", True) else "lambda"
+        elif registered_eigenvalues(scan) is not None:
+            ev, gate = registered_eigenvalues(scan)(scan), "a(x=0)"
+        else:
+            continue  # a registered layer without eigenvalues=: nothing input-free to show
+        ev = torch.as_tensor(ev).detach().reshape(-1).cpu().to(torch.complex128).numpy()
+        ev = ev[np.argsort(-np.abs(ev), kind="stable")]
+        frames.append(pd.DataFrame({
+            "module": name, "layer": layer, "direction": 0, "gate": gate,
+            "index": np.arange(ev.size), "real": ev.real, "imag": ev.imag,
+            "modulus": np.abs(ev), "singular_value": np.abs(ev),
+        }))
+    return frames
+
+
+def _scan_exponents(module: nn.Module, inputs, steps, k, warmup, layer) -> Tensor:
+    """Per-channel exponents of one scan layer: the mean of ln|a_t,i| over the steps after
+    ``warmup`` (the Jacobian is diag(a_t) whatever the state), descending."""
+    layers = scan_layers(module)
+    if layer is None:
+        if len(layers) > 1:
+            raise ValueError(f"{type(module).__name__} has {len(layers)} layers: pass layer= "
+                             f"(0..{len(layers) - 1})")
+        layer = 0
+    if not 0 <= layer < len(layers):
+        raise ValueError(f"layer={layer} is out of range for {type(module).__name__} with "
+                         f"{len(layers)} layers")
+    if inputs is None:
+        raise ValueError("a scan layer's decays come from its inputs: pass inputs [T, I]")
+    x = torch.as_tensor(inputs).detach()
+    if x.dim() == 3 and x.shape[1] == 1:
+        x = x[:, 0]
+    if x.dim() != 2:
+        raise ValueError(f"inputs must be one time-major sequence [T, I] or [T, 1, I], got "
+                         f"shape {tuple(x.shape)}")
+    if steps is not None:
+        x = x[: int(steps)]
+    dtype, device = _param_dtype(module)
+    decay = capture_decays(module, layers[layer], x.to(dtype=dtype, device=device).unsqueeze(0))
+    log_a = decay[0].abs().double().log().reshape(decay.shape[1], -1)  # [T, n]
+    T = log_a.shape[0]
+    if not 0 <= warmup < T:
+        raise ValueError(f"warmup must be in [0, T) = [0, {T}), got {warmup}")
+    exps = log_a[warmup:].mean(0)
+    if bool(torch.isnan(exps).any()):
+        warnings.warn(f"the decays of {type(module).__name__} became NaN: its Lyapunov "
+                      "exponents are undefined; returning NaN", RuntimeWarning, stacklevel=3)
+        return torch.full((k or exps.numel(),), math.nan, dtype=torch.float64)
+    exps = exps.sort(descending=True).values
+    if k is not None:
+        if not 1 <= int(k) <= exps.numel():
+            raise ValueError(f"k must be between 1 and the {exps.numel()} channels, got {k}")
+        exps = exps[: int(k)]
+    return exps.cpu()
 
 
 # --------------------------------------------------------------------------------------------
@@ -369,6 +448,12 @@ def lyapunov_spectrum(
       come from the cell equations. For LSTM the state is the joint (h, c), so there are 2H
       exponents; h0 is a ``(h, c)`` pair or a ``[2H]`` vector (h first). With ``proj_size = P``
       h has P entries: P + H exponents, h0 ``[P + H]``.
+    * a scan layer (:mod:`rnn_diag.scans`, or a class declared with
+      :func:`rnn_diag.register_scan`) or a :class:`rnn_diag.scans.ScanStack` (``layer=``): the
+      module runs on ``inputs`` (``[T, I]``, one sequence) without grad and each channel's
+      exponent is the time mean of ln|a_t,i| (the Jacobian is diag(a_t), whatever the state,
+      so ``h0`` is not needed and ``qr_every``/``dtype`` do not apply). One exponent per
+      channel: a complex channel counts once (its real pair shares the exponent).
     * any other callable ``step(h, x) -> h_next`` on one state vector ``h [S]`` (x is
       ``inputs[t]``, or None when ``inputs`` is None — then ``steps`` is required); h0 ``[S]``
       is required; Jacobians come from ``torch.func.jacrev``. A custom ``nn.Module`` is treated
@@ -405,6 +490,8 @@ def lyapunov_spectrum(
         >>> lyapunov_spectrum(rnn, inputs=torch.randn(500, 2), k=2, warmup=100).shape
         torch.Size([2])
     """
+    if isinstance(step, nn.Module) and scan_layers(step) is not None:
+        return _scan_exponents(step, inputs, steps, k, warmup, layer)
     if isinstance(step, FUSED_TYPES + CELL_TYPES):
         steps_obj, h = module_linearisation(
             step, inputs, h0, steps=steps, layer=layer, direction=direction

@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from ..modules.layers import RECURRENT_TYPES
+from ..modules.scans import is_scan_layer, is_scan_stack
 
 
 def find_recurrent(model: nn.Module, modules=None) -> dict[str, nn.Module]:
@@ -23,12 +24,19 @@ def find_recurrent(model: nn.Module, modules=None) -> dict[str, nn.Module]:
         raise TypeError(f"attach() needs an nn.Module, got {type(model).__name__}")
     named = dict(model.named_modules())
     if modules is None:
-        found = {name: m for name, m in named.items() if isinstance(m, RECURRENT_TYPES)}
+        found = {}
+        for name, m in named.items():
+            if any(name.startswith(f"{outer}.") or outer == "" for outer in found
+                   if _is_scan(found[outer])):
+                continue  # a layer of a scan stack (or inside a scan layer) already found
+            if isinstance(m, RECURRENT_TYPES) or _is_scan(m):
+                found[name] = m
         if not found:
             raise ValueError(
                 f"no recurrent module found in {type(model).__name__}: rnn_diag looks for "
-                "nn.RNN, nn.GRU, nn.LSTM, nn.RNNCell, nn.GRUCell and nn.LSTMCell; name a custom "
-                "cell with attach(model, modules=['name'])"
+                "nn.RNN, nn.GRU, nn.LSTM, nn.RNNCell, nn.GRUCell, nn.LSTMCell, the scan layers "
+                "of rnn_diag.scans and classes declared with rnn_diag.register_scan; name a "
+                "custom cell with attach(model, modules=['name'])"
             )
         return found
     if isinstance(modules, (str, nn.Module)):
@@ -52,3 +60,7 @@ def find_recurrent(model: nn.Module, modules=None) -> dict[str, nn.Module]:
     if not found:
         raise ValueError("modules= is empty: name at least one module to probe")
     return found
+
+
+def _is_scan(module: nn.Module) -> bool:
+    return is_scan_stack(module) or is_scan_layer(module)

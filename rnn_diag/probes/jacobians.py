@@ -35,8 +35,12 @@ def product_log10_norms(
         target: processing-order step differentiated; -1 means each sample's last valid step.
             Other values need all samples to have the same length.
 
-    NaN for k > target and past each sample's length.
+    NaN for k > target and past each sample's length. A linearisation with a closed form
+    (``product_log10_norms``: diagonal scans) uses it, whatever the method: it is exact.
     """
+    closed_form = getattr(steps, "product_log10_norms", None)
+    if closed_form is not None and lengths is None:
+        return closed_form(T, target)
     if lengths is None or bool((lengths == T).all()):
         return jacobian_product_log10_norms(steps, T, target, method)
     if target != -1:

@@ -13,6 +13,8 @@ from torch.nn.utils.rnn import PackedSequence
 from ..dynamics.denormals import flush_denormals
 from ..dynamics.workspace import Workspace
 from ..modules.layers import FUSED_TYPES, make_shadows
+from ..modules.scans import registered_adapter, scan_layers
+from ..scans.base import ScanLayer
 from .cell_chain import CellChain, StaleRecord, components
 from .discovery import find_recurrent
 from .fused import FusedCall, ReplayMismatch, replays_dropout, save_rng_state
@@ -21,6 +23,15 @@ from .jacobians import product_log10_norms
 from .links import FRESH, SAME, TRANSFORM, VIEW, Handed, classify, classify_fused
 from .options import RecordOptions
 from .result import LayerResult
+from .scan_calls import (
+    AdapterCall,
+    ScanPointCall,
+    analyse_adapter_call,
+    analyse_scan_point,
+    detached,
+    output_tensors,
+    tensor_versions,
+)
 from .series import analyse_fused_calls, concat, mark_last_immediate_undefined
 
 #: Calls of one sequence held for a backward that has not come yet (their detached values
@@ -133,6 +144,8 @@ class Probe:
             name: make_shadows(m) for name, m in targets.items() if isinstance(m, FUSED_TYPES)
         }
         self._chains: dict[str, CellChain | None] = {}
+        # scan modules (docs/design.md §23): their scan layers, in layer order
+        self._scan_layers: dict[str, list[nn.Module]] = {}
         self._seq = itertools.count()
         self._backwards = start
         self._in_backward = False
@@ -381,6 +394,19 @@ class Probe:
     # Hooks never raise into the user's forward or backward: anything unexpected becomes a
     # ProbeWarning naming the module, and that module is not recorded for the pass.
     def _install(self, name: str, module: nn.Module) -> None:
+        layers = scan_layers(module)
+        if layers is not None:
+            self._scan_layers[name] = layers
+            for index, layer in enumerate(layers):
+                if isinstance(layer, ScanLayer):
+                    pre, post = self._scan_point_hooks(name, index)
+                    target = layer.scan
+                else:
+                    pre, post = self._adapter_hooks(name, index, registered_adapter(layer))
+                    target = layer
+                self._handles.append(target.register_forward_pre_hook(pre, with_kwargs=True))
+                self._handles.append(target.register_forward_hook(post, with_kwargs=True))
+            return
         if isinstance(module, FUSED_TYPES):
             pre, post = self._fused_hooks(name)
         else:
@@ -558,6 +584,116 @@ class Probe:
 
         return hook
 
+    def _scan_call_allowed(self, name: str) -> bool:
+        """Whether a scan call now is one to record: grad on, attached, and not a recomputation
+        inside backward (non-reentrant checkpointing: the forward's own call is the record)."""
+        if not self._recording():
+            return False
+        if _in_backward():
+            self._recomputed.add(name)
+            self._schedule_end()
+            return False
+        return True
+
+    def _scan_point_hooks(self, name: str, layer: int):
+        """Hooks on a ScanLayer's ``self.scan(a, b, h0)``: keep a_t, and the gradient that
+        reaches the returned states (the immediate gradient, docs/design.md §23)."""
+
+        def pre(module, args, kwargs):
+            return None
+
+        def post(module, args, kwargs, states):
+            if not self._scan_call_allowed(name):
+                return None
+            try:
+                decay = args[0] if args else kwargs["a"]
+                if not (isinstance(states, Tensor) and states.requires_grad):
+                    return None
+                call = ScanPointCall(layer, next(self._seq), decay.detach(), states.detach(),
+                                     (decay._version, states._version))
+
+                def hook(grad, call=call):
+                    if self._begin_backward():
+                        call.grad = grad
+                        self._reached.setdefault(name, {})[id(call)] = call
+
+                states.register_hook(hook)
+            except Exception as error:  # noqa: BLE001 - never raise into the user's forward
+                self._warn(name, "internal", f"the probe could not record a call ({error!r})")
+            return None
+
+        return pre, post
+
+    def _adapter_hooks(self, name: str, layer: int, adapter):
+        """Hooks on a layer registered with ``register_scan``: keep its arguments and the
+        random state it started from; receive the gradients reaching its outputs."""
+        pending: list = []
+
+        def pre(module, args, kwargs):
+            pending.clear()
+            if not self._scan_call_allowed(name):
+                return None
+            try:
+                x = next((t for t in (*args, *kwargs.values()) if isinstance(t, Tensor)), None)
+                pending.append(None if x is None else _rng_state(x))
+            except Exception as error:  # noqa: BLE001
+                self._warn(name, "internal", f"the probe could not inspect a call ({error!r})")
+            return None
+
+        def post(module, args, kwargs, output):
+            if not pending:
+                return None
+            rng = pending.pop()
+            try:
+                outputs = output_tensors(output)
+                if not any(t.requires_grad for t in outputs):
+                    return None
+                args_, kwargs_, outs = detached(args), detached(kwargs), detached(outputs)
+                call = AdapterCall(layer, next(self._seq), module, adapter, args_, kwargs_,
+                                   outs, tensor_versions(args_, kwargs_, outs), rng,
+                                   [None] * len(outputs))
+                for i, tensor in enumerate(outputs):
+                    if tensor.requires_grad:
+                        tensor.register_hook(self._adapter_grad_hook(name, call, i))
+            except Exception as error:  # noqa: BLE001
+                self._warn(name, "internal", f"the probe could not record a call ({error!r})")
+            return None
+
+        return pre, post
+
+    def _adapter_grad_hook(self, name: str, call: AdapterCall, i: int):
+        def hook(grad):
+            if self._begin_backward():
+                call.grads[i] = grad
+                self._reached.setdefault(name, {})[id(call)] = call
+
+        return hook
+
+    def _analyse_scans(self, name: str, entries: dict) -> dict[tuple[int, int], LayerResult]:
+        """Every recorded call of a scan module's layers in this backward: one series per
+        layer, its calls end to end in call order."""
+        calls = sorted(entries.values(), key=lambda c: c.seq)
+        by_layer: dict[int, list] = {}
+        for call in calls:
+            by_layer.setdefault(call.layer, []).append(call)
+        if any(len(v) > 1 for v in by_layer.values()):
+            self._warn(name, "scan-calls", "a scan layer ran several times in one forward; its "
+                       "calls are laid end to end in call order, each call's recursion starting "
+                       "at its own last step (gradients one call's outputs received from the "
+                       "next call count as immediate there)")
+        results = {}
+        for layer, layer_calls in sorted(by_layer.items()):
+            parts = []
+            for call in layer_calls:
+                if isinstance(call, ScanPointCall):
+                    parts.append(analyse_scan_point(call, self._options))
+                else:
+                    parts.append(analyse_adapter_call(call, self._options, name))
+            result = concat(parts)
+            result.settle_underflow()
+            results[(layer, 0)] = result
+        return results
+
     def _add_to_window(self, name: str, entry) -> None:
         """Remember a call until the end of the next backward. The calls of the current
         sequence are held strongly, so that steps no gradient reaches (before a ``detach()``)
@@ -630,6 +766,9 @@ class Probe:
                        "forward's series: not recorded. Use checkpoint(..., "
                        "use_reentrant=False), which the probe follows exactly.")
         for name, entries in reached.items():
+            if name in self._scan_layers:
+                self._end_scans(iteration, name, entries)
+                continue
             if name in self._refused:
                 continue
             window = [e for e in (ref() for ref in windows.get(name, [])) if e is not None]
@@ -652,6 +791,24 @@ class Probe:
                         entry.grads = None
             self._store(iteration, name, results)
         del held
+
+    def _end_scans(self, iteration: int, name: str, entries: dict) -> None:
+        try:
+            with torch.no_grad(), flush_denormals():
+                results = self._analyse_scans(name, entries)
+        except StaleRecord as error:
+            self._warn(name, "StaleRecord", f"not recorded: {error}")
+            return
+        except Exception as error:  # noqa: BLE001 - never raise into the user's backward
+            self._warn(name, "internal", f"not recorded: the analysis failed ({error!r})")
+            return
+        finally:
+            for call in entries.values():  # the gradients are this backward's only
+                if isinstance(call, ScanPointCall):
+                    call.grad = None
+                else:
+                    call.grads = [None] * len(call.grads)
+        self._store(iteration, name, results)
 
     def _analyse_series(self, name: str, series: list) -> dict[tuple[int, int], LayerResult]:
         """One time series, in call order, from the calls of one module in this backward."""

@@ -63,6 +63,9 @@ class LayerResult:
     ``underflow``: ``[T, B]`` bool, the totals that rule set to -inf.
     ``trusted``: ``[T, B]`` bool where autograd's own total at t is known (hooks on the states)
     and above the rounding floor, so the total stands as autograd holds it; None: unknown.
+    ``state_view``: maps the stored real rows ``[T, B, S]`` to the state's own form for
+    :meth:`values` (a diagonal scan's complex ``[T, B, N]`` or ``[T, B, D, N]`` state); None:
+    the rows are the state.
     """
 
     total: dict[str, ScaledSeries]
@@ -76,6 +79,7 @@ class LayerResult:
     faint: Tensor | None = None
     underflow: Tensor | None = None
     trusted: Tensor | None = None
+    state_view: Callable[[Tensor], Tensor] | None = None
 
     def settle_underflow(self) -> None:
         """Never a false finite total: where autograd delivered a gradient from outside the
@@ -116,7 +120,8 @@ class LayerResult:
     def values(self, which: str, state: str) -> Tensor:
         """``[T, B, H]`` gradient in input time order, in the model's dtype."""
         series = self._series(which, state)
-        return self._to_input_order(scale_by_exp(series.scaled, series.log_scale, self.dtype))
+        out = self._to_input_order(scale_by_exp(series.scaled, series.log_scale, self.dtype))
+        return out if self.state_view is None else self.state_view(out)
 
     def in_input_order(self, x: Tensor) -> Tensor:
         """A processing-order ``[T, B]`` or ``[T, B, H]`` tensor in input time order."""

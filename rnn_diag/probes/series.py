@@ -174,7 +174,8 @@ def concat(parts: list[LayerResult]) -> LayerResult:
             saturation[gate] = torch.cat(
                 [_pad_rows(p.in_input_order(p.saturation[gate]), B, 0) for p in parts]
             )
-    result = LayerResult(total, immediate, None, valid, parts[0].dtype, saturation)
+    result = LayerResult(total, immediate, None, valid, parts[0].dtype, saturation,
+                         state_view=parts[0].state_view)
     result.faint = _cat_masks(parts, "faint", B)
     result.trusted = _cat_masks(parts, "trusted", B)
     last = parts[-1]

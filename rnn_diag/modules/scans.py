@@ -186,3 +186,17 @@ def capture_decays(module: nn.Module, layer: nn.Module, x: Tensor) -> Tensor:
                            "forward")
     decay = seen[0]
     return decay
+
+
+def scan_cell_name(module: nn.Module) -> str | None:
+    """The runner's cell name of a scan module: a stack's ``cell``, "lru" / "mingru" / "ssm"
+    for rnn_diag's layers, "scan" for any other scan layer; None when not a scan."""
+    from ..scans import SCAN_CELLS
+
+    layers = scan_layers(module)
+    if layers is None:
+        return None
+    if is_scan_stack(module):
+        return str(module.cell)
+    names = {cls: name for name, cls in SCAN_CELLS.items()}
+    return names.get(type(module), "scan")

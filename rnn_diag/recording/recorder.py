@@ -57,6 +57,7 @@ from torch import nn
 from ..experiments.derived_columns import derived_columns
 from ..experiments.store import Table
 from ..modules.layers import FUSED_TYPES, cell_kind, module_kind
+from ..modules.scans import scan_cell_name
 from ..probes import Probe, ProbeWarning
 from ..probes.discovery import find_recurrent
 from ..probes.summaries import summarise_frame
@@ -160,7 +161,11 @@ def _now() -> str:
 
 
 def _kind(module: nn.Module) -> tuple[str, str | None]:
-    """("rnn" | "gru" | "lstm" | "custom", nonlinearity or None), as the runner names cells."""
+    """("rnn" | "gru" | "lstm" | "lru" | "mingru" | "ssm" | "custom", nonlinearity or None), as
+    the runner names cells; a registered scan layer is "scan"."""
+    scan = scan_cell_name(module)
+    if scan is not None:
+        return scan, None
     kind = module_kind(module) if isinstance(module, FUSED_TYPES) else cell_kind(module)
     if kind is None:
         return "custom", None

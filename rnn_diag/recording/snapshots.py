@@ -16,6 +16,7 @@ from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
 from ..modules.dynamics import lyapunov_spectrum, recurrent_spectra
 from ..modules.layers import FUSED_TYPES
+from ..modules.scans import scan_layers
 
 __all__ = ["InputTape", "lyapunov_rows", "spectra_rows", "supports_snapshots"]
 
@@ -24,8 +25,8 @@ _CELLS = (nn.RNNCell, nn.GRUCell, nn.LSTMCell)
 
 def supports_snapshots(module: nn.Module) -> bool:
     """Whether spectra and Lyapunov exponents can be taken of ``module`` (PyTorch's recurrent
-    modules and cells; a custom cell has no ``weight_hh`` to read)."""
-    return isinstance(module, FUSED_TYPES + _CELLS)
+    modules and cells, scan layers and stacks; a custom cell has no ``weight_hh`` to read)."""
+    return isinstance(module, FUSED_TYPES + _CELLS) or scan_layers(module) is not None
 
 
 class InputTape:
@@ -48,7 +49,7 @@ class InputTape:
 
     def add(self, inp) -> None:
         """Append the input of one call (``args[0]`` of the module's forward)."""
-        if isinstance(self.module, FUSED_TYPES):
+        if isinstance(self.module, FUSED_TYPES) or scan_layers(self.module) is not None:
             parts = _samples(self.module, inp, self.steps)
             self._parts, self._length = [], 0  # a fused call is a whole sequence: start over
         else:
@@ -77,7 +78,8 @@ def _samples(module: nn.RNNBase, inp, steps: int) -> list[Tensor]:
         if x.dim() == 2:  # unbatched [T, I]
             seqs = [x]
         else:
-            x = x.transpose(0, 1) if module.batch_first else x
+            # scan layers are batch-first [B, T, I]
+            x = x.transpose(0, 1) if getattr(module, "batch_first", True) else x
             seqs = [x[:, b] for b in range(x.shape[1])]
     out, total = [], 0
     for s in seqs:
@@ -102,13 +104,19 @@ def lyapunov_rows(module: nn.Module, inputs: Tensor, when: str,
     ``inputs [T, I]`` (nats per step; 100 or T/10 warm-up steps, whichever is fewer): rows
     ``when, layer, index, exponent``. Bidirectional modules: the forward direction."""
     T = inputs.shape[0]
+    scans = scan_layers(module)
     layers = getattr(module, "num_layers", 1) if isinstance(module, FUSED_TYPES) else 1
-    if k is not None:
+    if scans is not None:
+        layers = len(scans)
+    elif k is not None:
         k = min(k, _state_size(module))
     rows = []
     for layer in range(layers):
-        kwargs = {"layer": layer} if isinstance(module, FUSED_TYPES) else {}
-        exps = lyapunov_spectrum(module, None, inputs, warmup=min(100, T // 10), k=k, **kwargs)
+        kwargs = {"layer": layer} if isinstance(module, FUSED_TYPES) or scans else {}
+        exps = lyapunov_spectrum(module, None, inputs, warmup=min(100, T // 10),
+                                 k=None if scans else k, **kwargs)
+        if scans and k is not None:
+            exps = exps[:k]  # one exponent per channel, descending
         rows += [{"when": str(when), "layer": layer, "index": i, "exponent": v}
                  for i, v in enumerate(exps.tolist())]
     return rows

@@ -55,3 +55,19 @@ def test_tensorboard_and_wandb_examples_run(tmp_path, monkeypatch):
     assert list((tmp_path / "runs" / "fn").glob("events.out.tfevents.*"))
     run = scopes[1]["run"]  # finished, offline: its files are on disk
     assert run.settings.mode == "offline" and list(Path(run.dir).parent.glob("*.wandb"))
+
+
+def test_scan_examples_run():
+    from rnn_diag.modules.scans import _REGISTRY
+
+    blocks = _blocks("## Diagonal and selective scans")
+    scope: dict = {}
+    exec(blocks[0].replace("2000", "300"), scope)  # noqa: S102 - shorter, same code
+    assert scope["grads"].shape == (300, 8, 32) and scope["grads"].is_complex()
+    assert torch.isfinite(scope["norms"]).all() and scope["exps"].shape == (32,)
+    scope = {}
+    try:
+        exec(blocks[1], scope)  # noqa: S102
+        assert scope["probe"].hidden_grads().shape == (500, 2, 16)
+    finally:
+        _REGISTRY.pop(scope.get("MinGRU"), None)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from ..dynamics.linear_scan import linear_scan, linear_scan_sequential
+from ..dynamics.linear_scan import diagonal_scan
 
 __all__ = ["DiagonalScan", "ScanLayer"]
 
@@ -24,21 +24,22 @@ class DiagonalScan(nn.Module):
     """``h = scan(a, b, h0)``: the recurrence h_t = a_t ⊙ h_{t-1} + b_t, batch-first.
 
     Args:
-        sequential: run the plain loop (:func:`linear_scan_sequential`) instead of the
-            chunked parallel scan; the same values up to rounding.
+        sequential: always run the plain loop (for checks); otherwise ``mode`` decides.
+        mode: "auto" (default: the chunked parallel scan, or the loop on a CPU where it is
+            faster, see :func:`rnn_diag.dynamics.linear_scan.diagonal_scan`), "parallel" or
+            "sequential". All give the same values up to rounding.
 
     Shapes: ``a, b: [B, T, *S]`` (real or complex), ``h0: [B, *S]`` or None (zeros); returns
     ``h: [B, T, *S]``.
     """
 
-    def __init__(self, sequential: bool = False):
+    def __init__(self, sequential: bool = False, mode: str = "auto"):
         super().__init__()
         self.sequential = sequential
+        self.mode = mode
 
     def forward(self, a: Tensor, b: Tensor, h0: Tensor | None = None) -> Tensor:
-        if self.sequential:
-            return linear_scan_sequential(a, b, h0)
-        return linear_scan(a, b, h0)
+        return diagonal_scan(a, b, h0, "sequential" if self.sequential else self.mode)
 
 
 class ScanLayer(nn.Module):

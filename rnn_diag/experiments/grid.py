@@ -8,7 +8,9 @@ the same id in any file, under any experiment name or description, with keys in 
 values written in any accepted form (``1e-3`` or ``0.001``, ``seed`` or ``train.seed``), and
 whether they came from a sweep or from the base config; any difference in a setting gives
 another id (a store resumes a sweep by skipping ids it already holds). Ids change if a later
-version of the schema adds a setting, since the defaults are part of the settings.
+version of the schema adds a setting, since the defaults are part of the settings, unless the
+setting is left out while at its default, as the scan cells' keys are (``state_size``,
+``d_state``, ...; see :func:`~rnn_diag.experiments.config.canonical_settings`).
 
 Validation: each trial is validated once. Validating a config with a sweep (the schema calls
 :func:`validate_trials`) builds every trial and keeps the list (for the last few configs, by

@@ -7,20 +7,29 @@ import math
 import torch
 from torch import Tensor, nn
 
+from ..scans import SCAN_CELLS as SCAN_LAYERS
+from ..scans import ScanStack
+
 CELLS = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
 GATES = {"rnn": 1, "gru": 3, "lstm": 4}
 INITS = ("default", "orthogonal", "identity", "normal")
+SCAN_CELLS = tuple(SCAN_LAYERS)
+"""The cells built as a :class:`rnn_diag.scans.ScanStack` (diagonal scans): lru, mingru, ssm."""
 
 
 class SequenceModel(nn.Module):
     """A recurrent stack (``batch_first``) and a linear read-out of its last states.
 
     Args:
-        cell: "rnn", "gru" or "lstm".
-        input_size, hidden_size, output_size: feature sizes I, H and O.
+        cell: "rnn", "gru" or "lstm" (``torch.nn``), or a scan cell "lru", "mingru", "ssm"
+            (a :class:`rnn_diag.scans.ScanStack`).
+        input_size, hidden_size, output_size: feature sizes I, H and O; H is d_model, the
+            width of every layer's output, for the scan cells.
         num_layers: stacked recurrent layers.
-        nonlinearity: "tanh" or "relu" (Elman RNN only).
+        nonlinearity: "tanh" or "relu" (Elman RNN only; the scan cells ignore it).
         output_steps: S, how many of the last hidden states of the top layer are read out.
+        **layer_kwargs: the scan layers' own keyword arguments (``r_max``, ``state_size``,
+            ``d_state``, ...; see :class:`rnn_diag.scans.ScanStack`), only with a scan cell.
 
     ``forward(x [N, T, I]) -> [N, S, O]``: the head applied to ``h[:, T-S:]``.
 
@@ -28,6 +37,9 @@ class SequenceModel(nn.Module):
         >>> m = SequenceModel("gru", 3, 8, 5, output_steps=2)
         >>> m(torch.zeros(4, 10, 3)).shape
         torch.Size([4, 2, 5])
+        >>> m = SequenceModel("lru", 3, 8, 5, state_size=16, r_max=0.9)
+        >>> m(torch.zeros(4, 10, 3)).shape, type(m.rnn).__name__
+        (torch.Size([4, 1, 5]), 'ScanStack')
     """
 
     def __init__(
@@ -39,20 +51,29 @@ class SequenceModel(nn.Module):
         num_layers: int = 1,
         nonlinearity: str = "tanh",
         output_steps: int = 1,
+        **layer_kwargs,
     ):
         super().__init__()
-        if cell not in CELLS:
-            raise ValueError(f"cell must be one of {sorted(CELLS)}, got {cell!r}")
-        kwargs = {"num_layers": num_layers, "batch_first": True}
-        if cell == "rnn":
-            kwargs["nonlinearity"] = nonlinearity
+        if cell not in CELLS and cell not in SCAN_CELLS:
+            raise ValueError(f"cell must be one of {[*CELLS, *SCAN_CELLS]}, got {cell!r}")
         self.cell = cell
-        self.rnn = CELLS[cell](input_size, hidden_size, **kwargs)
+        if cell in SCAN_CELLS:
+            self.rnn = ScanStack(cell, input_size, hidden_size, num_layers, **layer_kwargs)
+        else:
+            if layer_kwargs:
+                raise ValueError(f"cell {cell} takes no scan-layer arguments, got "
+                                 f"{sorted(layer_kwargs)}")
+            kwargs = {"num_layers": num_layers, "batch_first": True}
+            if cell == "rnn":
+                kwargs["nonlinearity"] = nonlinearity
+            self.rnn = CELLS[cell](input_size, hidden_size, **kwargs)
         self.head = nn.Linear(hidden_size, output_size)
         self.output_steps = output_steps
 
     def forward(self, x: Tensor) -> Tensor:
-        out, _ = self.rnn(x)
+        out = self.rnn(x)
+        if isinstance(out, tuple):  # torch.nn's (output, state)
+            out = out[0]
         return self.head(out[:, -self.output_steps :])
 
 
@@ -82,6 +103,7 @@ def init_recurrent(rnn: nn.RNNBase, init: str = "default", weight_scale: float |
         generator: random source for "orthogonal" and "normal" (the global one by default).
 
     Example:
+        >>> _ = torch.manual_seed(0)
         >>> rnn = nn.GRU(2, 6)
         >>> init_recurrent(rnn, "normal", weight_scale=0.5)
         >>> [round(float(torch.linalg.eigvals(b).abs().max()), 6)

@@ -75,6 +75,7 @@ TEXT_COLUMNS = ("id", "label", "status", "error", "metric", "verdict_first", "ve
 #: wrote them failed.
 FLOAT_COLUMNS = ("model.weight_scale", "train.clip_grad_norm", "seconds", "train_loss",
                  "train_metric", "val_loss", "val_metric", "chance_loss", "chance_metric",
+                 "best_loss", "best_metric",
                  "decay_per_step_first", "decay_per_step_last", "ratio_log10_first",
                  "ratio_log10_last", "spectral_radius_init", "spectral_radius_end",
                  "spectral_norm_init", "spectral_norm_end", "lyapunov_top_init",

@@ -52,7 +52,7 @@ from ..probes import attach
 from ..tasks import make_task
 from .derived_columns import derived_columns
 from .grid import trial_label
-from .model import SequenceModel, init_recurrent
+from .model import SCAN_CELLS, SequenceModel, init_recurrent
 from .store import Table, TrialResult
 
 #: A trial's epoch progress: ``callback(trial_id, epochs_done, epochs_total)``.
@@ -232,14 +232,18 @@ class _Setup:
 
 
 def _build(cfg, task, device: torch.device) -> _Setup:
-    """The model (recurrent weights initialised with the generator seeded ``train.seed + 1``),
-    the optimizer, the data on ``device`` and the probe options of a trial of ``task``."""
+    """The model (rnn/gru/lstm: recurrent weights initialised with the generator seeded
+    ``train.seed + 1``; scan cells: initialised by their layers, from the global RNG seeded by
+    :func:`_prepare`), the optimizer, the data on ``device`` and the probe options of a trial
+    of ``task``."""
 
     seed = cfg.train.seed
     m = cfg.model
     model = SequenceModel(m.cell, task.input_size, m.hidden_size, task.output_size,
-                          m.num_layers, m.nonlinearity, task.output_steps)
-    init_recurrent(model.rnn, m.init, m.weight_scale, torch.Generator().manual_seed(seed + 1))
+                          m.num_layers, m.nonlinearity, task.output_steps, **m.layer_kwargs())
+    if m.cell not in SCAN_CELLS:  # a scan cell was initialised by its layers, r_max included
+        init_recurrent(model.rnn, m.init, m.weight_scale,
+                       torch.Generator().manual_seed(seed + 1))
     model.to(device)
     optim_cls = getattr(torch.optim, cfg.train.optimizer)
     optimizer = optim_cls(model.parameters(), lr=cfg.train.lr, **cfg.train.optimizer_args)
@@ -452,6 +456,10 @@ class _Recorder:
         row["metric"] = task.metric_name if task else None
         row["chance_loss"] = task.chance_loss if task else math.nan
         row["chance_metric"] = task.chance_metric if task else math.nan
+        # the best values any predictor reaches (the report judges "learned" against them)
+        for key in ("best_loss", "best_metric"):
+            value = getattr(task, key, None) if task else None
+            row[key] = math.nan if value is None else value
         summaries = pd.DataFrame(self.summaries)
         spectra = pd.concat(self.spectra) if self.spectra else pd.DataFrame()
         lyap = pd.DataFrame(self.lyapunov)

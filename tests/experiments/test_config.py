@@ -105,7 +105,10 @@ def test_minimal_config_gets_every_default():
                                 "val_fraction": 0.2}
     assert cfg.model.model_dump() == {"cell": "rnn", "hidden_size": 10, "num_layers": 1,
                                       "nonlinearity": "tanh", "init": "default",
-                                      "weight_scale": None}
+                                      "weight_scale": None, "state_size": None,
+                                      "r_min": None, "max_phase": None, "d_state": None,
+                                      "expand": None, "d_conv": None, "dt_rank": None,
+                                      "dt_min": None, "dt_max": None}
     assert cfg.train.model_dump() == {"epochs": 100, "optimizer": "Adam", "optimizer_args": {},
                                       "lr": 0.01, "batch_size": None, "clip_grad_norm": None,
                                       "device": "auto", "seed": 0,

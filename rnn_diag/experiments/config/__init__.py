@@ -10,12 +10,23 @@ A config is a YAML file, read with ``yaml.safe_load`` and validated into an
       seq_len: 10                 # required, > 0
       lag: 5                      # further keys are that task's options (rnn_diag.tasks)
     model:
-      cell: rnn                   # rnn | gru | lstm
-      hidden_size: 10             # > 0
+      cell: rnn                   # rnn | gru | lstm | lru | mingru | ssm
+      hidden_size: 10             # > 0 (d_model for lru, mingru, ssm)
       num_layers: 1               # > 0
       nonlinearity: tanh          # tanh | relu (relu only with cell rnn)
-      init: default               # default | orthogonal | identity | normal
-      weight_scale: null          # null, or the spectral radius (> 0) W_hh is rescaled to
+      init: default               # default | orthogonal | identity | normal (rnn, gru, lstm)
+      weight_scale: null          # null, or the spectral radius (> 0) at initialisation: of
+                                  # W_hh (rnn, gru, lstm), the scan's r_max (lru, mingru, ssm)
+      # the scan cells' own settings; null = the layer's default; each only with its cells
+      state_size: null            # lru: complex states per layer
+      r_min: null                 # lru, mingru: smallest decay |a| at initialisation, [0, 1)
+      max_phase: null             # lru: largest phase of the eigenvalues (radians)
+      d_state: null               # ssm: states per channel
+      expand: null                # ssm: inner width = expand x hidden_size
+      d_conv: null                # ssm: causal convolution width
+      dt_rank: null               # ssm: rank of the step size's projection
+      dt_min: null                # ssm: smallest step size at initialisation
+      dt_max: null                # ssm: largest step size at initialisation
     train:
       epochs: 100                 # > 0
       optimizer: Adam             # an optimizer class of torch.optim
@@ -60,7 +71,10 @@ Sweeps: every key is a dotted path to one setting (``task.seq_len``, ``task.lag`
 :func:`rnn_diag.experiments.grid.expand`), and every one is validated with the config, so a bad
 value is refused before anything runs. When a sweep changes ``task.name``, base task options at
 their default value are dropped for the other task, which then uses its own defaults; base
-options set to another value are kept (and refused if that task has no such option).
+options set to another value are kept (and refused if that task has no such option). When a
+sweep changes ``model.cell``, each trial keeps the base's scan settings (``state_size``,
+``d_state``, ...) of its own cell and drops the others, so one base can set those of several
+cells; a swept scan setting is not dropped (and refused with a cell it does not apply to).
 
 Errors: :func:`load_config` and :func:`validate_config` raise :class:`ConfigError`, whose text
 names the file and lists one problem per line: the key path, what was expected, the value given

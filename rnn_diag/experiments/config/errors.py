@@ -85,8 +85,8 @@ class ConfigError(Exception):
         ...     print(e)
         Invalid experiment config x.yaml:
           task.seq_len: expected a number greater than 0, got 0
-          model.cell: expected one of rnn, gru, lstm, got "lsmt"; did you mean "lstm"?
-    """
+          model.cell: expected one of rnn, gru, lstm, lru, mingru, ssm, got "lsmt"; did you mean "lstm"?
+    """  # noqa: E501
 
     def __init__(self, source: str, problems: list[ConfigProblem]):
         self.source = str(source)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import inspect
 import json
+import math
 import re
 from typing import Annotated, Any, Literal
 
@@ -40,6 +41,9 @@ from .errors import (
 
 __all__ = [
     "SWEEP_ALIASES",
+    "CLASSIC_CELLS",
+    "SCAN_CELLS",
+    "SCAN_KEYS",
     "ExperimentConfig",
     "ModelConfig",
     "ProbesConfig",
@@ -215,29 +219,104 @@ class TaskConfig(_Section):
         return {**data, **options}
 
 
+CLASSIC_CELLS = ("rnn", "gru", "lstm")
+"""The cells of ``torch.nn`` (a dense W_hh per gate)."""
+
+SCAN_CELLS = ("lru", "mingru", "ssm")
+"""The diagonal scan cells of :mod:`rnn_diag.scans` (h_t = a_t ⊙ h_{t-1} + b_t)."""
+
+SCAN_KEYS: dict[str, tuple[str, ...]] = {
+    "state_size": ("lru",),
+    "r_min": ("lru", "mingru"),
+    "max_phase": ("lru",),
+    "d_state": ("ssm",),
+    "expand": ("ssm",),
+    "d_conv": ("ssm",),
+    "dt_rank": ("ssm",),
+    "dt_min": ("ssm",),
+    "dt_max": ("ssm",),
+}
+"""The ``model`` keys of the scan cells' own hyperparameters -> the cells they apply to. Each is
+``None`` by default (the layer's default), and set only with a cell it applies to."""
+
+_UnitInterval = Annotated[float, BeforeValidator(_not_bool),
+                          Field(ge=0, lt=1, allow_inf_nan=False)]
+
+
 class ModelConfig(_Section):
     """The ``model:`` section: the recurrent network.
 
     Attributes:
-        cell: "rnn" (Elman), "gru" or "lstm".
-        hidden_size: H, units per layer (> 0).
+        cell: "rnn" (Elman), "gru", "lstm" (``torch.nn``), or a diagonal scan of
+            :mod:`rnn_diag.scans`: "lru" (Orvieto et al. 2023), "mingru" (Feng et al. 2024),
+            "ssm" (a Mamba-style selective SSM, S6).
+        hidden_size: H, units per layer (> 0); d_model, the width of each layer's input and
+            output, for the scan cells.
         num_layers: stacked recurrent layers (> 0).
-        nonlinearity: "tanh" or "relu"; "relu" only with cell "rnn".
-        init: initialisation of W_hh: "default" (PyTorch's), "orthogonal", "identity", "normal".
-        weight_scale: ``None`` to keep the init, or the spectral radius (> 0, dimensionless)
-            W_hh is rescaled to (each gate block separately for GRU/LSTM).
+        nonlinearity: "tanh" or "relu"; "relu" only with cell "rnn" (the scan cells ignore it).
+        init: initialisation of W_hh: "default" (PyTorch's), "orthogonal", "identity", "normal";
+            only "default" with a scan cell (its decays are set by ``weight_scale`` and
+            ``r_min``).
+        weight_scale: ``None`` to keep the init, or the spectral radius at initialisation
+            (> 0, dimensionless). rnn, gru, lstm: W_hh is rescaled to it (each gate block
+            separately for GRU/LSTM). Scan cells: it is passed as the layer's ``r_max``, the
+            largest decay |a| at zero input at initialisation, which is the spectral radius of
+            their diagonal recurrence:
+
+            * lru: the outer radius of the ring the eigenvalues λ are drawn from,
+              r_min ≤ |λ| ≤ weight_scale (> 1 allowed: an unstable start); ``None``: 1, the
+              paper's ring.
+            * mingru: the decays at zero input, 1 − σ(b_z), are spaced evenly across the
+              channels from weight_scale down to r_min (default weight_scale / 2); < 1.
+              ``None``: PyTorch's ``nn.Linear`` init (decays near ½).
+            * ssm: the step sizes Δ at zero input are spaced evenly in log from
+              dt_min = −ln(weight_scale) to min(100·dt_min, 1), so the slowest state (A = −1)
+              of the slowest channel decays by exactly weight_scale per step; < 1, and not
+              with dt_min/dt_max. ``None``: Mamba's init, Δ log-uniform in [dt_min, dt_max]
+              (default [0.001, 0.1], largest decay ≈ 0.999).
+
+    The scan cells' own hyperparameters, ``None`` (the default) for the layer's own default.
+    Each applies to some cells only (:data:`SCAN_KEYS`, :meth:`foreign_keys`); an
+    :class:`ExperimentConfig` refuses one set for another cell, except in the base of a sweep
+    of ``model.cell``, whose trials each keep those of their own cell:
+
+    Attributes:
+        state_size: lru: N, the complex states per layer (> 0; ``None``: hidden_size).
+        r_min: lru, mingru: the smallest decay |a| at initialisation, in [0, 1), at most
+            ``weight_scale`` (lru default 0; mingru: needs ``weight_scale``, > 0).
+        max_phase: lru: the largest phase of λ at initialisation (radians, in (0, 2π];
+            ``None``: 2π).
+        d_state: ssm: N, the states per inner channel (> 0; ``None``: 16).
+        expand: ssm: the inner width is ``expand × hidden_size`` (> 0; ``None``: 2).
+        d_conv: ssm: the width of the causal convolution before the scan (> 0; ``None``: 4).
+        dt_rank: ssm: the rank of the input-dependent step size Δ (> 0; ``None``:
+            ⌈hidden_size / 16⌉).
+        dt_min, dt_max: ssm: the range of Δ at zero input at initialisation (> 0,
+            dt_min ≤ dt_max), instead of ``weight_scale``.
 
     Example:
         >>> ModelConfig(cell="gru").nonlinearity
         'tanh'
+        >>> ModelConfig(cell="lru", state_size=64, weight_scale=0.99).layer_kwargs()
+        {'r_max': 0.99, 'state_size': 64}
     """
 
-    cell: Literal["rnn", "gru", "lstm"] = "rnn"
+    cell: Literal["rnn", "gru", "lstm", "lru", "mingru", "ssm"] = "rnn"
     hidden_size: PositiveInt = 10
     num_layers: PositiveInt = 1
     nonlinearity: Literal["tanh", "relu"] = "tanh"
     init: Literal["default", "orthogonal", "identity", "normal"] = "default"
     weight_scale: PositiveFloat | None = None
+    state_size: PositiveInt | None = None
+    r_min: _UnitInterval | None = None
+    max_phase: Annotated[float, BeforeValidator(_not_bool),
+                         Field(gt=0, le=2 * math.pi, allow_inf_nan=False)] | None = None
+    d_state: PositiveInt | None = None
+    expand: PositiveInt | None = None
+    d_conv: PositiveInt | None = None
+    dt_rank: PositiveInt | None = None
+    dt_min: PositiveFloat | None = None
+    dt_max: PositiveFloat | None = None
 
     @field_validator("nonlinearity")
     @classmethod
@@ -248,6 +327,102 @@ class ModelConfig(_Section):
                 "relu_cell", f"expected tanh with cell {cell} (relu applies only to cell rnn)"
             )
         return value
+
+    @field_validator("init")
+    @classmethod
+    def _init_only_classic(cls, value: str, info: ValidationInfo) -> str:
+        cell = info.data.get("cell")
+        if value != "default" and cell in SCAN_CELLS:
+            raise PydanticCustomError(
+                "init_cell",
+                f"expected default with cell {cell} (init sets W_hh of rnn, gru and lstm; a "
+                f"scan cell has its own initialisation, set with weight_scale as its r_max)")
+        return value
+
+    @model_validator(mode="after")
+    def _scan_ranges(self) -> ModelConfig:
+        errors = [line_error((key,), text, getattr(self, key), note=False)
+                  for key, text in self._range_problems()]
+        if errors:
+            raise ValidationError.from_exception_data("ModelConfig", errors)
+        return self
+
+    def _range_problems(self):
+        """``(key, text)`` for each scan setting out of the range its layer accepts."""
+        cell, scale = self.cell, self.weight_scale
+        if cell not in SCAN_CELLS:
+            return
+        if scale is not None and scale >= 1 and cell in ("mingru", "ssm"):
+            yield "weight_scale", (f"expected a number less than 1 with cell {cell} (it is the "
+                                   "largest decay of the scan at initialisation, its r_max)")
+        if cell == "lru" and self.r_min is not None:
+            r_max = scale if scale is not None else _scan_defaults("lru")["r_max"]
+            if self.r_min > r_max:
+                yield "r_min", (f"expected at most r_max = {r_max:g} (weight_scale"
+                                f"{', null: the default' if scale is None else ''})")
+        if cell == "mingru" and self.r_min is not None:
+            if scale is None:
+                yield "r_min", ("expected null with weight_scale null (cell mingru: the decays "
+                                "at initialisation run from r_max = weight_scale down to r_min; "
+                                "without weight_scale the gate keeps PyTorch's init)")
+            elif self.r_min == 0 or self.r_min > scale:
+                yield "r_min", (f"expected a number greater than 0 and at most weight_scale = "
+                                f"{scale:g} with cell mingru")
+        if cell == "ssm":
+            given = [k for k in ("dt_min", "dt_max") if getattr(self, k) is not None]
+            if scale is not None:
+                for key in given:
+                    yield key, ("expected null with weight_scale set (cell ssm: weight_scale "
+                                "sets the step sizes at initialisation, dt_min = "
+                                "-ln(weight_scale); give one or the other)")
+            elif given:
+                defaults = _scan_defaults("ssm")
+                lo = self.dt_min if self.dt_min is not None else defaults["dt_min"]
+                hi = self.dt_max if self.dt_max is not None else defaults["dt_max"]
+                if lo > hi and self.dt_min is not None:
+                    yield "dt_min", (f"expected at most dt_max = {hi:g}"
+                                     f"{' (null: the default)' * (self.dt_max is None)}")
+                elif lo > hi:
+                    yield "dt_max", f"expected at least dt_min = {lo:g} (null: the default)"
+
+    def foreign_keys(self) -> list[str]:
+        """The scan keys (:data:`SCAN_KEYS`) set here that do not apply to :attr:`cell`.
+
+        Example:
+            >>> ModelConfig(cell="rnn", state_size=8).foreign_keys()
+            ['state_size']
+        """
+        return [k for k, cells in SCAN_KEYS.items()
+                if getattr(self, k) is not None and self.cell not in cells]
+
+    def layer_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of the scan layers (:class:`rnn_diag.scans.ScanStack`) this
+        config sets: ``r_max`` (from ``weight_scale``) and the scan keys of :attr:`cell` that
+        are not ``None``; ``{}`` for rnn, gru and lstm.
+
+        Example:
+            >>> ModelConfig(cell="mingru", weight_scale=0.99, r_min=0.5).layer_kwargs()
+            {'r_max': 0.99, 'r_min': 0.5}
+        """
+        if self.cell not in SCAN_CELLS:
+            return {}
+        out: dict[str, Any] = {}
+        if self.weight_scale is not None:
+            out["r_max"] = self.weight_scale
+        for key, cells in SCAN_KEYS.items():
+            value = getattr(self, key)
+            if value is not None and self.cell in cells:
+                out[key] = value
+        return out
+
+
+@functools.cache
+def _scan_defaults(cell: str) -> dict[str, Any]:
+    """The keyword defaults of the scan layer ``cell`` (``r_max``, ``r_min``, ...)."""
+    from rnn_diag.scans import SCAN_CELLS as layers  # deferred: imports torch (seconds)
+
+    params = inspect.signature(layers[cell]).parameters
+    return {k: p.default for k, p in params.items() if p.default is not inspect.Parameter.empty}
 
 
 class DivergenceConfig(_Section):
@@ -494,6 +669,29 @@ class ExperimentConfig(_Section):
         return self
 
     @model_validator(mode="after")
+    def _scan_keys_fit_cell(self) -> ExperimentConfig:
+        """A scan key (:data:`SCAN_KEYS`) set for a cell it does not apply to is refused. When
+        the sweep names ``model.cell``, the base's keys need only apply to one swept cell: each
+        trial keeps those of its own cell (:func:`with_params`)."""
+        swept = self.sweep.get("model.cell")
+        if swept is None:
+            errors = [line_error(("model", key), _foreign_text(key, self.model.cell),
+                                 getattr(self.model, key), note=False)
+                      for key in self.model.foreign_keys()]
+        else:
+            errors = []
+            for key, cells in SCAN_KEYS.items():
+                value = getattr(self.model, key)
+                if value is not None and not any(c in cells for c in swept):
+                    errors.append(line_error(
+                        ("model", key), f"{key} applies only to cell {_or(cells)}, which the "
+                        f"sweep of model.cell does not include (remove it), got "
+                        f"{show_value(value)}", value))
+        if errors:
+            raise ValidationError.from_exception_data("ExperimentConfig", errors)
+        return self
+
+    @model_validator(mode="after")
     def _trials_valid(self) -> ExperimentConfig:
         if self.sweep:
             for check in _TRIAL_CHECKS:
@@ -501,6 +699,15 @@ class ExperimentConfig(_Section):
                 if errors:
                     raise ValidationError.from_exception_data("ExperimentConfig", errors)
         return self
+
+
+def _or(cells) -> str:
+    return " or ".join(cells)
+
+
+def _foreign_text(key: str, cell: str) -> str:
+    return (f"expected null with cell {cell} ({key} applies only to cell "
+            f"{_or(SCAN_KEYS[key])})")
 
 
 #: Checks of every trial of a sweep, run last when a config validates. The sweep module
@@ -599,6 +806,12 @@ def _trial_data(config: ExperimentConfig, params: dict[str, Any]) -> dict[str, A
     data = config.model_dump(exclude={"sweep"})  # task options sit flat: task.<option> works
     for key, value in params.items():
         set_dotted(data, key, value)
+    if "model.cell" in params or "model.cell" in config.sweep:
+        # the cell may differ from the base's: the base's scan keys of other cells drop out
+        model = data["model"]
+        for key, cells in SCAN_KEYS.items():
+            if f"model.{key}" not in params and model.get("cell") not in cells:
+                model[key] = None
     task = data["task"]
     if task.get("name") != config.task.name:  # another task: base options at default drop out
         set_here = {k.split(".", 1)[1] for k in params if k.startswith("task.")}
@@ -639,11 +852,19 @@ def with_params(config: ExperimentConfig, params: dict[str, Any],
         raise ConfigError(source, pydantic_problems(exc, data, valid_keys)) from None
 
 
+_LATER_KEYS: dict[str, tuple[str, ...]] = {"model": tuple(SCAN_KEYS)}
+"""Keys added to the schema after trial ids were first issued: left out of the canonical
+settings while ``None`` (their default), so that the ids of configs that do not set them stay
+what they were."""
+
+
 def canonical_settings(config: ExperimentConfig) -> str:
     """The settings that define a run, as canonical JSON text: the ``task``, ``model``,
     ``train`` and ``probes`` sections (not ``name``, ``description`` or ``sweep``), every
     default filled in, keys sorted, no whitespace. Equal settings give equal text, however the
     config was written (key order, ``1e-3`` or ``0.001``, ``seed`` or ``train.seed``, ...).
+    The scan cells' keys (:data:`SCAN_KEYS`) are left out while ``None``, so that they did not
+    change the ids of earlier configs.
 
     Example:
         >>> cfg = validate_config({"name": "x", "task": {"name": "adding", "seq_len": 20}})
@@ -651,6 +872,10 @@ def canonical_settings(config: ExperimentConfig) -> str:
         '{"model":{"cell":"rnn","hidden_size":10,'
     """
     data = config.model_dump(mode="json", include=set(_SECTIONS))
+    for section, keys in _LATER_KEYS.items():
+        for key in keys:
+            if data[section].get(key) is None:
+                del data[section][key]
     return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
 
 

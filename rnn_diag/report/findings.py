@@ -9,6 +9,14 @@ value; *decay_per_step* is the least-squares slope in decades per step back (neg
 vanishing); the *verdict* is "vanishing" when the fitted change over the window is ≤ −3
 decades and "exploding" when it is ≥ +1.
 
+Diagonal scans (``model.cell`` lru, mingru, ssm) are spoken of by their slowest channel: its
+top Lyapunov exponent λ₁ (``lyapunov_top_end``, nats per step) is the time mean of ln|a_t| on
+the training inputs, so exp(λ₁) is that channel's |a| averaged (geometrically) over them — for
+the LRU, whose λ is fixed, exactly its |λ| — and the gradient along it changes by 3 decades in
+3·ln 10/|λ₁| steps, the *3-decade timescale* (:func:`~.figures.cells.decade_steps`), the same 3
+decades as the horizon. Where each cell stops learning in a sweep of a task option × cell is
+judged as in :mod:`.figures.learning`.
+
 A *setting* is one combination of the swept values other than the seed, a *panel setting* one
 other than the sequence length and the seed (the vocabulary of
 :mod:`rnn_diag.experiments.labels`); where a setting has several seeds, its numbers are medians
@@ -26,6 +34,14 @@ import pandas as pd
 
 from ..experiments.labels import format_value, short_names
 from .figures import time_unit
+from .figures.cells import decade_steps, input_dependent, is_scan
+from .figures.learning import (
+    LEARNED_FRACTION,
+    LearningSweep,
+    family_reach,
+    learning_sweep,
+    steps_text,
+)
 
 __all__ = ["Finding", "compute_findings", "grid_order", "setting_keys", "setting_labels"]
 
@@ -63,12 +79,30 @@ def setting_labels(trials: pd.DataFrame, swept: Sequence[str]) -> pd.Series:
         return pd.Series(["all trials"] * len(trials), index=trials.index, dtype=object)
     short = short_names(keys)
     # column by column: a row of mixed ints and floats would turn 10 into 10.0
-    parts = [trials[k].astype(object).map(lambda v, k=k: _setting_text(short[k], k, v))
+    parts = [_whole(trials[k]).map(lambda v, k=k: _setting_text(short[k], k, v))
              for k in keys]
     labels = parts[0]
     for part in parts[1:]:
         labels = labels + ", " + part
     return labels
+
+
+def _whole(column: pd.Series) -> pd.Series:
+    """``column`` as objects, a float column whose values are all whole numbers as ints (a
+    stored ``Int64`` column reads back as float64: lag 300, not 300.0).
+
+    Example:
+        >>> _whole(pd.Series([2.0, float("nan")])).tolist(), _whole(pd.Series([0.5, 1.0])).tolist()
+        ([2, nan], [0.5, 1.0])
+    """
+    values = column.astype(object)
+    if not pd.api.types.is_float_dtype(column):
+        return values
+    present = column.dropna()
+    if len(present) == 0 or not all(float(v).is_integer() for v in present):
+        return values
+    return pd.Series([v if pd.isna(v) else int(v) for v in values], index=column.index,
+                     dtype=object)
 
 
 def _setting_text(short: str, key: str, value) -> str:
@@ -396,21 +430,31 @@ def _lyapunov(trials: pd.DataFrame, labels: pd.Series) -> list[Finding]:
                      "decades per step back"
         if len(finite) == 1:
             texts.append(
-                f"The largest Lyapunov exponent at the end of training is {top[lo]:+.3f} nats per "
-                f"step ({labels[lo]}); {per_decade}, i.e. {top[lo] / math.log(10):+.3f}.")
+                f"The largest Lyapunov exponent at the end of training is {_nats(top[lo])} nats "
+                f"per step ({labels[lo]}); {per_decade}, i.e. {_nats(top[lo] / math.log(10))}.")
         else:
             texts.append(
                 f"The largest Lyapunov exponent at the end of training ranges from "
-                f"{top[lo]:+.3f} ({labels[lo]}) to {top[hi]:+.3f} nats per step ({labels[hi]}); "
-                f"{per_decade}, i.e. {top[lo] / math.log(10):+.3f} to "
-                f"{top[hi] / math.log(10):+.3f}.")
-        positive = finite > _NEUTRAL
+                f"{_nats(top[lo])} ({labels[lo]}) to {_nats(top[hi])} nats per step "
+                f"({labels[hi]}); {per_decade}, i.e. {_nats(top[lo] / math.log(10))} to "
+                f"{_nats(top[hi] / math.log(10))}.")
+        cell = trials.get("model.cell", pd.Series("rnn", index=trials.index))
+        scan = cell.reindex(finite.index).map(is_scan)
+        positive = (finite > _NEUTRAL) & ~scan
         if positive.any():
             n = int(positive.sum())
             texts.append(
                 f"{n} trial{'s end' if n != 1 else ' ends'} with an exponent above "
                 f"+{_NEUTRAL} nats per step: chaotic dynamics, where perturbations and gradients "
                 f"grow ({_list(list(dict.fromkeys(labels[finite.index[positive]])))}).")
+        growing = (finite > _NEUTRAL) & scan
+        if growing.any():
+            n = int(growing.sum())
+            texts.append(
+                f"{n} diagonal-scan trial{'s end' if n != 1 else ' ends'} with an exponent above "
+                f"+{_NEUTRAL} nats per step: its slowest channel's |a| exceeds 1 on average, so "
+                f"its state and gradient grow without bound "
+                f"({_list(list(dict.fromkeys(labels[finite.index[growing]])))}).")
         neutral = finite.abs() <= _NEUTRAL
         if neutral.any():
             n = int(neutral.sum())
@@ -426,6 +470,220 @@ def _lyapunov(trials: pd.DataFrame, labels: pd.Series) -> list[Finding]:
             f"the state collapses to exactly zero (e.g. dead relu units), so no gradient "
             f"flows back through time at all ({_list(settings)}).")
     return [Finding(" ".join(texts), "lyapunov")] if texts else []
+
+
+def _nats(x: float) -> str:
+    """An exponent in nats per step: three decimals, two significant digits below 0.01.
+
+    Example:
+        >>> _nats(-0.69), _nats(-0.002), _nats(-0.00234), _nats(0.0461)
+        ('-0.690', '-0.002', '-0.0023', '+0.046')
+    """
+    return f"{x:+.3f}" if abs(x) >= 0.01 or x == 0 else f"{x:+.2g}"
+
+
+def _modulus(exponent: float) -> str:
+    """exp(exponent) with three decimals, or as many more as it takes to tell it from 1 (an
+    |a| below 1 never reads 1.000).
+
+    Example:
+        >>> _modulus(-0.002), _modulus(-0.0004), _modulus(0.0202), _modulus(0.0)
+        ('0.998', '0.9996', '1.020', '1.000')
+    """
+    v = math.exp(exponent)
+    digits = 3
+    while v != 1.0 and float(f"{v:.{digits}f}") == 1.0 and digits < 12:
+        digits += 1
+    return f"{v:.{digits}f}"
+
+
+def _distance(row: pd.Series, config: Mapping) -> tuple[str, float] | None:
+    """The distance a trial's timescale is compared with: its lag when the task has one (a
+    column, or the config's ``task.lag``), else its window (``task.seq_len``)."""
+    lag = row.get("task.lag")
+    if lag is None or pd.isna(lag):
+        task = config.get("task") if isinstance(config.get("task"), Mapping) else {}
+        lag = task.get("lag")
+    if lag is not None and not pd.isna(lag):
+        return f"the lag of {int(lag)} steps", float(lag)
+    seq_len = row.get("task.seq_len")
+    if seq_len is not None and not pd.isna(seq_len):
+        return f"the window of {int(seq_len)} steps", float(seq_len)
+    return None
+
+
+def _slowest_channel(cell: str, where: str, exponent: float, distance) -> str:
+    """One sentence on a diagonal scan's slowest channel (see the module docstring)."""
+    head = f"{cell} ({where})" if where else cell
+    if exponent == -math.inf:
+        return (f"{head}: every channel's |a| is exactly 0 (top Lyapunov exponent −∞), so no "
+                "gradient flows back through time.")
+    if input_dependent(cell):
+        what = f"the slowest channel's |a| averaged {_modulus(exponent)} over the training inputs"
+    else:
+        what = f"the slowest channel's eigenvalue has |λ| = {_modulus(exponent)}"
+    return (f"{head}: {what} (top Lyapunov exponent {_nats(exponent)} nats/step)"
+            f"{_decay_clause(exponent, distance, ': the gradient along that channel ')}.")
+
+
+def _decay_clause(exponent: float, distance, lead: str) -> str:
+    """``lead`` + "falls 3 decades in about 3,450 steps, longer than the lag (300 steps)"."""
+    if exponent == 0:
+        return f"{lead}neither falls nor grows"
+    verb = "falls" if exponent < 0 else "grows"
+    text = f"{lead}{verb} 3 decades in about {steps_text(decade_steps(exponent))} steps"
+    if exponent < 0 and distance is not None:
+        name, steps = distance
+        if decade_steps(exponent) >= steps:
+            text += f", longer than {name}"
+        else:
+            text += (f", shorter than {name}: over that distance even the slowest channel loses "
+                     "more than 3 decades")
+    return text
+
+
+def _slowest_short(where: str, exponent: float, distance) -> str:
+    """The same numbers as :func:`_slowest_channel`, as a clause for another setting."""
+    if exponent == -math.inf:
+        return f"{where}: |a| = 0"
+    return (f"{where}: {_modulus(exponent)} ({_nats(exponent)} nats/step"
+            f"{_decay_clause(exponent, distance, ', ')})")
+
+
+#: Settings per scan cell told in the clauses after the first sentence, at most (evenly
+#: picked beyond, first and last kept).
+_MAX_SCAN = 6
+
+
+def _scan_decays(trials: pd.DataFrame, swept: Sequence[str], config: Mapping) -> list[Finding]:
+    """Per diagonal scan: its slowest channel's |a| (or |λ|) and 3-decade timescale at the end
+    of training, compared with the lag or the window — in full for its last setting (the
+    longest lag of a lag sweep), in short for the others; medians over seeds."""
+    cell = trials.get("model.cell", pd.Series("rnn", index=trials.index)).astype(object)
+    top = _col(trials, "lyapunov_top_end")
+    scan = cell.map(is_scan) & top.notna()
+    if not scan.any():
+        return []
+    where = setting_labels(trials, [k for k in swept if k != "model.cell"])
+    where = where.where(where != "all trials", "")
+    out = []
+    for name in dict.fromkeys(cell[scan]):
+        mine = trials.index[scan & (cell == name)]
+        groups = []
+        for setting, idx in pd.Series(mine, index=mine).groupby(where[mine], sort=False):
+            idx = list(idx)
+            groups.append((setting, len(idx), float(np.median(top[idx])),
+                           _distance(trials.loc[idx[0]], config)))
+        setting, n, exponent, distance = groups[-1]
+        place = setting + (f", median over {n} seeds" if n > 1 else "")
+        text = _slowest_channel(str(name), place, exponent, distance)
+        others = groups[:-1]
+        if others:
+            picked = [others[i] for i in np.unique(np.linspace(
+                0, len(others) - 1, min(_MAX_SCAN, len(others))).round().astype(int))]
+            what = "|λ|" if not input_dependent(name) else "mean |a|"
+            text += (f" The slowest channel's {what} at the other settings: "
+                     + "; ".join(_slowest_short(g[0], g[2], g[3]) for g in picked) + ".")
+            if len(picked) < len(others):
+                text += f" ({len(others) - len(picked)} more settings: the Lyapunov figure.)"
+        out.append(Finding(text, "lyapunov"))
+    return out
+
+
+def _point_text(point: pd.Series, sweep: LearningSweep, best: bool = False) -> str:
+    """``accuracy 0.915 against best 0.933 and chance 0.333; horizon 41 steps, 3-decade
+    timescale about 691 steps`` for one point of the learning view (``best``: with the best
+    and chance values; seeds that disagree are counted)."""
+    if point["n_ok"] == 0:
+        return f"no finished trial: {point['statuses'] or 'no result'}"
+    text = f"{sweep.metric} {point['metric']:.3f}"
+    if best:
+        text += f" against best {point['best']:.3f} and chance {point['chance']:.3f}"
+    if point["learned"] is not None and 0 < point["n_learned"] < point["n_ok"]:
+        text += f", {int(point['n_learned'])} of {int(point['n_ok'])} seeds learned"
+    h = point["horizon"]
+    text += (f"; horizon {int(round(h))} step{'s' if round(h) != 1 else ''}"
+             if math.isfinite(h) else "; no finite horizon")
+    tau = point["timescale"]
+    if tau == math.inf:
+        text += ", the slowest direction does not decay"
+    elif math.isfinite(tau):
+        text += f", 3-decade timescale about {steps_text(tau)} steps"
+    return text
+
+
+def _against(point: pd.Series, sweep: LearningSweep) -> str:
+    """How the horizon and the timescale at a point compare with its lag (or window)."""
+    if sweep.x_key not in ("task.lag", "task.seq_len") or point["n_ok"] == 0:
+        return ""
+    name = "the lag" if sweep.x_key == "task.lag" else "the window"
+    values = {"horizon": point["horizon"], "timescale": point["timescale"]}
+    known = [k for k, v in values.items() if not math.isnan(v)]
+    short = [k for k in known if values[k] < point["x"]]
+    if not known:
+        return ""
+    if len(short) == len(known):
+        return (f": {'both are' if len(known) == 2 else 'the ' + known[0] + ' is'} shorter "
+                f"than {name}")
+    if not short:
+        return (f": {'both reach' if len(known) == 2 else 'the ' + known[0] + ' reaches'} "
+                f"{name}, so the limit is not the gradient's reach")
+    other = next(k for k in known if k not in short)
+    return f": the {short[0]} is shorter than {name}, the {other} is not"
+
+
+def _learning(trials: pd.DataFrame) -> list[Finding]:
+    """Where each family of a task option × cell sweep stops learning (see
+    :mod:`.figures.learning`), with the horizon and timescale there."""
+    sweep = learning_sweep(trials)
+    if sweep is None:
+        return []
+    x = sweep.x_name
+    if not sweep.has_best:
+        return [Finding(
+            f"The run does not store the task's best {sweep.metric} (column best_metric), so "
+            f"where each cell stops learning against {x} is not judged; the figure shows the "
+            f"held-out {sweep.metric} against chance.", "learning")]
+    pts = sweep.points
+    out = []
+    for reach in family_reach(sweep):
+        if not reach.judged:
+            continue
+        mine = pts[pts["family"] == reach.family]
+        first = mine.iloc[0]
+        name = first["cell"] + (f" ({first['others']})" if first["others"] else "")
+        at = {float(r["x"]): r for _, r in mine.iterrows()}
+        if reach.largest is None:
+            p = at[reach.stop]
+            text = (f"{name} learns the task at none of the swept {x} values: at {x} "
+                    f"{_fmt(reach.stop)}, the smallest with something to learn, "
+                    f"{_point_text(p, sweep, best=True)}{_against(p, sweep)}.")
+        else:
+            p = at[reach.largest]
+            every = not reach.gaps and reach.largest == reach.judged[-1]
+            text = (f"{name} learns the task {f'at every swept {x}, ' if every else ''}up to "
+                    f"{x} {_fmt(reach.largest)} ({_point_text(p, sweep, best=True)})")
+            if reach.stop is not None:
+                q = at[reach.stop]
+                text += (f" and stops at {x} {_fmt(reach.stop)} ({_point_text(q, sweep)})"
+                         f"{_against(q, sweep)}")
+            text += "."
+            if reach.gaps:
+                text += (f" It did not learn at {x} {', '.join(_fmt(g) for g in reach.gaps)}, "
+                         "below that.")
+        out.append(Finding(text, "learning"))
+    if out:
+        lo = pts[pts["learnable"]]
+        threshold = lo["chance"] + LEARNED_FRACTION * (lo["best"] - lo["chance"])
+        lead = (f"Learned means a median held-out {sweep.metric} at least half-way from chance "
+                f"to the best possible value (here {_span(threshold, ' to ')} or "
+                f"{'more' if (lo['best'] >= lo['chance']).all() else 'less'}). ")
+        out[0] = Finding(lead + out[0].text, out[0].key)
+    return out
+
+
+def _fmt(value: float) -> str:
+    return f"{value:g}" if not float(value).is_integer() else str(int(value))
 
 
 def _changes(trials: pd.DataFrame, labels: pd.Series, unit: str = "epoch") -> list[Finding]:
@@ -493,7 +751,7 @@ def compute_findings(tables: Mapping[str, pd.DataFrame], swept: Sequence[str],
 
     Returns:
         :class:`Finding` objects; each ``key`` is a figure section anchor ("profile",
-        "heatmap", "loss", "spectra", "lyapunov") or "trials" (the summary table).
+        "heatmap", "loss", "learning", "spectra", "lyapunov") or "trials" (the summary table).
     """
     trials = tables.get("trials", pd.DataFrame())
     if trials is None or trials.empty:
@@ -512,8 +770,10 @@ def compute_findings(tables: Mapping[str, pd.DataFrame], swept: Sequence[str],
         *_reach(trials, summaries, labels, panel_settings),
         *_exploding(trials, labels),
         *_chance(trials, labels),
+        *_learning(trials),
         *_pascanu(trials, labels, config or {}),
         *_lyapunov(trials, labels),
+        *_scan_decays(trials, swept, config or {}),
         *_changes(trials, per_trial, unit),
         *(_horizon_changes(trials, summaries, per_trial) if unit == "step" else []),
     ]

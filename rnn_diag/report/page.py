@@ -25,6 +25,8 @@ from tqdm.auto import tqdm
 from .. import __version__
 from ..experiments.labels import format_value
 from . import figures
+from .figures.cells import is_scan
+from .figures.learning import family_reach, learning_sweep, steps_text
 from .findings import Finding, compute_findings, grid_order
 from .parallel import default_jobs, draw_in_pool
 from .run_data import RunData
@@ -147,6 +149,60 @@ def _trial_rows(run: RunData, palette: Callable | None) -> list[dict]:
     return rows
 
 
+def _learning_table(trials: pd.DataFrame) -> dict | None:
+    """The table of the learning view (:mod:`rnn_diag.report.figures.learning`): one row per
+    family, one column per swept value, each cell the median held-out metric (✓ learned,
+    ✗ not), the seeds that learned, the horizon and the 3-decade timescale; None when the run
+    has no sweep of a task option × cell."""
+    sweep = learning_sweep(trials)
+    if sweep is None:
+        return None
+    reach = {r.family: r for r in family_reach(sweep)}
+    rows = []
+    for family in sweep.families:
+        part = sweep.points[sweep.points["family"] == family]
+        cells = []
+        for x in sweep.xs:
+            found = part[part["x"] == x]
+            if found.empty:
+                cells.append(None)
+                continue
+            p = found.iloc[0]
+            tau = p["timescale"]
+            cells.append({
+                "metric": _num(p["metric"], 3) or (p["statuses"] or "no result"),
+                "learned": p["learned"],
+                "mark": {True: "✓", False: "✗"}.get(p["learned"], ""),
+                "seeds": _seeds_text(p),
+                "horizon": _int(p["horizon"]) or "none",
+                "timescale": ("∞" if tau == math.inf else steps_text(tau)
+                              if math.isfinite(tau) else ""),
+            })
+        r = reach[family]
+        largest = (_fmt(r.largest) if r.largest is not None
+                   else "none" if r.judged else "not judged")
+        rows.append({"family": family, "cells": cells, "largest": largest})
+    chance = pd.to_numeric(sweep.points["chance"]).dropna().unique()
+    return {"x_name": sweep.x_name, "xs": [_fmt(x) for x in sweep.xs], "metric": sweep.metric,
+            "rows": rows, "has_best": sweep.has_best,
+            "chance": _num(chance[0], 3) if len(chance) == 1 else ""}
+
+
+def _seeds_text(point) -> str:
+    """"2/2 seeds" (seeds that learned / finished seeds) where several finished, and the
+    trials that did not finish ("1 failed")."""
+    parts = []
+    if point["n_ok"] > 1 and point["learned"] is not None:
+        parts.append(f"{int(point['n_learned'])}/{int(point['n_ok'])} seeds")
+    if point["statuses"] and point["n_ok"] > 0:
+        parts.append(f"{int(point['n'] - point['n_ok'])} {point['statuses']}")
+    return " · ".join(parts)
+
+
+def _fmt(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
 def _manifest_items(manifest: Mapping) -> list[tuple[str, str]]:
     keys = [k for k in _MANIFEST_FIRST if k in manifest]
     keys += [k for k in manifest if k not in keys]
@@ -213,6 +269,7 @@ def render_report(run: RunData, sections: Sequence | None = None, *, fmt: str = 
     has_task = "task.name" in run.trials and run.trials["task.name"].notna().any()
     if not has_task and "time_unit" in run.trials:  # a recording: no task-specific figure
         sections = [s for s in sections if not getattr(s, "task_only", False)]
+    sections = [s for s in sections if figures.applies_to(s, tables)]
     results = _draw_sections(run.name, sections, tables, fmt, progress, jobs)
     findings = compute_findings(tables, run.swept, run.config)
     keys = {s.key for s in results}
@@ -248,6 +305,9 @@ def render_report(run: RunData, sections: Sequence | None = None, *, fmt: str = 
         swept=[(k, ", ".join(format_value(v) for v in run.config.get("sweep", {}).get(k, [])))
                for k in run.swept],
         sections=results,
+        learning=_learning_table(run.trials),
+        has_scans=bool("model.cell" in run.trials
+                       and run.trials["model.cell"].map(is_scan).any()),
     )
     return Rendered(html=html, sections=results, findings=findings,
                     seconds=time.perf_counter() - t0)

@@ -143,11 +143,14 @@ def _no_pyplot_leak():
 
 def test_sections_are_in_report_order_and_build_figures():
     tables = _tables()
-    assert [s.key for s in SECTIONS] == ["loss", "profile", "heatmap", "phase", "spectra",
-                                         "jacobians", "lyapunov", "predictions"]
+    assert [s.key for s in SECTIONS] == ["loss", "learning", "profile", "heatmap", "phase",
+                                         "spectra", "jacobians", "lyapunov", "predictions"]
     for section in SECTIONS:
         assert section.title and len(section.caption) > 40
         assert set(section.needs) <= set(tables) and "trials" in section.needs
+        if not figures.applies_to(section, tables):  # learning: no task option × cell sweep
+            assert section.key == "learning"
+            continue
         fig = section.build(tables)
         assert isinstance(fig, Figure), section.key
         assert _panels(fig), section.key
@@ -405,7 +408,8 @@ def test_nonfinite_values_are_marked_not_fatal():
     tables["lyapunov"].loc[0, "exponent"] = -np.inf
     tables["predictions"].loc[0, "probability"] = np.nan
     for section in SECTIONS:
-        section.build(tables)
+        if figures.applies_to(section, tables):  # not learning: no task option × cell sweep
+            section.build(tables)
     fig = gradient_profiles(tables["trials"], g)
     grid = _grid(fig)
     labels = {ln.get_label() for ax in _panels(fig) for ln in ax.get_lines()}
@@ -424,6 +428,8 @@ def test_nonfinite_values_are_marked_not_fatal():
 def test_single_trial_draws_every_section():
     tables = _tables([("a", 6, 0.5, 0, "ok")])
     for section in SECTIONS:
+        if not figures.applies_to(section, tables):  # learning: no sweep at all
+            continue
         fig = section.build(tables)
         assert _panels(fig), section.key
         if section.key in ("profile", "jacobians"):

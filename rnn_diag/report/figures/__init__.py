@@ -28,6 +28,7 @@ from ._data import MissingData, table, time_unit
 from .gradient_profile import gradient_profiles
 from .heatmap import gradient_heatmaps
 from .jacobians import jacobian_norms
+from .learning import learning_curves, learning_sweep
 from .loss import loss_history
 from .lyapunov import lyapunov_spectra
 from .phase import phase_diagram
@@ -38,11 +39,13 @@ from .style import seq_len_palette
 __all__ = [
     "SECTIONS",
     "FigureSection",
+    "applies_to",
     "caption_for",
     "MissingData",
     "gradient_heatmaps",
     "gradient_profiles",
     "jacobian_norms",
+    "learning_curves",
     "loss_history",
     "lyapunov_spectra",
     "next_step_predictions",
@@ -58,8 +61,8 @@ class FigureSection:
     """One figure of the report.
 
     Attributes:
-        key: anchor id ("loss", "profile", "heatmap", "phase", "spectra", "jacobians",
-            "lyapunov", "predictions").
+        key: anchor id ("loss", "learning", "profile", "heatmap", "phase", "spectra",
+            "jacobians", "lyapunov", "predictions").
         title: short heading.
         caption: what the figure shows and what to look for (plain words, 1-3 sentences);
             ``{unit}`` stands for the time axis, "epoch" or "step" (:func:`caption_for`).
@@ -69,6 +72,9 @@ class FigureSection:
             recording of a user's own loop, which has none, leaves it out.
         task_caption: the part of the caption about the task (chance levels), left out for a
             recording.
+        applies: ``applies(tables)`` is False when the figure has no place in this run at all
+            (e.g. the learning view without a sweep of a task option × cell): the page then
+            leaves the section out instead of saying "not recorded". None: always applies.
     """
 
     key: str
@@ -78,6 +84,13 @@ class FigureSection:
     build: Callable[[Mapping[str, pd.DataFrame]], Figure]
     task_only: bool = False
     task_caption: str = ""
+    applies: Callable[[Mapping[str, pd.DataFrame]], bool] | None = None
+
+
+def applies_to(section, tables: Mapping[str, pd.DataFrame]) -> bool:
+    """Whether ``section`` belongs in the report of these tables (its ``applies``, if any)."""
+    test = getattr(section, "applies", None)
+    return test is None or bool(test(tables))
 
 
 def caption_for(section, tables: Mapping[str, pd.DataFrame]) -> str:
@@ -93,6 +106,15 @@ def caption_for(section, tables: Mapping[str, pd.DataFrame]) -> str:
 
 def _build_loss(tables: Mapping[str, pd.DataFrame]) -> Figure:
     return loss_history(table(tables, "trials"), table(tables, "curves"))
+
+
+def _build_learning(tables: Mapping[str, pd.DataFrame]) -> Figure:
+    return learning_curves(table(tables, "trials"))
+
+
+def _has_learning_sweep(tables: Mapping[str, pd.DataFrame]) -> bool:
+    trials = table(tables, "trials")
+    return trials is not None and learning_sweep(trials) is not None
 
 
 def _build_profile(tables: Mapping[str, pd.DataFrame]) -> Figure:
@@ -143,6 +165,25 @@ SECTIONS: tuple[FigureSection, ...] = (
         build=_build_loss,
     ),
     FigureSection(
+        key="learning",
+        title="Where learning stops",
+        caption=(
+            "For each cell (a column), above: the held-out metric at the end of training against "
+            "the swept task option (median over seeds, band min-max), the filled markers "
+            "learned — at least half-way from chance (dotted) to the best possible value "
+            "(dashed), the grey threshold — the hollow ones not. Below, in steps: the "
+            "gradient's horizon (solid: the farthest step back within 3 decades of the largest "
+            "∂L/∂h_k) and the 3-decade timescale of the slowest direction, 3·ln10/|λ₁| from the "
+            "top Lyapunov exponent (dash-dotted; for a diagonal scan its slowest channel), with "
+            "the dotted line steps = the swept value. Below that line the signal from that far "
+            "back arrives more than 3 decades weaker: look whether that is where the cell stops "
+            "learning, or whether it stops with the signal still arriving."
+        ),
+        needs=("trials",),
+        build=_build_learning,
+        applies=_has_learning_sweep,
+    ),
+    FigureSection(
         key="profile",
         title="Gradient profile",
         caption=(
@@ -179,7 +220,9 @@ SECTIONS: tuple[FigureSection, ...] = (
             "log10 ‖∂L/∂h_t‖ per step back in time (blue: the gradient shrinks, red: it grows), "
             "and the label is the verdict. The same decay per step is harmless at T=10 and "
             "fatal at T=1000, so look for where the verdict turns to vanishing as T grows, and "
-            "whether training moves a cell from the left panel to the right one."
+            "whether training moves a cell from the left panel to the right one. With a single "
+            "sequence length and two swept settings (e.g. cell × lag), one is the rows and the "
+            "other the columns."
         ),
         needs=("trials",),
         build=_build_phase,
@@ -192,7 +235,12 @@ SECTIONS: tuple[FigureSection, ...] = (
             "its eigenvalues with the unit circle, its singular values, and the spectral "
             "radius ρ and spectral norm σ_max at each snapshot. Eigenvalues inside the circle "
             "mean a decaying linear recurrence; for a tanh RNN σ_max < 1 guarantees vanishing "
-            "gradients, while ρ < 1 < σ_max (common for random init) guarantees nothing."
+            "gradients, while ρ < 1 < σ_max (common for random init) guarantees nothing. For a "
+            "diagonal scan the points are the diagonal of its recurrence: the LRU's fixed "
+            "eigenvalues λ, and for minGRU and the selective SSM the decay a at zero input — "
+            "their decay changes with each input, so these points are not fixed eigenvalues "
+            "(the Lyapunov spectrum gives its average over the training inputs). With more than "
+            "6 settings only the eigenvalues are drawn, one panel per setting."
         ),
         needs=("trials", "spectra"),
         build=_build_spectra,
@@ -221,7 +269,10 @@ SECTIONS: tuple[FigureSection, ...] = (
             "and after training (solid), in nats per step (right axis: decades per step). The "
             "largest one is the long-run slope of the gradient profile: below 0 the signal "
             "decays exponentially with distance, above 0 it grows; training that pushes it "
-            "towards 0 lengthens the memory."
+            "towards 0 lengthens the memory. A diagonal scan (lru, mingru, ssm) has one "
+            "exponent per channel, the mean of ln|a_t,i| over the training inputs (for the "
+            "LRU exactly ln|λ_i|): the largest is its slowest channel, whose |a| averaged "
+            "exp(λ₁) per step."
         ),
         needs=("trials", "lyapunov"),
         build=_build_lyapunov,

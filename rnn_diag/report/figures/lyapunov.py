@@ -1,14 +1,20 @@
-"""Figure 6b: the Lyapunov spectrum of the recurrent dynamics at init and at the end."""
+"""Figure 6b: the Lyapunov spectrum of the recurrent dynamics at init and at the end.
+
+For a diagonal scan (:mod:`.cells`) the exponents are one per channel, the time mean of
+ln|a_t,i| over the training inputs, not necessarily stored in decreasing order: every spectrum
+is drawn sorted, largest first (a no-op for the other cells, whose spectra are stored so)."""
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from ._data import Trials, last_layer, require
+from ._data import Trials, last_layer, panel_layout, require
+from .cells import is_scan
 from .style import BAND_ALPHA, add_note, figure_style, new_figure, seq_len_palette
 from .theory import LN10
 
@@ -27,8 +33,10 @@ def lyapunov_spectra(trials: pd.DataFrame, lyapunov: pd.DataFrame) -> Figure:
         lyapunov: long table ``trial, when, layer, index, exponent`` (``when`` "init", "end" or
             an epoch; only init and end are drawn; last layer).
 
-    The top exponent λ₁ (index 0) is the long-run rate of change of log‖∂L/∂h_t‖ per step:
-    below 0 the gradient vanishes exponentially, above 0 it explodes.
+    The top exponent λ₁ (rank 0) is the long-run rate of change of log‖∂L/∂h_t‖ per step:
+    below 0 the gradient vanishes exponentially, above 0 it explodes. Each trial's spectrum is
+    drawn sorted, largest first; a diagonal scan's exponents (one per channel) are said so in
+    the note. Panels are laid out as the loss figure's (:func:`panel_layout`).
     """
     info = Trials.from_table(trials)
     require(lyapunov, "lyapunov", ["trial", "when", "index", "exponent"])
@@ -38,16 +46,23 @@ def lyapunov_spectra(trials: pd.DataFrame, lyapunov: pd.DataFrame) -> Figure:
     df = df.assign(exponent=pd.to_numeric(df["exponent"], errors="coerce"))
     df = df[df["exponent"].map(math.isfinite)]
     require(df, "lyapunov", hint=": no finite init/end exponents for the trials of this run")
+    df = df.assign(when=df["when"].astype(str))
+    group = ["trial", "when"] + (["layer"] if "layer" in df else [])
+    df = df.sort_values("exponent", ascending=False, kind="stable")
+    df["index"] = df.groupby(group).cumcount()
     palette = seq_len_palette(info.seq_lens)
     settings = [v for v in info.settings if (df["setting"] == v).any()]
-    ncols = min(_MAX_COLS, len(settings))
-    nrows = math.ceil(len(settings) / ncols)
+    nrows, ncols, where = panel_layout(info, settings, _MAX_COLS)
     seeds = False
     with figure_style():
-        fig, axes = new_figure(nrows, ncols, sharey=True, panel_height=2.6 if ncols > 1 else 3.2)
-        for ax in axes.ravel()[len(settings):]:
-            ax.set_visible(False)
-        for k, (ax, setting) in enumerate(zip(axes.ravel(), settings)):
+        height = 3.2 if ncols == 1 else 2.6 if nrows < 4 else 2.1
+        fig, axes = new_figure(nrows, ncols, sharey=True, panel_height=height)
+        filled = set(where.values())
+        for (r, c), ax in np.ndenumerate(axes):
+            ax.set_visible((r, c) in filled)
+        for setting in settings:
+            r, c = where[setting]
+            ax = axes[r, c]
             ax.axhline(0.0, color="black", lw=0.9)
             part = df[df["setting"] == setting]
             for (seq_len, when), g in part.groupby(["seq_len", "when"]):
@@ -61,12 +76,13 @@ def lyapunov_spectra(trials: pd.DataFrame, lyapunov: pd.DataFrame) -> Figure:
                     seeds = True
                     ax.fill_between(stats.index, stats["min"], stats["max"], color=colour,
                                     alpha=BAND_ALPHA, lw=0)
-            ax.set_title(info.setting_title(setting))
-            ax.set_xlabel("index i (largest exponent first)")
+            ax.set_title(info.setting_title(setting), fontsize=8.5 if ncols > 2 else 9.5)
+            ax.set_xlabel("index i (largest exponent first)" if ncols < 4 else
+                          "index i (largest first)")
             ax.xaxis.set_tick_params(labelbottom=True)
-            if k % ncols == 0:
+            if c == 0:
                 ax.set_ylabel("Lyapunov exponent λ_i (nats/step)")
-            if k % ncols == ncols - 1 or k == len(settings) - 1:
+            if (r, c + 1) not in filled:
                 right = ax.secondary_yaxis("right", functions=(lambda x: x / LN10,
                                                                lambda x: x * LN10))
                 right.set_ylabel("decades/step")
@@ -82,5 +98,9 @@ def lyapunov_spectra(trials: pd.DataFrame, lyapunov: pd.DataFrame) -> Figure:
             notes.append(f"last of {n_layers} layers")
         if seeds:
             notes.append("lines: mean over seeds, bands: min-max")
+        scans = sorted({str(c) for c in df["cell"] if is_scan(c)})
+        if scans:
+            notes.append(f"{', '.join(scans)}: one exponent per channel, the mean of ln|a_t,i| "
+                         "over the training inputs, sorted")
         add_note(fig, "; ".join(notes))
     return fig

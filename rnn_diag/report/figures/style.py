@@ -122,8 +122,33 @@ def new_figure(nrows: int, ncols: int, *, panel_height: float = 2.6,
     return fig, axes
 
 
+#: Characters per line of a note under a figure (about the page's width at 7.5 pt).
+NOTE_WIDTH = 170
+
+
 def add_note(fig: Figure, text: str) -> None:
     """A small grey note under the figure, for what the caption cannot know (e.g. "24 of 48
-    trials shown", "last of 2 layers")."""
+    trials shown", "last of 2 layers"). A note longer than :data:`NOTE_WIDTH` characters is
+    broken into lines after its "; " separators (a part is never split), so a long note does
+    not widen the figure."""
     if text:
-        fig.supxlabel(text, fontsize=7.5, color="#555555", ha="center")
+        fig.supxlabel(_wrap(text), fontsize=7.5, color="#555555", ha="center")
+
+
+def _wrap(text: str, width: int = NOTE_WIDTH) -> str:
+    r"""``text`` with its "; "-separated parts packed into lines of at most ``width``
+    characters (a longer part gets a line of its own).
+
+    Example:
+        >>> _wrap("aaa; bbb; ccc", width=8)
+        'aaa; bbb;\nccc'
+    """
+    lines: list[str] = []
+    for part in text.split("; "):
+        if lines and len(lines[-1]) + 2 + len(part) <= width:
+            lines[-1] += "; " + part
+        else:
+            if lines:
+                lines[-1] += ";"
+            lines.append(part)
+    return "\n".join(lines)

@@ -88,15 +88,14 @@ def register_scan(cls: type, adapter: Adapter | None = None, *,
 
     Example:
         >>> import torch
-        >>> class Leaky(nn.Module):        # h_t = 0.9 h_{t-1} + x_t, returns h
+        >>> from rnn_diag.dynamics.linear_scan import linear_scan
+        >>> class Leaky(nn.Module):          # h_t = 0.9 h_{t-1} + x_t, returns h
         ...     def forward(self, x):
-        ...         return rnn_diag.dynamics.linear_scan.linear_scan(
-        ...             torch.full_like(x, 0.9), x)
-        >>> import rnn_diag.dynamics.linear_scan
+        ...         return linear_scan(torch.full_like(x, 0.9), x)
         >>> @register_scan(Leaky)
         ... def leaky(module, args, kwargs):
         ...     x = args[0]
-        ...     return ScanTrace(torch.full_like(x, 0.9), x, None, lambda h: h)
+        ...     return ScanTrace(torch.full_like(x, 0.9), x, None, readout=lambda h: h)
         >>> registered_adapter(Leaky()) is leaky
         True
         >>> unregister_scan(Leaky)

@@ -25,15 +25,15 @@ class DiagonalScan(nn.Module):
 
     Args:
         sequential: always run the plain loop (for checks); otherwise ``mode`` decides.
-        mode: "auto" (default: the chunked parallel scan, or the loop on a CPU where it is
-            faster, see :func:`rnn_diag.dynamics.linear_scan.diagonal_scan`), "parallel" or
-            "sequential". All give the same values up to rounding.
+        mode: "parallel" (default, the chunked scan; see
+            :func:`rnn_diag.dynamics.linear_scan.diagonal_scan` for why also on a CPU) or
+            "sequential". Both give the same values up to rounding.
 
     Shapes: ``a, b: [B, T, *S]`` (real or complex), ``h0: [B, *S]`` or None (zeros); returns
     ``h: [B, T, *S]``.
     """
 
-    def __init__(self, sequential: bool = False, mode: str = "auto"):
+    def __init__(self, sequential: bool = False, mode: str = "parallel"):
         super().__init__()
         self.sequential = sequential
         self.mode = mode

@@ -130,11 +130,18 @@ class LRU(ScanLayer):
         Bsz, T, _ = x.shape
         lam = self._lambda()
         gamma = torch.exp(self.gamma_log)
-        # γ ⊙ (B x_t) for all steps: real matmuls for both parts, then one complex tensor
-        b = torch.complex(x @ (self.B_re * gamma[:, None]).T, x @ (self.B_im * gamma[:, None]).T)
+        # γ ⊙ (B x_t) for all steps as one real matmul whose output columns interleave the
+        # real and imaginary parts (read as complex without a copy), and Re(C h_t) as one real
+        # matmul on the interleaved states: contiguous operands only. With .real/.imag views
+        # the backward's matmuls ran on strided operands, 13 s instead of about 1 s at
+        # B = 16, T = 4096, N = 256.
+        w_in = torch.stack([self.B_re * gamma[:, None], self.B_im * gamma[:, None]], 1)
+        b = torch.view_as_complex((x @ w_in.reshape(-1, x.shape[-1]).T)
+                                  .view(Bsz, T, self.state_size, 2))
         a = lam.expand(Bsz, T, self.state_size)
         if h0 is not None:
             h0 = h0.to(b.dtype)
         h = self.scan(a, b, h0)  # [B, T, N] complex
-        y = h.real @ self.C_re.T - h.imag @ self.C_im.T  # Re(C h)
+        w_out = torch.stack([self.C_re, -self.C_im], 2).reshape(self.C_re.shape[0], -1)
+        y = torch.view_as_real(h).reshape(Bsz, T, -1) @ w_out.T  # Re(C h)
         return y + (x * self.D if self.D is not None else self.skip(x))

@@ -120,7 +120,6 @@ def test_layer_equals_reference_and_sequential(kind, with_h0, float64_default):
     m = make(kind)
     x = torch.randn(3, 50, IN_SIZE[kind], generator=torch.Generator().manual_seed(1))
     h0 = random_h0(m, 3) if with_h0 else None
-    m.scan.mode = "parallel"  # the chunked scan, whatever "auto" would pick for this size
     y_par, g_par = loss_and_grads(m, x, h0)
     m.set_sequential(True)
     y_seq, g_seq = loss_and_grads(m, x, h0)

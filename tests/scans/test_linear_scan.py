@@ -161,25 +161,14 @@ def test_shape_errors():
         linear_scan(a, a, torch.rand(2, 4))
 
 
-def test_diagonal_scan_modes_agree_and_auto_picks_by_size(monkeypatch):
-    import rnn_diag.dynamics.linear_scan as module
-    from rnn_diag.dynamics.linear_scan import CPU_LOOP_MIN_ELEMENTS, diagonal_scan
+def test_diagonal_scan_modes_agree():
+    from rnn_diag.dynamics.linear_scan import diagonal_scan
 
     g = torch.Generator().manual_seed(0)
     a = torch.rand(2, 37, 5, dtype=torch.float64, generator=g)
     b = torch.randn(2, 37, 5, dtype=torch.float64, generator=g)
     ref = linear_scan_sequential(a, b)
-    for mode in ("auto", "parallel", "sequential"):
+    for mode in ("parallel", "sequential"):
         assert torch.allclose(diagonal_scan(a, b, mode=mode), ref, rtol=1e-12, atol=1e-12)
     with pytest.raises(ValueError, match="mode must be"):
         diagonal_scan(a, b, mode="fast")
-    # "auto" takes the loop on a CPU for large steps, the chunked scan for small ones
-    taken = []
-    monkeypatch.setattr(module, "linear_scan_sequential",
-                        lambda *args: taken.append("loop") or linear_scan_sequential(*args))
-    monkeypatch.setattr(module, "linear_scan",
-                        lambda *args: taken.append("chunked") or linear_scan(*args))
-    big = torch.rand(1, 3, CPU_LOOP_MIN_ELEMENTS, dtype=torch.float64, generator=g)
-    diagonal_scan(big, big)
-    diagonal_scan(a, b)
-    assert taken == ["loop", "chunked"]

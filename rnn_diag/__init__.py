@@ -12,6 +12,7 @@ Public API (imported lazily, so ``rnn-diag --help`` does not pay for importing t
     gradient_summary(log10_norms) -> dict | DataFrame
     record(run_dir, model, every=50, ...) -> Recorder   a user's training loop into a run folder
     Recorder
+    fixed_points(step, initial_states, inputs=None, ...) -> FixedPoints   fixed and slow points
     register_scan(cls, adapter)                   declare a diagonal-scan layer class from outside
     ScanTrace                                     what an adapter returns (decays, drives, read-out)
 
@@ -37,6 +38,7 @@ _EXPORTS = {
     "record": ".recording",
     "Recorder": ".recording",
     "register_scan": ".modules.scans",
+    "fixed_points": ".modules.fixed_points",
     "ScanTrace": ".modules.scans",
 }
 
@@ -48,6 +50,7 @@ __all__ = [
     "Spectrum",
     "__version__",
     "attach",
+    "fixed_points",
     "gradient_summary",
     "lyapunov_spectrum",
     "record",
@@ -60,6 +63,7 @@ if TYPE_CHECKING:
     from .dynamics.spectrum import Spectrum, spectrum
     from .dynamics.summary import gradient_summary
     from .modules.dynamics import lyapunov_spectrum, recurrent_spectra
+    from .modules.fixed_points import fixed_points
     from .modules.scans import ScanTrace, register_scan
     from .probes import Probe, ProbeWarning, attach
     from .recording import Recorder, record

@@ -19,6 +19,7 @@ import rnn_diag as rd
         ("lyapunov_spectrum", "rnn_diag.modules.dynamics"),
         ("register_scan", "rnn_diag.modules.scans"),
         ("ScanTrace", "rnn_diag.modules.scans"),
+        ("fixed_points", "rnn_diag.modules.fixed_points"),
     ],
 )
 def test_top_level_names(name, module):

@@ -590,6 +590,114 @@ def _scan_decays(trials: pd.DataFrame, swept: Sequence[str], config: Mapping) ->
     return out
 
 
+#: Fixed-point classes counted in ``trials.parquet`` (``fixed_points_<class>_end``), with
+#: their names in a finding (singular, plural).
+_FP_CLASSES = (("stable", "stable fixed point", "stable fixed points"),
+               ("saddle", "saddle", "saddles"),
+               ("unstable", "unstable fixed point", "unstable fixed points"),
+               ("marginal", "marginal fixed point", "marginal fixed points"))
+#: Settings told in the fixed-point finding, at most.
+_MAX_FP = 6
+
+
+def _count_text(values: pd.Series, one: str, many: str) -> str:
+    """``"8 stable fixed points"``: the median of ``values`` (seeds), with the range when the
+    seeds differ (``"8 (7–9) saddles"``).
+
+    Example:
+        >>> _count_text(pd.Series([1.0]), "saddle", "saddles")
+        '1 saddle'
+        >>> _count_text(pd.Series([7.0, 8.0, 9.0]), "saddle", "saddles")
+        '8 (7–9) saddles'
+    """
+    median = float(values.median())
+    text = f"{median:g}"
+    if values.min() != values.max():
+        text += f" ({values.min():g}–{values.max():g})"
+    return f"{text} {one if median == 1 else many}"
+
+
+def _bits(row: pd.Series, config: Mapping) -> int | None:
+    """The flip-flop's number of bits: the column ``task.bits`` (swept), else the config's
+    ``task.bits`` when the trial's task is the one the config names; None when unknown."""
+    value = row.get("task.bits")
+    if value is None or pd.isna(value):
+        task = config.get("task") if isinstance(config.get("task"), Mapping) else {}
+        if task.get("name") not in (None, row.get("task.name")):
+            return None
+        value = task.get("bits")
+    try:
+        return int(value) if value is not None and not pd.isna(value) else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _against_bits(stable: float, bits: int | None) -> str:
+    """How a count of stable points compares with the 2^N memories of an N-bit flip-flop.
+
+    Example:
+        >>> _against_bits(8.0, 3), _against_bits(8.0, None)
+        (' (= 2^3, one per pattern of the 3 bits)', '')
+    """
+    if bits is None or not math.isfinite(stable):
+        return ""
+    need = 2 ** bits
+    if stable == need:
+        return f" (= 2^{bits}, one per pattern of the {bits} bits)"
+    word = "fewer" if stable < need else "more"
+    return f" ({word} than the 2^{bits} = {need} patterns of the {bits} bits)"
+
+
+def _fixed_points(trials: pd.DataFrame, labels: pd.Series, config: Mapping) -> list[Finding]:
+    """Per setting: how many fixed points of each stability the trained network has at zero
+    input (top layer, end of training; converged points that are not outliers), the slowest
+    stable mode's |λ₁| and the candidates that did not converge, from the ``fixed_points_*_end``
+    and ``slowest_stable_modulus_end`` columns; medians over seeds with their ranges."""
+    columns = {c: _col(trials, f"fixed_points_{c}_end") for c, _, _ in _FP_CLASSES}
+    unconverged = _col(trials, "fixed_points_unconverged_end")
+    slowest = _col(trials, "slowest_stable_modulus_end")
+    known = pd.concat(columns.values(), axis=1).notna().any(axis=1)
+    if not known.any():
+        return []
+    parts = []
+    for setting, idx in pd.Series(trials.index[known], index=trials.index[known]).groupby(
+            labels[known], sort=False):
+        idx = list(idx)
+        counts = [_count_text(columns[c][idx].dropna(), one, many)
+                  for c, one, many in _FP_CLASSES
+                  if columns[c][idx].notna().any() and (c in ("stable", "saddle")
+                                                        or columns[c][idx].max() > 0)]
+        stable = float(columns["stable"][idx].median())
+        if counts and columns["stable"][idx].notna().any():
+            counts[0] += _against_bits(stable, _bits(trials.loc[idx[0]], config))
+        text = f"{setting}: " + (", ".join(counts[:-1]) + " and " + counts[-1]
+                                 if len(counts) > 1 else counts[0])
+        modulus = slowest[idx].dropna()
+        if len(modulus):
+            m = float(modulus.median())
+            notes = [f"over the seeds {_span(modulus)}"] if _span(modulus) != _down(m) else []
+            if 0 < m < 1:
+                half = math.log(2) / -math.log(m)
+                notes.append(f"a perturbation along it halves in about {steps_text(half)} "
+                             f"step{'s' if round(half) != 1 else ''}")
+            text += f"; the slowest stable mode has |λ₁| = {_down(m)}"
+            text += f" ({'; '.join(notes)})" if notes else ""
+        slow = unconverged[idx].dropna()
+        if len(slow) and slow.sum() > 0:
+            n_slow = int(slow.sum())
+            text += (f"; {n_slow} candidate{'s' if n_slow != 1 else ''}"
+                     f"{f' (over the {len(idx)} seeds)' if len(idx) > 1 else ''} did not "
+                     "converge: slow points, drawn hollow")
+        parts.append(text + _seeds_note(len(idx)).replace("median", "medians"))
+    more = len(parts) - _MAX_FP
+    body = ". ".join(parts[:_MAX_FP]) + "."
+    if more > 0:
+        body += f" ({more} more setting{'s' if more != 1 else ''}: the figure.)"
+    return [Finding(
+        "Fixed points of the trained network at zero input (top layer, end of training; "
+        "converged points that are not outliers): " + body, "fixed_points")]
+
+
 def _point_text(point: pd.Series, sweep: LearningSweep, best: bool = False) -> str:
     """``accuracy 0.915 against best 0.933 and chance 0.333; horizon 41 steps, 3-decade
     timescale about 691 steps`` for one point of the learning view (``best``: with the best
@@ -751,7 +859,8 @@ def compute_findings(tables: Mapping[str, pd.DataFrame], swept: Sequence[str],
 
     Returns:
         :class:`Finding` objects; each ``key`` is a figure section anchor ("profile",
-        "heatmap", "loss", "learning", "spectra", "lyapunov") or "trials" (the summary table).
+        "heatmap", "loss", "learning", "spectra", "lyapunov", "fixed_points") or "trials" (the
+        summary table).
     """
     trials = tables.get("trials", pd.DataFrame())
     if trials is None or trials.empty:
@@ -774,6 +883,7 @@ def compute_findings(tables: Mapping[str, pd.DataFrame], swept: Sequence[str],
         *_pascanu(trials, labels, config or {}),
         *_lyapunov(trials, labels),
         *_scan_decays(trials, swept, config or {}),
+        *_fixed_points(trials, labels, config or {}),
         *_changes(trials, per_trial, unit),
         *(_horizon_changes(trials, summaries, per_trial) if unit == "step" else []),
     ]

@@ -1,8 +1,9 @@
 """Load a run folder (the result store of ``rnn-diag run``) into memory for the report.
 
 A run folder holds ``config.yaml``, ``manifest.json``, ``trials.parquet`` and the long tables
-``curves/ gradients/ summaries/ spectra/ lyapunov/ predictions/`` (one Parquet file per trial,
-column ``trial``); see :mod:`rnn_diag.experiments.store`. Only trials with a row in
+``curves/ gradients/ summaries/ spectra/ lyapunov/ predictions/`` and, when fixed points were
+analysed, ``fixed_points/ fixed_point_eigenvalues/ state_trajectories/ pca/`` (one Parquet file
+per trial, column ``trial``); see :mod:`rnn_diag.experiments.store`. Only trials with a row in
 ``trials.parquet`` are finished: the table files of any other trial are ignored.
 
 The report never re-runs a model: everything it shows comes from these files.
@@ -18,12 +19,20 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from ..experiments.store import CONFIG, MANIFEST, TABLES, TRIALS, Table
+from ..experiments.store import CONFIG, MANIFEST, TRIALS, Table
+from ..experiments.store import TABLES as STORE_TABLES
 
-__all__ = ["TABLES", "NotARunError", "RunData", "check_run", "find_runs", "is_run", "load_run",
-           "missing_files"]
+__all__ = ["FIXED_POINT_TABLES", "TABLES", "NotARunError", "RunData", "check_run", "find_runs",
+           "is_run", "load_run", "missing_files"]
 
 _REQUIRED = (TRIALS, CONFIG, MANIFEST)
+
+#: Long tables of the fixed-point analysis (:func:`rnn_diag.fixed_points`), read whether or not
+#: the store lists them in its own :data:`~rnn_diag.experiments.store.TABLES`.
+FIXED_POINT_TABLES = ("fixed_points", "fixed_point_eigenvalues", "state_trajectories", "pca")
+#: The long tables the report reads: the store's, then any of :data:`FIXED_POINT_TABLES` it
+#: does not list.
+TABLES = STORE_TABLES + tuple(t for t in FIXED_POINT_TABLES if t not in STORE_TABLES)
 
 
 class NotARunError(Exception):

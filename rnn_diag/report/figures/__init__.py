@@ -25,6 +25,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from ._data import MissingData, table, time_unit
+from .fixed_points import fixed_point_portraits, fixed_point_spectra
 from .gradient_profile import gradient_profiles
 from .heatmap import gradient_heatmaps
 from .jacobians import jacobian_norms
@@ -42,6 +43,8 @@ __all__ = [
     "applies_to",
     "caption_for",
     "MissingData",
+    "fixed_point_portraits",
+    "fixed_point_spectra",
     "gradient_heatmaps",
     "gradient_profiles",
     "jacobian_norms",
@@ -62,7 +65,7 @@ class FigureSection:
 
     Attributes:
         key: anchor id ("loss", "learning", "profile", "heatmap", "phase", "spectra",
-            "jacobians", "lyapunov", "predictions").
+            "jacobians", "lyapunov", "predictions", "fixed_points", "fixed_point_eigenvalues").
         title: short heading.
         caption: what the figure shows and what to look for (plain words, 1-3 sentences);
             ``{unit}`` stands for the time axis, "epoch" or "step" (:func:`caption_for`).
@@ -145,6 +148,20 @@ def _build_lyapunov(tables: Mapping[str, pd.DataFrame]) -> Figure:
 
 def _build_predictions(tables: Mapping[str, pd.DataFrame]) -> Figure:
     return next_step_predictions(table(tables, "trials"), table(tables, "predictions"))
+
+
+def _has_fixed_points(tables: Mapping[str, pd.DataFrame]) -> bool:
+    return table(tables, "fixed_points") is not None
+
+
+def _build_fixed_points(tables: Mapping[str, pd.DataFrame]) -> Figure:
+    return fixed_point_portraits(table(tables, "trials"), table(tables, "fixed_points"),
+                                 table(tables, "state_trajectories"), table(tables, "pca"))
+
+
+def _build_fixed_point_eigenvalues(tables: Mapping[str, pd.DataFrame]) -> Figure:
+    return fixed_point_spectra(table(tables, "trials"), table(tables, "fixed_points"),
+                               table(tables, "fixed_point_eigenvalues"))
 
 
 SECTIONS: tuple[FigureSection, ...] = (
@@ -289,5 +306,43 @@ SECTIONS: tuple[FigureSection, ...] = (
         needs=("trials", "predictions"),
         build=_build_predictions,
         task_only=True,
+    ),
+    FigureSection(
+        key="fixed_points",
+        title="Fixed points and slow points",
+        caption=(
+            "Where the trained network's state comes to rest: the fixed points h* = F(h*, x) "
+            "of the top layer's step at a constant input (found by minimising "
+            "q = ½‖F(h, x) − h‖² from states sampled on real trajectories), drawn with a few "
+            "held-out sequences' hidden-state trajectories (thin grey) in the top 3 principal "
+            "components of that trial's recorded hidden states (for an LSTM of its joint state "
+            "[h | c]); the axis labels give each component's share of the variance when it was "
+            "recorded. Colour and marker are the stability from the Jacobian's eigenvalues: "
+            "stable (all |λ| < 1, an attractor: a memory), saddle (some |λ| > 1; the short "
+            "line is its leading unstable direction, along which the state leaves it), "
+            "unstable (all |λ| > 1), marginal (none above 1, some within a small tolerance of "
+            "1). Hollow "
+            "markers are slow points — candidates where q stayed above the tolerance, places "
+            "the state moves slowly without stopping. One panel per setting, its first seed, "
+            "at the end of training."
+        ),
+        needs=("trials", "fixed_points"),
+        build=_build_fixed_points,
+        applies=_has_fixed_points,
+    ),
+    FigureSection(
+        key="fixed_point_eigenvalues",
+        title="Eigenvalues at the fixed points",
+        caption=(
+            "The eigenvalues of the step Jacobian ∂F/∂h at each fixed point of the figure "
+            "above, in the complex plane with the unit circle, coloured and shaped by the "
+            "point's stability (hollow: a slow point). Inside the circle a direction decays "
+            "near the point, by |λ| per step; outside it grows. An eigenvalue just inside the "
+            "circle is a slow direction — a stable point with |λ₁| close to 1 forgets slowly, "
+            "and a line of nearly-marginal points is an approximate line attractor."
+        ),
+        needs=("trials", "fixed_points", "fixed_point_eigenvalues"),
+        build=_build_fixed_point_eigenvalues,
+        applies=_has_fixed_points,
     ),
 )

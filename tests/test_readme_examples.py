@@ -71,3 +71,11 @@ def test_scan_examples_run():
         assert scope["probe"].hidden_grads().shape == (500, 2, 16)
     finally:
         _REGISTRY.pop(scope.get("MinGRU"), None)
+
+
+def test_fixed_point_example_runs():
+    scope: dict = {}
+    exec(_blocks("## Fixed points and slow points")[0], scope)  # noqa: S102
+    fps = scope["fps"]
+    assert bool(fps.converged.any()) and len(fps.frame()) == len(fps.points)
+    assert (scope["slowest"] < 1).all()

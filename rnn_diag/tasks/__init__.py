@@ -1,4 +1,4 @@
-"""Data generators for training sweeps: weather (the seed experiment), adding, copy.
+"""Data generators for training sweeps: weather (the seed experiment), adding, copy, flipflop.
 
 Build a task with :func:`make_task`; each returns a :class:`Task` holding batch-first CPU tensors,
 the loss, the metric, and the chance and best values a report draws as reference lines.
@@ -7,6 +7,7 @@ the loss, the metric, and the chance and best values a report draws as reference
 from rnn_diag.tasks.adding import AddingOptions, AddingTask
 from rnn_diag.tasks.base import Task
 from rnn_diag.tasks.copy import CopyOptions, CopyTask
+from rnn_diag.tasks.flipflop import FlipFlopOptions, FlipFlopTask
 from rnn_diag.tasks.registry import TASK_OPTIONS, TASKS, make_task
 from rnn_diag.tasks.weather import WeatherOptions, WeatherTask
 
@@ -17,6 +18,8 @@ __all__ = [
     "AddingTask",
     "CopyOptions",
     "CopyTask",
+    "FlipFlopOptions",
+    "FlipFlopTask",
     "Task",
     "WeatherOptions",
     "WeatherTask",

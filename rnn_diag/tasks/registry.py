@@ -10,6 +10,7 @@ from pydantic import BaseModel, ValidationError
 from rnn_diag.tasks.adding import AddingTask
 from rnn_diag.tasks.base import Task
 from rnn_diag.tasks.copy import CopyTask
+from rnn_diag.tasks.flipflop import FlipFlopTask
 from rnn_diag.tasks.weather import WeatherTask
 
 __all__ = ["TASKS", "TASK_OPTIONS", "make_task"]
@@ -18,6 +19,7 @@ TASKS: dict[str, type[Task]] = {
     "weather": WeatherTask,
     "adding": AddingTask,
     "copy": CopyTask,
+    "flipflop": FlipFlopTask,
 }
 """Task name -> task class (a :class:`~rnn_diag.tasks.base.Task` subclass)."""
 
@@ -51,10 +53,12 @@ def make_task(name: str, *, seq_len: int, seed: int, **options: Any) -> Task:
     """Validate ``options`` with the task's options model and build the task's data.
 
     Args:
-        name: a key of :data:`TASKS`: ``"weather"``, ``"adding"`` or ``"copy"``.
-        seq_len: the task's sequence-length parameter (> 0): the window length for weather and
-            adding, the delay for copy.
-        seed: the trial seed for the data (adding, copy); weather ignores it (``data_seed``).
+        name: a key of :data:`TASKS`: ``"weather"``, ``"adding"``, ``"copy"`` or
+            ``"flipflop"``.
+        seq_len: the task's sequence-length parameter (> 0): the window length for weather,
+            adding and flipflop, the delay for copy.
+        seed: the trial seed for the data (adding, copy, flipflop); weather ignores it
+            (``data_seed``).
         **options: the task's options, see :data:`TASK_OPTIONS`; missing ones take defaults.
 
     Returns:

@@ -14,11 +14,14 @@ DEFAULTS = {
     "weather": {"n_days": 1500, "data_seed": 42, "lag": None, "p": 0.0, "val_fraction": 0.2},
     "adding": {"n_train": 1000, "n_val": 200},
     "copy": {"length": 5, "n_symbols": 8, "n_train": 1000, "n_val": 200},
+    "flipflop": {"bits": 3, "p_pulse": 0.05, "n_train": 1000, "n_val": 200},
 }
+#: Tasks scored by another metric than their kind's default (flipflop: MSE loss, accuracy).
+METRICS = {"flipflop": ("accuracy", True)}
 
 
 def test_registry_names_and_options_models():
-    assert set(TASKS) == set(TASK_OPTIONS) == {"weather", "adding", "copy"}
+    assert set(TASKS) == set(TASK_OPTIONS) == {"weather", "adding", "copy", "flipflop"}
     for name, options in TASK_OPTIONS.items():
         assert issubclass(TASKS[name], Task)
         assert issubclass(options, BaseModel)
@@ -43,9 +46,9 @@ def test_make_task_returns_the_registered_class_on_cpu(name):
     assert task.x_train.shape[0] == task.y_train.shape[0] > 0
     assert task.x_val.shape[0] == task.y_val.shape[0] > 0
     assert task.kind in ("classification", "regression")
-    assert (task.metric_name, task.higher_is_better) == (
+    assert (task.metric_name, task.higher_is_better) == METRICS.get(name, (
         ("accuracy", True) if task.kind == "classification" else ("mse", False)
-    )
+    ))
 
 
 @pytest.mark.parametrize("name", sorted(TASKS))
@@ -70,7 +73,7 @@ def test_info_is_plain_json(name):
 
 
 def test_unknown_task_lists_the_known_ones():
-    with pytest.raises(ValueError, match="'wether'.*adding, copy, weather"):
+    with pytest.raises(ValueError, match="'wether'.*adding, copy, flipflop, weather"):
         make_task("wether", seq_len=10, seed=0)
 
 

@@ -51,11 +51,16 @@ class Table:
     SPECTRA = "spectra"
     LYAPUNOV = "lyapunov"
     PREDICTIONS = "predictions"
+    FIXED_POINTS = "fixed_points"
+    FIXED_POINT_EIGENVALUES = "fixed_point_eigenvalues"
+    STATE_TRAJECTORIES = "state_trajectories"
+    PCA = "pca"
 
 
 #: The long tables a trial may store, in the order the report uses them.
 TABLES = (Table.CURVES, Table.GRADIENTS, Table.SUMMARIES, Table.SPECTRA, Table.LYAPUNOV,
-          Table.PREDICTIONS)
+          Table.PREDICTIONS, Table.FIXED_POINTS, Table.FIXED_POINT_EIGENVALUES,
+          Table.STATE_TRAJECTORIES, Table.PCA)
 
 TRIALS = f"{Table.TRIALS}.parquet"
 MANIFEST = "manifest.json"
@@ -66,7 +71,9 @@ DONE = ("ok", "diverged")
 
 #: Columns of ``trials.parquet`` that are ``Int64`` whatever their values (missing: ``<NA>``).
 INT_COLUMNS = ("task.seq_len", "model.hidden_size", "model.num_layers", "train.seed",
-               "epochs_run", "horizon_first", "horizon_last")
+               "epochs_run", "horizon_first", "horizon_last", "fixed_points_stable_end",
+               "fixed_points_saddle_end", "fixed_points_unstable_end",
+               "fixed_points_marginal_end", "fixed_points_unconverged_end")
 #: Text columns of ``trials.parquet``: pandas' ``str`` dtype (missing: NaN) whatever their values,
 #: also when every value is missing (e.g. ``error`` when no trial failed).
 TEXT_COLUMNS = ("id", "label", "status", "error", "metric", "verdict_first", "verdict_last",
@@ -79,7 +86,7 @@ FLOAT_COLUMNS = ("model.weight_scale", "train.clip_grad_norm", "seconds", "train
                  "decay_per_step_first", "decay_per_step_last", "ratio_log10_first",
                  "ratio_log10_last", "spectral_radius_init", "spectral_radius_end",
                  "spectral_norm_init", "spectral_norm_end", "lyapunov_top_init",
-                 "lyapunov_top_end")
+                 "lyapunov_top_end", "slowest_stable_modulus_end")
 
 
 def _missing(value) -> bool:

@@ -29,6 +29,11 @@ before the measurement, so 0 is the initialisation):
 * ``lyapunov``: the Lyapunov spectrum of every layer (nats per step), with ``when``.
 * ``predictions`` (classification tasks): softmax probabilities of the model for the last
   validation window (the last training window without a validation split), per class.
+* ``fixed_points``, ``fixed_point_eigenvalues``, ``state_trajectories``, ``pca`` (at the
+  snapshots of ``probes.fixed_points``; cells rnn, gru, lstm): the fixed points of every layer
+  at zero input, their stability and eigenvalues, and validation trajectories in the top 3
+  principal components (:mod:`.fixed_point_tables`); the trial's row gets their counts at
+  "end" (:func:`~.derived_columns.fixed_point_columns`).
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ from ..modules.dynamics import lyapunov_spectrum, recurrent_spectra
 from ..probes import attach
 from ..tasks import make_task
 from .derived_columns import derived_columns
+from .fixed_point_tables import fixed_point_tables
 from .grid import trial_label
 from .model import SCAN_CELLS, SequenceModel, init_recurrent
 from .store import Table, TrialResult
@@ -309,6 +315,7 @@ class _Recorder:
         self.spectra: list[pd.DataFrame] = []
         self.lyapunov: list[dict] = []
         self.predictions: list[dict] = []
+        self.fixed_points: dict[str, list[pd.DataFrame]] = {}
         self.task = None
         self.blown: list[tuple[int, str]] = []  # (epoch, why) of the current blown-up run
 
@@ -327,7 +334,8 @@ class _Recorder:
             record = p.gradients and (epoch % p.every == 0 or epoch == epochs - 1)
             if not self._train_epoch(setup, epoch, record):
                 return  # non-finite: the weights may be too, no further snapshots
-            if (epoch + 1) in list(p.lyapunov) or (epoch + 1) in list(p.spectra):
+            if any(epoch + 1 in list(schedule)
+                   for schedule in (p.lyapunov, p.spectra, p.fixed_points)):
                 self._snapshots(setup, epoch + 1)
             if progress is not None:
                 progress(self.spec.id, epoch + 1, epochs)
@@ -421,6 +429,26 @@ class _Recorder:
             self.spectra.append(_spectra_rows(s.model, when))
         if when in list(p.lyapunov):
             self.lyapunov.extend(_lyapunov_rows(s.model, s.task, p.lyapunov_steps, when))
+        if when in list(p.fixed_points):
+            self._fixed_points(s, when)
+
+    def _fixed_points(self, s: _Setup, when) -> None:
+        """The fixed-point tables of this snapshot (validation sequences; training ones
+        without a validation split). Scan cells (lru, mingru, ssm) have none."""
+        p = self.spec.config.probes
+        x = s.xv if s.xv.shape[0] else s.x
+        s.model.eval()
+        try:
+            tables = fixed_point_tables(
+                s.model.rnn, x, when, n_states=p.fixed_point_states,
+                noise=p.fixed_point_noise, tol_q=p.fixed_point_tol_q,
+                n_trajectories=p.fixed_point_trajectories,
+                seed=self.spec.config.train.seed + 3)
+        finally:
+            s.model.train()
+        for name, df in tables.items():
+            if len(df):
+                self.fixed_points.setdefault(name, []).append(df)
 
     def _store_probe(self, probe, epoch: int) -> None:
         frame = _gradient_rows(probe.frame(), epoch)
@@ -463,7 +491,10 @@ class _Recorder:
         summaries = pd.DataFrame(self.summaries)
         spectra = pd.concat(self.spectra) if self.spectra else pd.DataFrame()
         lyap = pd.DataFrame(self.lyapunov)
-        row.update(derived_columns(summaries, spectra, lyap))
+        fixed = {name: pd.concat(parts, ignore_index=True)
+                 for name, parts in self.fixed_points.items()}
+        row.update(derived_columns(summaries, spectra, lyap,
+                                   fixed.get(Table.FIXED_POINTS, pd.DataFrame())))
         tables = {
             Table.CURVES: pd.DataFrame(self.curves),
             Table.GRADIENTS: pd.concat(self.gradients, ignore_index=True) if self.gradients
@@ -472,6 +503,7 @@ class _Recorder:
             Table.SPECTRA: spectra.reset_index(drop=True),
             Table.LYAPUNOV: lyap,
             Table.PREDICTIONS: pd.DataFrame(self.predictions),
+            **fixed,
         }
         return TrialResult(spec.id, row, {k: v for k, v in tables.items() if len(v)})
 

@@ -117,7 +117,10 @@ def test_minimal_config_gets_every_default():
     assert cfg.probes.model_dump() == {"every": 1, "jacobians": "off", "jacobian_samples": 64,
                                        "lyapunov": ["init", "end"], "lyapunov_steps": None,
                                        "gradients": True,
-                                       "spectra": ["init", "end"], "saturation": False}
+                                       "spectra": ["init", "end"], "saturation": False,
+                                       "fixed_points": [], "fixed_point_states": 256,
+                                       "fixed_point_noise": 0.5, "fixed_point_tol_q": 1e-12,
+                                       "fixed_point_trajectories": 8}
     assert cfg.sweep == {}
 
 

@@ -6,7 +6,7 @@ A config is a YAML file, read with ``yaml.safe_load`` and validated into an
     name: weather                 # required; letters, digits, "_", "." and "-" (a folder name)
     description: "..."            # optional
     task:
-      name: weather               # a task of rnn_diag.tasks: weather | adding | copy
+      name: weather               # a task of rnn_diag.tasks: weather | adding | copy | flipflop
       seq_len: 10                 # required, > 0
       lag: 5                      # further keys are that task's options (rnn_diag.tasks)
     model:
@@ -49,6 +49,11 @@ A config is a YAML file, read with ``yaml.safe_load`` and validated into an
       lyapunov_steps: null        # trajectory length; null = max(task.seq_len, 500)
       spectra: [init, end]        # when to record the spectra of W_hh; same format
       saturation: false
+      fixed_points: []            # when to find fixed points at zero input (rnn, gru, lstm)
+      fixed_point_states: 256     # initial states, drawn from validation trajectories
+      fixed_point_noise: 0.5      # their Gaussian noise, relative to the states' std
+      fixed_point_tol_q: 1.0e-12  # converged when q = 0.5 |F(h) - h|^2 <= this
+      fixed_point_trajectories: 8 # validation sequences stored in state_trajectories
     sweep:                        # optional: dotted key -> non-empty list of values
       task.seq_len: [10, 100, 1000]
       model.weight_scale: [null, 0.5, 1.0, 1.5]
@@ -60,10 +65,11 @@ Numbers: a whole number is accepted where a number is expected; text that reads 
 accepted too (PyYAML reads ``1e-3`` as the text "1e-3": it needs ``1.0e-3`` for a float);
 ``true``/``false`` are not numbers.
 
-Schedules (``probes.lyapunov``, ``probes.spectra``) are stored in a canonical order without
-repeats: ``"init"``, then epoch numbers ascending, then ``"end"``. Epoch ``k`` (1 ≤ k ≤
-``train.epochs``) means "after epoch k"; ``0`` is the moment before training and is stored as
-``"init"``. A single value stands for a one-element list; ``false`` or ``null`` for ``[]``.
+Schedules (``probes.lyapunov``, ``probes.spectra``, ``probes.fixed_points``) are stored in a
+canonical order without repeats: ``"init"``, then epoch numbers ascending, then ``"end"``.
+Epoch ``k`` (1 ≤ k ≤ ``train.epochs``) means "after epoch k"; ``0`` is the moment before
+training and is stored as ``"init"``. A single value stands for a one-element list; ``false``
+or ``null`` for ``[]``.
 
 Sweeps: every key is a dotted path to one setting (``task.seq_len``, ``task.lag``,
 ``model.cell``, ``train.optimizer_args.momentum``, ...); ``seed`` is short for ``train.seed``

@@ -550,11 +550,21 @@ class ProbesConfig(_Section):
             short windows still give a converged estimate.
         spectra: when to record the spectra of W_hh; same format as :attr:`lyapunov`.
         saturation: record the fraction of saturated units.
+        fixed_points: when to find the fixed points of every layer at zero input (cells rnn,
+            gru, lstm; docs/design.md §2, :mod:`rnn_diag.experiments.fixed_point_tables`); same
+            format as :attr:`lyapunov`; ``[]`` (the default) = never.
+        fixed_point_states: initial states of the search (> 0), drawn from the layer's states
+            on validation sequences.
+        fixed_point_noise: Gaussian noise added to those states (≥ 0), relative to the states'
+            standard deviation (:func:`rnn_diag.dynamics.fixed_points.sample_states`).
+        fixed_point_tol_q: a candidate converged when q(h) = ½‖F(h) − h‖² ≤ this (> 0).
+        fixed_point_trajectories: validation sequences whose states are stored in the
+            ``state_trajectories`` table (> 0).
 
     Example:
         >>> p = ProbesConfig.model_validate({"jacobians": False, "lyapunov": ["end", 0, 20, 5]})
-        >>> p.jacobians, p.lyapunov, p.spectra
-        ('off', ['init', 5, 20, 'end'], ['init', 'end'])
+        >>> p.jacobians, p.lyapunov, p.spectra, p.fixed_points
+        ('off', ['init', 5, 20, 'end'], ['init', 'end'], [])
     """
 
     gradients: bool = True
@@ -565,13 +575,19 @@ class ProbesConfig(_Section):
     lyapunov_steps: PositiveInt | None = None
     spectra: Schedule = Field(default_factory=lambda: ["init", "end"])
     saturation: bool = False
+    fixed_points: Schedule = Field(default_factory=list)
+    fixed_point_states: PositiveInt = 256
+    fixed_point_noise: Annotated[float, BeforeValidator(_not_bool),
+                                 Field(ge=0, allow_inf_nan=False)] = 0.5
+    fixed_point_tol_q: PositiveFloat = 1e-12
+    fixed_point_trajectories: PositiveInt = 8
 
     @field_validator("jacobians", mode="before")
     @classmethod
     def _off(cls, value: Any) -> Any:
         return "off" if value is False else value
 
-    @field_validator("lyapunov", "spectra")
+    @field_validator("lyapunov", "spectra", "fixed_points")
     @classmethod
     def _ordered(cls, value: list) -> list:
         return _schedule_order(value)
@@ -657,7 +673,7 @@ class ExperimentConfig(_Section):
     @model_validator(mode="after")
     def _schedules_fit(self) -> ExperimentConfig:
         errors = []
-        for field in ("lyapunov", "spectra"):
+        for field in ("lyapunov", "spectra", "fixed_points"):
             for i, when in enumerate(getattr(self.probes, field)):
                 if isinstance(when, int) and when > self.train.epochs:
                     errors.append(line_error(
@@ -852,10 +868,14 @@ def with_params(config: ExperimentConfig, params: dict[str, Any],
         raise ConfigError(source, pydantic_problems(exc, data, valid_keys)) from None
 
 
-_LATER_KEYS: dict[str, tuple[str, ...]] = {"model": tuple(SCAN_KEYS)}
-"""Keys added to the schema after trial ids were first issued: left out of the canonical
-settings while ``None`` (their default), so that the ids of configs that do not set them stay
-what they were."""
+_LATER_KEYS: dict[str, dict[str, Any]] = {
+    "model": dict.fromkeys(SCAN_KEYS),
+    "probes": {"fixed_points": [], "fixed_point_states": 256, "fixed_point_noise": 0.5,
+               "fixed_point_tol_q": 1e-12, "fixed_point_trajectories": 8},
+}
+"""Keys added to the schema after trial ids were first issued, with their defaults: left out of
+the canonical settings while at that default, so that the ids of configs that do not set them
+stay what they were."""
 
 
 def canonical_settings(config: ExperimentConfig) -> str:
@@ -863,8 +883,9 @@ def canonical_settings(config: ExperimentConfig) -> str:
     ``train`` and ``probes`` sections (not ``name``, ``description`` or ``sweep``), every
     default filled in, keys sorted, no whitespace. Equal settings give equal text, however the
     config was written (key order, ``1e-3`` or ``0.001``, ``seed`` or ``train.seed``, ...).
-    The scan cells' keys (:data:`SCAN_KEYS`) are left out while ``None``, so that they did not
-    change the ids of earlier configs.
+    Keys added later (the scan cells' keys, :data:`SCAN_KEYS`, and the ``probes.fixed_point*``
+    keys) are left out while at their default, so that they did not change the ids of earlier
+    configs.
 
     Example:
         >>> cfg = validate_config({"name": "x", "task": {"name": "adding", "seq_len": 20}})
@@ -873,8 +894,8 @@ def canonical_settings(config: ExperimentConfig) -> str:
     """
     data = config.model_dump(mode="json", include=set(_SECTIONS))
     for section, keys in _LATER_KEYS.items():
-        for key in keys:
-            if data[section].get(key) is None:
+        for key, default in keys.items():
+            if key in data[section] and data[section][key] == default:
                 del data[section][key]
     return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
 

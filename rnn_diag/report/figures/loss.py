@@ -17,10 +17,17 @@ from .style import BAND_ALPHA, add_note, figure_style, new_figure, seq_len_palet
 __all__ = ["loss_history"]
 
 _LOSS_NAMES = {"accuracy": "cross-entropy loss (nats)", "mse": "mean squared error"}
+#: Tasks whose loss does not follow from their metric (the flip-flop scores accuracy of signs
+#: but trains on the mean squared error, as in Sussillo & Barak 2013).
+_LOSS_BY_TASK = {"flipflop": "mean squared error"}
 _MAX_COLS = 4
 
 
 def _loss_label(trials: pd.DataFrame) -> str:
+    if "task.name" in trials and trials["task.name"].notna().any():
+        task = str(trials["task.name"].dropna().iloc[0])
+        if task in _LOSS_BY_TASK:
+            return _LOSS_BY_TASK[task]
     if "metric" in trials and trials["metric"].notna().any():
         return _LOSS_NAMES.get(str(trials["metric"].dropna().iloc[0]), "loss")
     return "loss"

@@ -79,3 +79,10 @@ def test_fixed_point_example_runs():
     fps = scope["fps"]
     assert bool(fps.converged.any()) and len(fps.frame()) == len(fps.points)
     assert (scope["slowest"] < 1).all()
+
+
+def test_regulariser_example_runs():
+    scope: dict = {}
+    exec(_blocks("## Regularisers: gradient flossing")[0].replace("range(50)", "range(5)"),  # noqa: S102
+         scope)
+    assert torch.isfinite(scope["loss"])

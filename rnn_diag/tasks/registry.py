@@ -10,6 +10,7 @@ from pydantic import BaseModel, ValidationError
 from rnn_diag.tasks.adding import AddingTask
 from rnn_diag.tasks.base import Task
 from rnn_diag.tasks.copy import CopyTask
+from rnn_diag.tasks.delayed_xor import DelayedXorTask
 from rnn_diag.tasks.flipflop import FlipFlopTask
 from rnn_diag.tasks.weather import WeatherTask
 
@@ -20,6 +21,7 @@ TASKS: dict[str, type[Task]] = {
     "adding": AddingTask,
     "copy": CopyTask,
     "flipflop": FlipFlopTask,
+    "delayed_xor": DelayedXorTask,
 }
 """Task name -> task class (a :class:`~rnn_diag.tasks.base.Task` subclass)."""
 
@@ -53,11 +55,11 @@ def make_task(name: str, *, seq_len: int, seed: int, **options: Any) -> Task:
     """Validate ``options`` with the task's options model and build the task's data.
 
     Args:
-        name: a key of :data:`TASKS`: ``"weather"``, ``"adding"``, ``"copy"`` or
-            ``"flipflop"``.
+        name: a key of :data:`TASKS`: ``"weather"``, ``"adding"``, ``"copy"``,
+            ``"flipflop"`` or ``"delayed_xor"``.
         seq_len: the task's sequence-length parameter (> 0): the window length for weather,
-            adding and flipflop, the delay for copy.
-        seed: the trial seed for the data (adding, copy, flipflop); weather ignores it
+            adding, flipflop and delayed_xor, the delay for copy.
+        seed: the trial seed for the data (all tasks but weather); weather ignores it
             (``data_seed``).
         **options: the task's options, see :data:`TASK_OPTIONS`; missing ones take defaults.
 

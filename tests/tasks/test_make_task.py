@@ -15,13 +15,15 @@ DEFAULTS = {
     "adding": {"n_train": 1000, "n_val": 200},
     "copy": {"length": 5, "n_symbols": 8, "n_train": 1000, "n_val": 200},
     "flipflop": {"bits": 3, "p_pulse": 0.05, "n_train": 1000, "n_val": 200},
+    "delayed_xor": {"delay": 5, "n_train": 1000, "n_val": 200},
 }
 #: Tasks scored by another metric than their kind's default (flipflop: MSE loss, accuracy).
 METRICS = {"flipflop": ("accuracy", True)}
 
 
 def test_registry_names_and_options_models():
-    assert set(TASKS) == set(TASK_OPTIONS) == {"weather", "adding", "copy", "flipflop"}
+    names = {"weather", "adding", "copy", "flipflop", "delayed_xor"}
+    assert set(TASKS) == set(TASK_OPTIONS) == names
     for name, options in TASK_OPTIONS.items():
         assert issubclass(TASKS[name], Task)
         assert issubclass(options, BaseModel)
@@ -73,7 +75,7 @@ def test_info_is_plain_json(name):
 
 
 def test_unknown_task_lists_the_known_ones():
-    with pytest.raises(ValueError, match="'wether'.*adding, copy, flipflop, weather"):
+    with pytest.raises(ValueError, match="'wether'.*adding, copy, delayed_xor, flipflop, weather"):
         make_task("wether", seq_len=10, seed=0)
 
 

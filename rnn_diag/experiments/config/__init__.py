@@ -6,7 +6,7 @@ A config is a YAML file, read with ``yaml.safe_load`` and validated into an
     name: weather                 # required; letters, digits, "_", "." and "-" (a folder name)
     description: "..."            # optional
     task:
-      name: weather               # a task of rnn_diag.tasks: weather | adding | copy | flipflop | delayed_xor
+      name: weather               # weather | adding | copy | flipflop | delayed_xor
       seq_len: 10                 # required, > 0
       lag: 5                      # further keys are that task's options (rnn_diag.tasks)
     model:

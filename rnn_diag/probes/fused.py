@@ -25,6 +25,7 @@ from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 from ..dynamics.adjoint import adjoint_scan
 from ..dynamics.cells import CellWeights, linearise
 from ..dynamics.lognorm import add_scaled, log_norm
+from ..dynamics.steps.callable import ReplayRNG
 from ..dynamics.workspace import Workspace
 from ..modules.layers import (
     layer_weights,
@@ -129,15 +130,7 @@ class FusedCall:
         m = self.module
         p = m.dropout if self.rng is not None else 0.0
         outputs, masks, inputs = [], [], [self.time_major(self.input)[0]]
-        if p:
-            device, state = self.rng
-            forked = torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
-        else:
-            forked = nullcontext()
-        with forked:
-            if p:
-                (torch.cuda.set_rng_state(state, device) if device.type == "cuda"
-                 else torch.set_rng_state(state))
+        with ReplayRNG(*self.rng) if p else nullcontext():
             inp = self.input
             for layer in range(m.num_layers - 1 if not p else m.num_layers):
                 out, _ = run_layer(m, self.shadows[layer], layer, inp, self.hx)

@@ -30,6 +30,7 @@ from ..dynamics.adjoint import adjoint_scan
 from ..dynamics.linear_scan import linear_scan
 from ..dynamics.lognorm import log_norm
 from ..dynamics.steps import DiagonalSteps
+from ..dynamics.steps.callable import ReplayRNG
 from .cell_chain import StaleRecord
 from .options import RecordOptions
 from .result import LayerResult, ScaledSeries, faint
@@ -100,12 +101,13 @@ def analyse_scan_point(call: ScanPointCall, options: RecordOptions) -> LayerResu
 def analyse_adapter_call(call: AdapterCall, options: RecordOptions, name: str) -> LayerResult:
     """The layer's gradients from its adapter (see the module docstring); raises
     :class:`StaleRecord` when the adapter's read-out does not reproduce the recorded output."""
-    if tuple(x._version for x in _tensors(call.args, call.kwargs, call.outputs)) != call.versions:
+    if tensor_versions(call.args, call.kwargs, call.outputs) != call.versions:
         raise StaleRecord("an input or output of the layer was modified in place after the "
                           "call, so its recorded values are lost; use out-of-place operations")
-    with torch.random.fork_rng(devices=_cuda_devices(call.rng)):
-        if call.rng is not None:
-            _restore(call.rng)
+    # the forward's random state replayed (dropout inside the adapter is exact), or, without
+    # a tensor argument to tell the device, at least the caller's CPU stream kept
+    replay = ReplayRNG(*call.rng) if call.rng is not None else torch.random.fork_rng(devices=[])
+    with replay:
         trace = call.adapter(call.module, call.args, call.kwargs)
     decay, drive = trace.decay.detach(), trace.drive.detach()
     h0 = None if trace.h0 is None else trace.h0.detach()
@@ -205,15 +207,3 @@ def _padded(grads: list, n: int) -> list:
 
 def _shapes(tensors) -> str:
     return "(" + ", ".join(str(list(t.shape)) for t in tensors) + ")"
-
-
-def _cuda_devices(rng) -> list:
-    return [rng[0]] if rng is not None and rng[0].type == "cuda" else []
-
-
-def _restore(rng: tuple[torch.device, Tensor]) -> None:
-    device, state = rng
-    if device.type == "cuda":
-        torch.cuda.set_rng_state(state, device)
-    else:
-        torch.set_rng_state(state)

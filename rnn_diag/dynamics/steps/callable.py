@@ -41,7 +41,7 @@ class CallableSteps:
     def _replaying(self, t: int):
         if self.rng is None:
             return nullcontext()
-        return _ReplayRNG(*self.rng[t])
+        return ReplayRNG(*self.rng[t])
 
     def _check(self, t: int, new) -> None:
         if self.expected is None:
@@ -89,8 +89,9 @@ class CallableSteps:
             torch.add(add, torch.cat(grads, dim=-1), out=out)
 
 
-class _ReplayRNG:
-    """Run a block with the generator of ``device`` set to ``state``; restore it after."""
+class ReplayRNG:
+    """Run a block with the generator of ``device`` set to ``state``; the caller's generator
+    state is restored after it (``torch.random.fork_rng``), so its stream is untouched."""
 
     def __init__(self, device: torch.device, state: Tensor):
         self.device, self.state = device, state

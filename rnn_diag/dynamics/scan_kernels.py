@@ -79,6 +79,19 @@ def lstm_block(
             torch.addcmul(g[t - t0, :, H:], forget[t + 1], dc, out=X[t, :, H:])
 
 
+def diagonal_block(
+    a: Tensor, X: Tensor, g: Optional[Tensor], t0: int, t1: int  # noqa: UP045
+) -> None:
+    """Diagonal scans: ``J_tᵀ v = ā_t ⊙ v``; ``a`` [T, B, n] already conjugated, ``X`` and
+    ``g`` real or complex (complex views of the real rows for a complex state)."""
+    for i in range(t1 - t0):
+        t = t1 - 1 - i
+        if g is None:
+            torch.mul(a[t + 1], X[t + 1], out=X[t])
+        else:
+            torch.addcmul(g[t - t0], a[t + 1], X[t + 1], out=X[t])
+
+
 def _script(fn):
     try:
         with warnings.catch_warnings():
@@ -91,3 +104,4 @@ def _script(fn):
 rnn_block_compiled = _script(rnn_block)
 gru_block_compiled = _script(gru_block)
 lstm_block_compiled = _script(lstm_block)
+diagonal_block_compiled = _script(diagonal_block)

@@ -21,36 +21,12 @@ S = 2n. A state with several dimensions (a selective SSM's ``[D, N]``) is flatte
 from __future__ import annotations
 
 import math
-import warnings
-from typing import Optional
 
 import torch
 from torch import Tensor
 
+from .. import scan_kernels
 from .base import Steps
-
-
-def diagonal_block(a: Tensor, X: Tensor, g: Optional[Tensor], t0: int, t1: int) -> None:  # noqa: UP045
-    """``X[t] = g[t - t0] + a[t + 1] ⊙ X[t + 1]`` for t = t1 - 1 down to t0 (real or complex,
-    ``a`` already conjugated)."""
-    for i in range(t1 - t0):
-        t = t1 - 1 - i
-        if g is None:
-            torch.mul(a[t + 1], X[t + 1], out=X[t])
-        else:
-            torch.addcmul(g[t - t0], a[t + 1], X[t + 1], out=X[t])
-
-
-def _script(fn):
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return torch.jit.script(fn)
-    except Exception:  # TorchScript unavailable: the Python loop gives identical results
-        return fn
-
-
-diagonal_block_compiled = _script(diagonal_block)
 
 
 class DiagonalSteps(Steps):
@@ -108,7 +84,7 @@ class DiagonalSteps(Steps):
             X = torch.view_as_complex(X.view(*X.shape[:2], self.channels, 2))
             if g is not None:
                 g = torch.view_as_complex(g.contiguous().view(*g.shape[:2], self.channels, 2))
-        diagonal_block_compiled(self._conj, X, g, t0, t1)
+        scan_kernels.diagonal_block_compiled(self._conj, X, g, t0, t1)
 
     def jacobian(self, t: int) -> Tensor:
         """``J_t`` as ``[B, S, S]``: diag(a_t), or 2 × 2 blocks [[Re a, −Im a], [Im a, Re a]]

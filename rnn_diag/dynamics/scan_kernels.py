@@ -1,4 +1,5 @@
-"""The inner loops of the adjoint recursion for the standard cells, compiled with TorchScript.
+"""The inner loops of the adjoint recursion for the standard cells and diagonal scans, compiled
+with TorchScript.
 
 Each function fills ``X[t]`` for ``t = t1 - 1`` down to ``t0`` from ``X[t + 1]``:
 ``X[t] = g[t - t0] + J_{t+1}ᵀ X[t + 1]`` (without ``g`` when it is None). They are the same

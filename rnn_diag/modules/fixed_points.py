@@ -17,6 +17,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from ..dynamics.cell_step import cell_step, input_preactivations
 from ..dynamics.cells import CellWeights
 from .layers import FUSED_TYPES, cell_kind, layer_weights, output_size
 
@@ -66,54 +67,14 @@ def _constant_input(inputs, size: int, device) -> Tensor:
     return x
 
 
-def _affine(x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
-    return x @ w.T if b is None else x @ w.T + b
-
-
 def _standard_step(w: CellWeights, x: Tensor) -> Callable[[Tensor], Tensor]:
     """F(h) of a standard cell at the constant input x (PyTorch's equations and gate order)."""
-    zero = torch.zeros((), dtype=torch.float64, device=x.device)
-    pre_x = _affine(x, w.weight_ih, w.bias_ih)  # [G*H], the same at every step
-    b_hh = w.bias_hh if w.bias_hh is not None else zero
-    W = w.weight_hh
-    if w.kind in ("rnn_tanh", "rnn_relu"):
-        act = torch.tanh if w.kind == "rnn_tanh" else torch.relu
+    px = input_preactivations(w, x)  # [G*C], the same at every step
 
-        def rnn(h):
-            return act(pre_x + h @ W.T + b_hh)
+    def step(s: Tensor) -> Tensor:
+        return cell_step(w, s, px, None)[0]
 
-        return rnn
-    if w.kind == "gru":
-        H = W.shape[1]
-        x_r, x_z, x_n = pre_x.split(H)
-        b = b_hh.expand(3 * H) if b_hh.dim() == 0 else b_hh
-        b_r, b_z, b_n = b.split(H)
-        W_r, W_z, W_n = W.split(H)
-
-        def gru(h):
-            r = torch.sigmoid(x_r + h @ W_r.T + b_r)
-            z = torch.sigmoid(x_z + h @ W_z.T + b_z)
-            n = torch.tanh(x_n + r * (h @ W_n.T + b_n))
-            return (1 - z) * n + z * h
-
-        return gru
-    if w.kind == "lstm":
-        C = W.shape[0] // 4  # cell size
-        P = W.shape[1]  # size of h (P = C without projection)
-        W_hr = w.weight_hr
-
-        def lstm(s):
-            h, c = s[..., :P], s[..., P:]
-            gates = pre_x + h @ W.T + b_hh
-            i, f, g, o = gates.split(C, -1)
-            c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-            h_new = torch.sigmoid(o) * torch.tanh(c_new)
-            if W_hr is not None:
-                h_new = h_new @ W_hr.T
-            return torch.cat([h_new, c_new], -1)
-
-        return lstm
-    raise ValueError(f"unknown cell kind {w.kind!r}")
+    return step
 
 
 def step_function(step, inputs=None, layer: int | None = None) -> Callable[[Tensor], Tensor]:

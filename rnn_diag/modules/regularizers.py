@@ -19,7 +19,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..dynamics.cell_step import cell_step, input_preactivations, state_sizes
 from ..dynamics.cells import CellWeights
+from .dynamics import GATES
 from .layers import FUSED_TYPES, layer_weights
 
 __all__ = [
@@ -28,9 +30,6 @@ __all__ = [
     "orthogonality_penalty",
     "spectral_norm_penalty",
 ]
-
-_GATES = {"rnn_tanh": 1, "rnn_relu": 1, "gru": 3, "lstm": 4}
-
 
 def _check_module(module: nn.Module, name: str) -> None:
     if not isinstance(module, FUSED_TYPES):
@@ -52,82 +51,14 @@ def _layer_index(module: nn.RNNBase, layer: int | None) -> int:
     return layer
 
 
-def _sizes(w: CellWeights) -> tuple[int, int]:
-    """(size of h, size of c) of one layer; c is 0 except for an LSTM."""
-    C = w.weight_hh.shape[0] // _GATES[w.kind]
-    P = w.weight_hh.shape[1]
-    return P, (C if w.kind == "lstm" else 0)
-
-
-def _step(w: CellWeights, s: Tensor, px: Tensor, Q: Tensor | None):
-    """One step of the cell from states ``s [B, S]`` with input pre-activation
-    ``px = x W_ihᵀ + b_ih [B, G*C]``, and the tangent block ``Q [B, S, k]`` pushed through the
-    step's Jacobian (the directional derivatives of the step, from the cell equations).
-
-    Returns ``(s_next [B, S], J·Q [B, S, k] or None)``."""
-    W, kind = w.weight_hh, w.kind
-    P, C = W.shape[1], W.shape[0] // _GATES[kind]  # sizes of h and of each gate
-    h = s[:, :P]
-    hh = h @ W.T if w.bias_hh is None else h @ W.T + w.bias_hh
-    pre = px + hh
-    dpre = None if Q is None else W @ Q[:, :P]  # [B, G*C, k]
-    if kind in ("rnn_tanh", "rnn_relu"):
-        if kind == "rnn_tanh":
-            h_new = torch.tanh(pre)
-            slope = 1 - h_new * h_new
-        else:
-            h_new = torch.relu(pre)
-            slope = (pre > 0).to(pre.dtype)
-        return h_new, (None if Q is None else slope.unsqueeze(-1) * dpre)
-    if kind == "gru":
-        # r and z see x W_ihᵀ + b_ih + h W_hhᵀ + b_hh; n sees x_n + r ⊙ (h W_nᵀ + b_n)
-        x_r, x_z, x_n = px.split(C, -1)
-        hh_r, hh_z, hh_n = hh.split(C, -1)
-        r, z = torch.sigmoid(x_r + hh_r), torch.sigmoid(x_z + hh_z)
-        n = torch.tanh(x_n + r * hh_n)
-        h_new = (1 - z) * n + z * h
-        if Q is None:
-            return h_new, None
-        d_r, d_z, d_n = dpre.split(C, 1)
-        u = lambda a: a.unsqueeze(-1)
-        dr, dz = u(r * (1 - r)) * d_r, u(z * (1 - z)) * d_z
-        dn = u(1 - n * n) * (dr * u(hh_n) + u(r) * d_n)
-        return h_new, dz * u(h - n) + u(1 - z) * dn + u(z) * Q
-    if kind == "lstm":
-        c = s[:, P:]
-        i, f, g, o = pre.split(C, -1)
-        si, sf, tg, so = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
-        c_new = sf * c + si * tg
-        tc = torch.tanh(c_new)
-        m = so * tc
-        h_new = m if w.weight_hr is None else m @ w.weight_hr.T
-        s_new = torch.cat([h_new, c_new], -1)
-        if Q is None:
-            return s_new, None
-        u = lambda a: a.unsqueeze(-1)
-        d_i, d_f, d_g, d_o = dpre.split(C, 1)
-        dc = (u(si * (1 - si) * tg) * d_i + u(sf * (1 - sf) * c) * d_f
-              + u(sf) * Q[:, P:] + u(si * (1 - tg * tg)) * d_g)
-        dm = u(so * (1 - so) * tc) * d_o + u(so * (1 - tc * tc)) * dc
-        dh = dm if w.weight_hr is None else w.weight_hr @ dm
-        return s_new, torch.cat([dh, dc], 1)
-    raise ValueError(f"unknown cell kind {kind!r}")
-
-
-def _input_preactivations(w: CellWeights, x: Tensor) -> Tensor:
-    """``x W_ihᵀ + b_ih`` for every step at once: ``[T, B, I] -> [T, B, G*C]``."""
-    px = x @ w.weight_ih.T
-    return px if w.bias_ih is None else px + w.bias_ih
-
-
 def _run_layer(w: CellWeights, x: Tensor) -> Tensor:
     """The h outputs ``[T, B, P]`` of one layer from a zero state (with grad)."""
-    P, C = _sizes(w)
-    px = _input_preactivations(w, x)
+    P, C = state_sizes(w)
+    px = input_preactivations(w, x)
     s = x.new_zeros(x.shape[1], P + C)
     out = []
     for t in range(x.shape[0]):
-        s, _ = _step(w, s, px[t], None)
+        s, _ = cell_step(w, s, px[t], None)
         out.append(s[:, :P])
     return torch.stack(out)
 
@@ -224,7 +155,7 @@ def lyapunov_exponents_differentiable(
     for l in range(layer):
         x = _run_layer(layer_weights(module, l, 0), x)
     w = layer_weights(module, layer, 0)
-    P, C = _sizes(w)
+    P, C = state_sizes(w)
     S, B = P + C, x.shape[1]
     if not 1 <= int(k) <= S:
         raise ValueError(f"k must be between 1 and the state size {S}, got {k}")
@@ -234,12 +165,12 @@ def lyapunov_exponents_differentiable(
         generator = torch.Generator().manual_seed(0)
     start = torch.randn(B, S, k, generator=generator, dtype=torch.float64)
     Q = torch.linalg.qr(start.to(dtype=p.dtype, device=p.device)).Q
-    px = _input_preactivations(w, x)
+    px = input_preactivations(w, x)
     sums = x.new_zeros(B, k)
     for t in range(T):
         if detach_trajectory:
             s = s.detach()
-        s, M = _step(w, s, px[t], Q)
+        s, M = cell_step(w, s, px[t], Q)
         Q, R = torch.linalg.qr(M)
         if t >= warmup:
             sums = sums + R.diagonal(dim1=-2, dim2=-1).abs().log()
@@ -290,7 +221,7 @@ def _square_blocks(module: nn.RNNBase):
     for layer in range(module.num_layers):
         for direction in range(2 if module.bidirectional else 1):
             w = layer_weights(module, layer, direction)
-            for block in w.weight_hh.chunk(_GATES[w.kind], 0):
+            for block in w.weight_hh.chunk(len(GATES[w.kind]), 0):
                 yield block if w.weight_hr is None else w.weight_hr @ block
 
 

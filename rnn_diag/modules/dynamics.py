@@ -25,6 +25,7 @@ from ..dynamics.cells import CellWeights, linearise
 from ..dynamics.lyapunov import lyapunov_exponents, lyapunov_spectrum_callable
 from ..dynamics.spectrum import spectrum
 from .layers import (
+    CELL_TYPES,
     FUSED_TYPES,
     RECURRENT_TYPES,
     cell_kind,
@@ -55,7 +56,6 @@ SPECTRA_COLUMNS = [
     "module", "layer", "direction", "gate", "index", "real", "imag", "modulus", "singular_value",
 ]
 
-CELL_TYPES = (nn.RNNCell, nn.GRUCell, nn.LSTMCell)
 
 
 def _gate_blocks(w: CellWeights) -> list[Tensor]:

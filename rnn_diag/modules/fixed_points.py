@@ -19,12 +19,9 @@ from torch import Tensor, nn
 
 from ..dynamics.cell_step import cell_step, input_preactivations
 from ..dynamics.cells import CellWeights
-from .layers import FUSED_TYPES, cell_kind, layer_weights, output_size
+from .layers import CELL_TYPES, FUSED_TYPES, cell_kind, layer_weights, state_size
 
 __all__ = ["fixed_points", "state_size", "step_function"]
-
-CELL_TYPES = (nn.RNNCell, nn.GRUCell, nn.LSTMCell)
-
 
 def _weights(module: nn.Module, layer: int | None) -> tuple[CellWeights, int]:
     """The layer's weights (float64 copies, detached) and its input size."""
@@ -46,15 +43,6 @@ def _weights(module: nn.Module, layer: int | None) -> tuple[CellWeights, int]:
     w = CellWeights(w.kind, f64(w.weight_ih), f64(w.weight_hh), f64(w.bias_ih), f64(w.bias_hh),
                     f64(w.weight_hr))
     return w, w.weight_ih.shape[1]
-
-
-def state_size(module: nn.Module) -> int:
-    """S of :func:`step_function`'s states: h, or h and c for an LSTM."""
-    if isinstance(module, FUSED_TYPES + CELL_TYPES):
-        h = output_size(module) if isinstance(module, FUSED_TYPES) else module.hidden_size
-        lstm = isinstance(module, (nn.LSTM, nn.LSTMCell))
-        return h + (module.hidden_size if lstm else 0)
-    raise TypeError(f"state_size needs a PyTorch recurrent module, got {type(module).__name__}")
 
 
 def _constant_input(inputs, size: int, device) -> Tensor:

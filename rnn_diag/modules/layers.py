@@ -29,6 +29,7 @@ def cell_kind(module: nn.Module) -> str | None:
 
 
 FUSED_TYPES = (nn.RNN, nn.GRU, nn.LSTM)
+CELL_TYPES = (nn.RNNCell, nn.GRUCell, nn.LSTMCell)
 
 
 def module_kind(module: nn.RNNBase) -> str:
@@ -43,6 +44,17 @@ def module_kind(module: nn.RNNBase) -> str:
 def output_size(module: nn.RNNBase) -> int:
     """Size of h (and of each direction's output): ``proj_size`` when set, else hidden_size."""
     return getattr(module, "proj_size", 0) or module.hidden_size
+
+
+def state_size(module: nn.Module) -> int:
+    """S, the size of one layer's full recurrent state: h (P entries with an LSTM projection),
+    plus c (hidden_size) for an LSTM."""
+    if not isinstance(module, FUSED_TYPES + CELL_TYPES):
+        raise TypeError(f"state_size needs a PyTorch recurrent module, got "
+                        f"{type(module).__name__}")
+    h = getattr(module, "proj_size", 0) or module.hidden_size
+    lstm = isinstance(module, (nn.LSTM, nn.LSTMCell))
+    return h + (module.hidden_size if lstm else 0)
 
 
 def layer_weights(module: nn.RNNBase, layer: int, direction: int) -> CellWeights:

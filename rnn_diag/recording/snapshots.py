@@ -15,18 +15,15 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
 from ..modules.dynamics import lyapunov_spectrum, recurrent_spectra
-from ..modules.layers import FUSED_TYPES
+from ..modules.layers import CELL_TYPES, FUSED_TYPES, state_size
 from ..modules.scans import scan_layers
 
 __all__ = ["InputTape", "lyapunov_rows", "spectra_rows", "supports_snapshots"]
 
-_CELLS = (nn.RNNCell, nn.GRUCell, nn.LSTMCell)
-
-
 def supports_snapshots(module: nn.Module) -> bool:
     """Whether spectra and Lyapunov exponents can be taken of ``module`` (PyTorch's recurrent
     modules and cells, scan layers and stacks; a custom cell has no ``weight_hh`` to read)."""
-    return isinstance(module, FUSED_TYPES + _CELLS) or scan_layers(module) is not None
+    return isinstance(module, FUSED_TYPES + CELL_TYPES) or scan_layers(module) is not None
 
 
 class InputTape:
@@ -109,7 +106,7 @@ def lyapunov_rows(module: nn.Module, inputs: Tensor, when: str,
     if scans is not None:
         layers = len(scans)
     elif k is not None:
-        k = min(k, _state_size(module))
+        k = min(k, state_size(module))
     rows = []
     for layer in range(layers):
         kwargs = {"layer": layer} if isinstance(module, FUSED_TYPES) or scans else {}
@@ -120,11 +117,3 @@ def lyapunov_rows(module: nn.Module, inputs: Tensor, when: str,
         rows += [{"when": str(when), "layer": layer, "index": i, "exponent": v}
                  for i, v in enumerate(exps.tolist())]
     return rows
-
-
-def _state_size(module: nn.Module) -> int:
-    """The size S of a layer's state: h (P entries with an LSTM projection), plus c (H) for an
-    LSTM."""
-    h = getattr(module, "proj_size", 0) or module.hidden_size
-    lstm = isinstance(module, (nn.LSTM, nn.LSTMCell))
-    return h + (module.hidden_size if lstm else 0)

@@ -167,13 +167,20 @@ def _scan_spectra(name: str, module: nn.Module) -> list[pd.DataFrame]:
     matrix's singular values are its moduli, so ``singular_value`` repeats ``modulus``."""
     frames = []
     for layer, scan in enumerate(scan_layers(module)):
-        if hasattr(scan, "eigenvalues") and not registered_eigenvalues(scan):
+        registered = registered_eigenvalues(scan)
+        if registered is not None:
+            ev, gate = registered(scan), "a(x=0)"
+        elif hasattr(scan, "eigenvalues"):
             ev = scan.eigenvalues()
             gate = "a(x=0)" if getattr(scan, "input_dependent", True) else "lambda"
-        elif registered_eigenvalues(scan) is not None:
-            ev, gate = registered_eigenvalues(scan)(scan), "a(x=0)"
         else:
-            continue  # a registered layer without eigenvalues=: nothing input-free to show
+            warnings.warn(
+                f"recurrent_spectra: layer {layer} of {name or '<root>'!r} "
+                f"({type(scan).__name__}) is a registered scan without eigenvalues=: its decays "
+                "depend on inputs the function does not have, so it has no rows; pass "
+                "register_scan(..., eigenvalues=fn) for its decays at zero input",
+                RuntimeWarning, stacklevel=3)
+            continue
         ev = torch.as_tensor(ev).detach().reshape(-1).cpu().to(torch.complex128).numpy()
         ev = ev[np.argsort(-np.abs(ev), kind="stable")]
         frames.append(pd.DataFrame({

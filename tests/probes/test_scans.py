@@ -332,3 +332,10 @@ def test_several_calls_are_laid_end_to_end_with_a_warning():
     with rd.attach(lru) as probe, pytest.warns(rd.ProbeWarning, match="several times"):
         (lru(x).sum() + lru(x[:, :4]).sum()).backward()
     assert probe.hidden_grads().shape == (14, 2, 3)
+
+
+def test_spectra_of_a_registered_scan_without_eigenvalues_say_why_it_is_missing(registered):
+    model = nn.ModuleDict({"a": LogSpaceMinGRU(2, 3), "b": LRU(2, 3)})
+    with pytest.warns(RuntimeWarning, match="'a'.*without eigenvalues="):
+        df = rd.recurrent_spectra(model)
+    assert set(df.module) == {"b"}

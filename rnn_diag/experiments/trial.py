@@ -482,6 +482,7 @@ class _Recorder:
         for key in ("train_loss", "train_metric", "val_loss", "val_metric"):
             row[key] = last.get(key, math.nan)
         row["metric"] = task.metric_name if task else None
+        row["loss_name"] = task.loss_name if task else None
         row["chance_loss"] = task.chance_loss if task else math.nan
         row["chance_metric"] = task.chance_metric if task else math.nan
         # the best values any predictor reaches (the report judges "learned" against them)

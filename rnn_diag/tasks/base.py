@@ -158,6 +158,12 @@ class Task:
                 f"for targets of shape {list(y.shape)}, got {list(output.shape)}"
             )
 
+    @property
+    def loss_name(self) -> str:
+        """What :meth:`loss` computes: ``"cross-entropy"`` (classification, nats) or ``"mse"``
+        (regression), whatever the metric (the flip-flop scores accuracy on an MSE loss)."""
+        return "cross-entropy" if self.kind == "classification" else "mse"
+
     def loss(self, output: Tensor, y: Tensor) -> Tensor:
         """The training loss: a differentiable scalar tensor.
 

@@ -293,3 +293,15 @@ def test_a_run_folder_with_fixed_point_tables_is_read_and_reported(tmp_path):
     (found,) = [f for f in rendered.findings if f.key == "fixed_points"]
     assert "cell gru: 8 stable fixed points (= 2^3" in found.text
     assert 'id="fixed_points"' in rendered.html and 'href="#fixed_points"' in rendered.html
+
+
+def test_loss_axis_names_the_task_loss_not_the_metric():
+    """The flip-flop scores accuracy on an MSE loss: the label follows the stored loss_name;
+    runs stored before that column fall back to the metric."""
+    import pandas as pd
+
+    from rnn_diag.report.figures.loss import _loss_label
+
+    assert _loss_label(pd.DataFrame({"metric": ["accuracy"], "loss_name": ["mse"]})) == \
+        "mean squared error"
+    assert _loss_label(pd.DataFrame({"metric": ["accuracy"]})) == "cross-entropy loss (nats)"

@@ -16,20 +16,18 @@ from .style import BAND_ALPHA, add_note, figure_style, new_figure, seq_len_palet
 
 __all__ = ["loss_history"]
 
-_LOSS_NAMES = {"accuracy": "cross-entropy loss (nats)", "mse": "mean squared error"}
-#: Tasks whose loss does not follow from their metric (the flip-flop scores accuracy of signs
-#: but trains on the mean squared error, as in Sussillo & Barak 2013).
-_LOSS_BY_TASK = {"flipflop": "mean squared error"}
+#: Axis labels by the trials' ``loss_name`` (what the task's loss computes).
+_LOSS_LABELS = {"cross-entropy": "cross-entropy loss (nats)", "mse": "mean squared error"}
+#: Runs stored before ``loss_name`` existed: the loss followed from the metric.
+_LOSS_BY_METRIC = {"accuracy": "cross-entropy loss (nats)", "mse": "mean squared error"}
 _MAX_COLS = 4
 
 
 def _loss_label(trials: pd.DataFrame) -> str:
-    if "task.name" in trials and trials["task.name"].notna().any():
-        task = str(trials["task.name"].dropna().iloc[0])
-        if task in _LOSS_BY_TASK:
-            return _LOSS_BY_TASK[task]
+    if "loss_name" in trials and trials["loss_name"].notna().any():
+        return _LOSS_LABELS.get(str(trials["loss_name"].dropna().iloc[0]), "loss")
     if "metric" in trials and trials["metric"].notna().any():
-        return _LOSS_NAMES.get(str(trials["metric"].dropna().iloc[0]), "loss")
+        return _LOSS_BY_METRIC.get(str(trials["metric"].dropna().iloc[0]), "loss")
     return "loss"
 
 

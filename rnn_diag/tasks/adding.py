@@ -120,4 +120,5 @@ class AddingTask(Task):
             chance_metric=TARGET_VARIANCE,
             best_loss=0.0,
             best_metric=0.0,
+            memory_steps=seq_len - 1,
         )

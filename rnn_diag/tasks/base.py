@@ -66,6 +66,9 @@ class Task:
         metric_name: ``"accuracy"`` (classification) or ``"mse"`` (regression); derived from
             ``kind`` when not given.
         higher_is_better: ``True`` for accuracy, ``False`` for mse; derived when not given.
+        memory_steps: the longest span, in steps, from an input the targets depend on to the
+            step where it is read out: how far back the gradient must carry for the task to be
+            learned (``None`` where no fixed span exists, e.g. the flip-flop's).
     """
 
     Options: ClassVar[type[BaseModel]] = BaseModel
@@ -89,6 +92,7 @@ class Task:
     class_names: list[str] | None = None
     metric_name: str | None = None
     higher_is_better: bool | None = None
+    memory_steps: int | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:

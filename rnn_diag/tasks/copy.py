@@ -120,4 +120,5 @@ class CopyTask(Task):
             chance_metric=1 / options.n_symbols,
             best_loss=0.0,
             best_metric=1.0,
+            memory_steps=options.length + seq_len,
         )

@@ -137,5 +137,6 @@ class DelayedXorTask(Task):
             chance_metric=0.5,
             best_loss=0.0,
             best_metric=1.0,
+            memory_steps=delay,
             class_names=["same", "differ"],
         )

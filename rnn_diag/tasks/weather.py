@@ -191,4 +191,5 @@ class WeatherTask(Task):
             best_loss=best_loss,
             best_metric=best_metric,
             class_names=list(CLASS_NAMES),
+            memory_steps=options.lag,
         )

@@ -23,7 +23,7 @@ import hashlib
 import itertools
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from rnn_diag.experiments.config.errors import (
@@ -62,11 +62,17 @@ class TrialSpec:
         params: the swept dotted keys -> this trial's values, in sweep order, as validated
             (e.g. ``{"task.seq_len": 100, "model.weight_scale": 0.5}``); ``{}`` without a sweep.
         config: the fully resolved config: the sweep's values applied, ``sweep == {}``.
+        settings: every dotted setting any value of a named axis sets, as this trial
+            resolves it (e.g. ``remedy = irnn``: ``{"model.nonlinearity": "relu",
+            "model.init": "identity", "model.cell": "rnn", ...}``, and the same keys with
+            this trial's values for ``remedy = gru``); ``{}`` without named axes. ``params``
+            holds the axes' names.
     """
 
     id: str
     params: dict
     config: ExperimentConfig
+    settings: dict = field(default_factory=dict)
 
 
 def trial_id(config: ExperimentConfig) -> str:
@@ -136,8 +142,9 @@ def _expand_afresh(config: ExperimentConfig, source: str) -> list[TrialSpec]:
     specs: list[TrialSpec] = []
     seen: dict[str, dict] = {}
     for values in itertools.product(*(config.sweep[k] for k in keys)):
-        trial = with_params(config, dict(zip(keys, values)), source)
-        spec = _spec(trial, canonical_settings(trial), keys)
+        params = dict(zip(keys, values))
+        trial = with_params(config, params, source)
+        spec = _spec(config, trial, canonical_settings(trial), params)
         if spec.id in seen:
             raise ConfigError(source, [_same_settings(seen[spec.id], spec.params)])
         seen[spec.id] = spec.params
@@ -145,11 +152,16 @@ def _expand_afresh(config: ExperimentConfig, source: str) -> list[TrialSpec]:
     return specs
 
 
-def _spec(trial: ExperimentConfig, settings: str, keys: list[str]) -> TrialSpec:
-    """The :class:`TrialSpec` of a validated ``trial`` with :func:`canonical_settings`
-    ``settings``; its params are the swept ``keys``, read back from the trial."""
+def _spec(config: ExperimentConfig, trial: ExperimentConfig, settings: str,
+          params: dict) -> TrialSpec:
+    """The :class:`TrialSpec` of the validated ``trial`` of ``config`` with
+    :func:`canonical_settings` ``settings``, made with the sweep values ``params``: the swept
+    keys read back from the trial, the named axes' names as given."""
     dumped = trial.model_dump()
-    return TrialSpec(_id(settings), {k: get_dotted(dumped, k) for k in keys}, trial)
+    values = {k: v if k in config.axes else get_dotted(dumped, k) for k, v in params.items()}
+    applied = {key: get_dotted(dumped, key) for variants in config.axes.values()
+               for settings in variants.values() for key in settings}
+    return TrialSpec(_id(settings), values, trial, applied)
 
 
 def _same_settings(first: dict, second: dict) -> ConfigProblem:
@@ -193,12 +205,14 @@ def _trials(config: ExperimentConfig) -> tuple[list[TrialSpec], list[dict]]:
     and combinations (see :func:`validate_trials`); ``[]`` trials when there are errors."""
     keys = list(config.sweep)
     tried: dict[tuple, tuple] = {}
+    tried_params: dict[tuple, dict] = {}
 
     def attempt(points: tuple) -> tuple:
         """``(trial, settings, problems)`` with the values at ``points``, ``((key, index),
         ...)``; a trial alone and the same trial as a combination are validated once."""
         if points not in tried:
             params = {k: config.sweep[k][i] for k, i in points}
+            tried_params[points] = params
             try:
                 trial = with_params(config, params)
             except ConfigError as exc:
@@ -216,12 +230,12 @@ def _trials(config: ExperimentConfig) -> tuple[list[TrialSpec], list[dict]]:
                 text = p.message
                 if p.path != key and not p.path.startswith(key + "."):
                     text = f"with {key} = {show_value(value)}, {p.path or 'the config'}: {text}"
-                errors.append(line_error(("sweep", key, i), text, value))
+                errors.append(line_error(_where(config, key, i), text, value))
             if problems:
                 continue
             if settings in seen:
                 errors.append(line_error(
-                    ("sweep", key, i), f"the values {show_value(seen[settings])} and "
+                    _where(config, key, i), f"the values {show_value(seen[settings])} and "
                     f"{show_value(value)} give the same settings", value))
             seen.setdefault(settings, value)
     if errors:
@@ -250,13 +264,19 @@ def _trials(config: ExperimentConfig) -> tuple[list[TrialSpec], list[dict]]:
                     "same settings", None))
         found.setdefault(spec_id, where)
         if not errors:
-            specs.append(_spec(trial, settings, keys))
+            specs.append(_spec(config, trial, settings, tried_params[points]))
     if invalid > _MAX_TRIALS_LISTED:
         errors.append(line_error(
             ("sweep",), f"... and {invalid - _MAX_TRIALS_LISTED} more invalid trials", None))
     if same > 1:
         errors.append(line_error(("sweep",), f"... and {same - 1} more repeated trials", None))
     return ([] if errors else specs), errors
+
+
+def _where(config: ExperimentConfig, key: str, i: int) -> tuple:
+    """The location of a sweep's ``i``-th value of ``key``: a list index, or the name of a
+    named axis's value (its key in the file)."""
+    return ("sweep", key, config.sweep[key][i] if key in config.axes else i)
 
 
 def trial_label(spec: TrialSpec) -> str:

@@ -28,6 +28,10 @@ class SequenceModel(nn.Module):
         num_layers: stacked recurrent layers.
         nonlinearity: "tanh" or "relu" (Elman RNN only; the scan cells ignore it).
         output_steps: S, how many of the last hidden states of the top layer are read out.
+        tbptt: ``None``, or N for truncated backpropagation through time (rnn, gru, lstm):
+            the recurrent module runs on chunks of N steps and the state handed from one chunk
+            to the next is detached, so gradient flows back at most to the start of a loss's
+            chunk; the outputs' values are those of one run over the whole sequence.
         **layer_kwargs: the scan layers' own keyword arguments (``r_max``, ``state_size``,
             ``d_state``, ...; see :class:`rnn_diag.scans.ScanStack`), only with a scan cell.
 
@@ -51,6 +55,7 @@ class SequenceModel(nn.Module):
         num_layers: int = 1,
         nonlinearity: str = "tanh",
         output_steps: int = 1,
+        tbptt: int | None = None,
         **layer_kwargs,
     ):
         super().__init__()
@@ -67,14 +72,31 @@ class SequenceModel(nn.Module):
             if cell == "rnn":
                 kwargs["nonlinearity"] = nonlinearity
             self.rnn = CELLS[cell](input_size, hidden_size, **kwargs)
+        if tbptt is not None and (cell in SCAN_CELLS or tbptt < 1):
+            raise ValueError(f"tbptt needs cell rnn, gru or lstm and N >= 1, got cell {cell!r}, "
+                             f"tbptt={tbptt!r}")
         self.head = nn.Linear(hidden_size, output_size)
         self.output_steps = output_steps
+        self.tbptt = tbptt
 
     def forward(self, x: Tensor) -> Tensor:
-        out = self.rnn(x)
-        if isinstance(out, tuple):  # torch.nn's (output, state)
-            out = out[0]
+        if self.tbptt is None:
+            out = self.rnn(x)
+            out = out[0] if isinstance(out, tuple) else out  # torch.nn's (output, state)
+        else:
+            out = self._truncated(x, self.tbptt)
         return self.head(out[:, -self.output_steps :])
+
+    def _truncated(self, x: Tensor, n: int) -> Tensor:
+        """The recurrent outputs ``[N, T, H]`` run in chunks of ``n`` steps, the state detached
+        between chunks (truncated BPTT)."""
+        chunks, state = [], None
+        for chunk in x.split(n, dim=1):
+            out, state = self.rnn(chunk, state)
+            state = tuple(s.detach() for s in state) if isinstance(state, tuple) \
+                else state.detach()
+            chunks.append(out)
+        return torch.cat(chunks, dim=1)
 
 
 def recurrent_blocks(rnn: nn.RNNBase):

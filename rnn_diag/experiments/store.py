@@ -73,11 +73,11 @@ DONE = ("ok", "diverged")
 INT_COLUMNS = ("task.seq_len", "model.hidden_size", "model.num_layers", "train.seed",
                "epochs_run", "horizon_first", "horizon_last", "fixed_points_stable_end",
                "fixed_points_saddle_end", "fixed_points_unstable_end",
-               "fixed_points_marginal_end", "fixed_points_unconverged_end")
+               "fixed_points_marginal_end", "fixed_points_unconverged_end", "memory_steps")
 #: Text columns of ``trials.parquet``: pandas' ``str`` dtype (missing: NaN) whatever their values,
 #: also when every value is missing (e.g. ``error`` when no trial failed).
 TEXT_COLUMNS = ("id", "label", "status", "error", "metric", "loss_name", "verdict_first",
-                "verdict_last", "task.name", "model.cell", "model.init")
+                "verdict_last", "task.name", "model.cell", "model.init", "remedy")
 #: Columns that are float64 whatever their values (missing: NaN), even when every trial that
 #: wrote them failed.
 FLOAT_COLUMNS = ("model.weight_scale", "train.clip_grad_norm", "seconds", "train_loss",

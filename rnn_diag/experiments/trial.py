@@ -19,7 +19,17 @@ Recorded (long tables, one row per observation, ``epoch`` is the number of compl
 before the measurement, so 0 is the initialisation):
 
 * ``curves``: epoch (1..), train_loss, train_metric, val_loss, val_metric, grad_norm (of all
-  parameters, before clipping), seconds.
+  parameters, before clipping), seconds; with ``train.regularizer``, regularizer_loss (the
+  epoch's mean weighted sum of the terms that acted, NaN when none did). ``train_loss`` is the
+  task's loss alone, so trials with and without regularisers compare.
+
+Regularisers (``train.regularizer``, :mod:`.regularization`): the terms in their
+``schedule.before`` steps are minimised alone first, after the "init" snapshot; then each is
+added to the task's loss on the batches its schedule selects. A non-finite term (flossing
+through dead relu units: an exponent of −inf) makes the trial "diverged" with that reason.
+Truncated BPTT (``train.tbptt``) runs the model in chunks with the state detached between them
+(:class:`~.model.SequenceModel`); the recorded gradient profiles show what that truncation
+delivers: zero beyond a chunk's start.
 * ``gradients``: :meth:`rnn_diag.Probe.frame` rows of the recorded epochs: the per-timestep
   log10 norms of ∂L/∂h_t (total and immediate; Jacobian-product norms and saturation when
   enabled), measured on the first training batch of that epoch, before the update.
@@ -59,6 +69,7 @@ from .derived_columns import derived_columns
 from .fixed_point_tables import fixed_point_tables
 from .grid import trial_label
 from .model import SCAN_CELLS, SequenceModel, init_recurrent
+from .regularization import Regularization, RegularizerError
 from .store import Table, TrialResult
 
 #: A trial's epoch progress: ``callback(trial_id, epochs_done, epochs_total)``.
@@ -221,6 +232,7 @@ class _Setup:
         batch_generator: the RNG of the batch order (seeded ``train.seed + 2``).
         batch_size: training batch size (None: full batch).
         clip_grad_norm: gradient-norm clipping threshold (None: no clipping).
+        regularization: the ``train.regularizer`` terms (false when there are none).
     """
 
     task: Any
@@ -235,6 +247,7 @@ class _Setup:
     batch_generator: torch.Generator
     batch_size: int | None
     clip_grad_norm: float | None
+    regularization: Regularization
 
 
 def _build(cfg, task, device: torch.device) -> _Setup:
@@ -246,7 +259,8 @@ def _build(cfg, task, device: torch.device) -> _Setup:
     seed = cfg.train.seed
     m = cfg.model
     model = SequenceModel(m.cell, task.input_size, m.hidden_size, task.output_size,
-                          m.num_layers, m.nonlinearity, task.output_steps, **m.layer_kwargs())
+                          m.num_layers, m.nonlinearity, task.output_steps,
+                          tbptt=cfg.train.tbptt, **m.layer_kwargs())
     if m.cell not in SCAN_CELLS:  # a scan cell was initialised by its layers, r_max included
         init_recurrent(model.rnn, m.init, m.weight_scale,
                        torch.Generator().manual_seed(seed + 1))
@@ -264,7 +278,8 @@ def _build(cfg, task, device: torch.device) -> _Setup:
     return _Setup(task=task, model=model, optimizer=optimizer, device=device, x=x, y=y, xv=xv,
                   yv=yv, probe_options=probe_options,
                   batch_generator=torch.Generator().manual_seed(seed + 2),
-                  batch_size=cfg.train.batch_size, clip_grad_norm=cfg.train.clip_grad_norm)
+                  batch_size=cfg.train.batch_size, clip_grad_norm=cfg.train.clip_grad_norm,
+                  regularization=Regularization(cfg.train.regularizer, model.rnn))
 
 
 def _step(s: _Setup, xb: Tensor, yb: Tensor) -> None:
@@ -318,6 +333,7 @@ class _Recorder:
         self.fixed_points: dict[str, list[pd.DataFrame]] = {}
         self.task = None
         self.blown: list[tuple[int, str]] = []  # (epoch, why) of the current blown-up run
+        self.batches_done = 0  # training batches so far, over all epochs (regulariser schedules)
 
     def run(self, progress: Progress | None) -> None:
         """Build, then train ``train.epochs`` epochs or until the trial diverges (see the
@@ -330,6 +346,8 @@ class _Recorder:
         p = cfg.probes
         epochs = cfg.train.epochs
         self._snapshots(setup, "init")
+        if not self._regularize_before(setup):
+            return
         for epoch in range(epochs):
             record = p.gradients and (epoch % p.every == 0 or epoch == epochs - 1)
             if not self._train_epoch(setup, epoch, record):
@@ -377,7 +395,7 @@ class _Recorder:
         """
 
         start = time.perf_counter()
-        losses, metrics, weights, norms = [], [], [], []
+        losses, metrics, weights, norms, penalties = [], [], [], [], []
         for i, idx in enumerate(_batches(s.x.shape[0], s.batch_size, s.batch_generator)):
             xb, yb = (s.x, s.y) if idx is None else (s.x[idx.to(s.device)], s.y[idx.to(s.device)])
             probing = record and i == 0
@@ -386,7 +404,16 @@ class _Recorder:
                   else contextlib.nullcontext()) as probe:
                 out = s.model(xb)
                 loss = s.task.loss(out, yb)
-                loss.backward()
+                try:
+                    penalty = (s.regularization.loss(xb, self.batches_done, epoch)
+                               if s.regularization else None)
+                except RegularizerError as exc:
+                    self.status, self.error = "diverged", str(exc)
+                    return False
+                (loss if penalty is None else loss + penalty).backward()
+            self.batches_done += 1
+            if penalty is not None:
+                penalties.append(float(penalty.detach()))
             loss_value = loss.item()
             if probing and math.isfinite(loss_value):
                 self._store_probe(probe, epoch)
@@ -416,11 +443,41 @@ class _Recorder:
             "val_metric": val_metric,
             "grad_norm": float(np.max(norms)),
             "seconds": time.perf_counter() - start,
+            **({"regularizer_loss": float(np.mean(penalties)) if penalties else math.nan}
+               if s.regularization else {}),
         })
         if not all(math.isfinite(v) for v in (val_loss,) if s.xv.shape[0]):
             self.status = "diverged"
             self.error = f"validation loss became {val_loss} after epoch {epoch + 1}"
             return False
+        return True
+
+    def _regularize_before(self, s: _Setup) -> bool:
+        """Take the ``schedule.before`` optimizer steps on the regularisers alone (each on the
+        next batch of the epoch order; gradients clipped as in training). Returns False, with
+        status "diverged", when a term or its gradient is not finite."""
+        steps, done = s.regularization.before, 0
+        while done < steps:
+            for idx in _batches(s.x.shape[0], s.batch_size, s.batch_generator):
+                if done == steps:
+                    break
+                xb = s.x if idx is None else s.x[idx.to(s.device)]
+                s.optimizer.zero_grad(set_to_none=True)
+                try:
+                    penalty = s.regularization.before_loss(xb, done)
+                except RegularizerError as exc:
+                    self.status, self.error = "diverged", str(exc)
+                    return False
+                if penalty is not None:
+                    penalty.backward()
+                    norm = _clip(s.model, s.clip_grad_norm)
+                    if not math.isfinite(float(norm)):
+                        self.status = "diverged"
+                        self.error = (f"the regularisers' gradient norm became {float(norm)} "
+                                      f"at step {done + 1} before training")
+                        return False
+                    s.optimizer.step()
+                done += 1
         return True
 
     def _snapshots(self, s: _Setup, when) -> None:
@@ -475,7 +532,8 @@ class _Recorder:
     def result(self, seconds: float) -> TrialResult:
         spec = self.spec
         task = self.task
-        row = {"label": _label(spec), **resolved_settings(spec), **spec.params,
+        row = {"label": _label(spec), **resolved_settings(spec), **_scalars(spec.settings),
+               **spec.params,
                "status": self.status, "error": self.error, "seconds": seconds}
         last = self.curves[-1] if self.curves else {}
         row["epochs_run"] = len(self.curves)
@@ -483,6 +541,7 @@ class _Recorder:
             row[key] = last.get(key, math.nan)
         row["metric"] = task.metric_name if task else None
         row["loss_name"] = task.loss_name if task else None
+        row["memory_steps"] = task.memory_steps if task else None
         row["chance_loss"] = task.chance_loss if task else math.nan
         row["chance_metric"] = task.chance_metric if task else math.nan
         # the best values any predictor reaches (the report judges "learned" against them)
@@ -523,6 +582,12 @@ def resolved_settings(spec) -> dict:
         section, name = key.split(".")
         values[key] = getattr(getattr(spec.config, section), name)
     return values
+
+
+def _scalars(settings: dict) -> dict:
+    """The settings of a trial's named axes that fit in a table column (no lists, mappings)."""
+    return {k: v for k, v in settings.items()
+            if v is None or isinstance(v, (str, int, float, bool))}
 
 
 def _label(spec) -> str:

@@ -113,7 +113,8 @@ def test_minimal_config_gets_every_default():
                                       "lr": 0.01, "batch_size": None, "clip_grad_norm": None,
                                       "device": "auto", "seed": 0,
                                       "divergence": {"chance_factor": 100.0,
-                                                     "first_factor": 100.0, "patience": 3}}
+                                                     "first_factor": 100.0, "patience": 3},
+                                      "regularizer": [], "tbptt": None}
     assert cfg.probes.model_dump() == {"every": 1, "jacobians": "off", "jacobian_samples": 64,
                                        "lyapunov": ["init", "end"], "lyapunov_steps": None,
                                        "gradients": True,

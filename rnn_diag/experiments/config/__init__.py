@@ -40,6 +40,10 @@ A config is a YAML file, read with ``yaml.safe_load`` and validated into an
         chance_factor: 100        # training loss > 100 x task chance loss (null: off), or
         first_factor: 100         # > 100 x the trial's first-epoch loss (null: off),
         patience: 3               # for 3 epochs in a row (training stops), or at the last
+      regularizer: []             # loss terms on the dynamics (rnn, gru, lstm), each with a kind:
+                                  # flossing | spectral_norm_penalty | orthogonality_penalty
+                                  # (see rnn_diag.experiments.config.regularizers)
+      tbptt: null                 # null, or N: truncated BPTT, state detached every N steps
     probes:
       every: 1                    # gradient profile every N epochs (and always the last one)
       jacobians: off              # off | estimate | exact
@@ -57,6 +61,10 @@ A config is a YAML file, read with ``yaml.safe_load`` and validated into an
     sweep:                        # optional: dotted key -> non-empty list of values
       task.seq_len: [10, 100, 1000]
       model.weight_scale: [null, 0.5, 1.0, 1.5]
+      remedy:                     # a named axis: name -> the settings it applies
+        none: {}
+        irnn: {model.nonlinearity: relu, model.init: identity}
+        gru: {model.cell: gru}
 
 Every section but ``name`` and ``task`` may be left out; every key has the default shown
 (``task.seq_len`` excepted). Unknown keys are refused everywhere.
@@ -73,7 +81,12 @@ or ``null`` for ``[]``.
 
 Sweeps: every key is a dotted path to one setting (``task.seq_len``, ``task.lag``,
 ``model.cell``, ``train.optimizer_args.momentum``, ...); ``seed`` is short for ``train.seed``
-(stored as ``train.seed``). The trials are the Cartesian product of the lists (see
+(stored as ``train.seed``). A *named axis* is a key without a dot (``remedy``, ``problem``)
+whose value is a mapping of names to settings (dotted keys and values, ``{}`` for none): one
+value of the axis sets several keys together, as a remedy such as IRNN (relu and identity
+init) needs. Its names are its values: trial labels and the ``trials.parquet`` column of that
+name hold them, and each setting any of its names sets is a column too. A key may be set by
+one axis only, and not swept as well. The trials are the Cartesian product of the lists (see
 :func:`rnn_diag.experiments.grid.expand`), and every one is validated with the config, so a bad
 value is refused before anything runs. When a sweep changes ``task.name``, base task options at
 their default value are dropped for the other task, which then uses its own defaults; base

@@ -177,6 +177,17 @@ _BOUNDS = {"greater_than": ("gt", "greater than"), "greater_than_equal": ("ge", 
            "less_than": ("lt", "less than"), "less_than_equal": ("le", "at most")}
 
 
+def _item_kind(data: Any, loc: tuple) -> Any:
+    """The ``kind`` of the list item at ``loc`` in the raw mapping ``data`` (None if none)."""
+    node = data
+    for part in loc:
+        try:
+            node = node[part]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return node.get("kind") if isinstance(node, dict) else None
+
+
 def pydantic_problems(exc: ValidationError, data: Any,
                       valid_keys: Callable[[tuple, Any], list[str]]) -> list[ConfigProblem]:
     """pydantic's errors in words, one :class:`ConfigProblem` each (no lines yet).
@@ -202,6 +213,11 @@ def pydantic_problems(exc: ValidationError, data: Any,
         loc = tuple(err["loc"])
         if loc[:2] == ("task", "options"):
             loc = ("task", *loc[2:])  # the options sit flat in the file
+        if loc[:1] == ("axes",):
+            loc = ("sweep", *loc[1:])  # named axes are written in the sweep
+        if len(loc) > 3 and isinstance(loc[2], int) and isinstance(loc[3], str) \
+                and _item_kind(data, loc[:3]) == loc[3]:
+            loc = (*loc[:3], *loc[4:])  # a tagged union's tag (an item's ``kind``) is no key
         bad_key = "[key]" in loc
         loc = tuple(x for x in loc if x != "[key]")
         kind, value = err["type"], err.get("input")
@@ -230,6 +246,12 @@ def pydantic_problems(exc: ValidationError, data: Any,
             choices = re.findall(r"'([^']*)'", str(ctx.get("expected", "")))
             text = f"expected one of {', '.join(choices)}"
             hint = did_you_mean(value, choices)
+        elif kind == "union_tag_invalid":
+            tags = re.findall(r"'([^']*)'", str(ctx.get("expected_tags", "")))
+            text = f"expected {ctx.get('discriminator', 'kind')}: one of {', '.join(tags)}"
+            hint = did_you_mean(ctx.get("tag"), tags)
+        elif kind == "union_tag_not_found":
+            text = f"missing the key {ctx.get('discriminator', 'kind')}"
         elif kind == "too_short" and isinstance(value, (list, tuple)):
             text = "expected a non-empty list of values"
         elif kind in _EXPECTED:

@@ -38,6 +38,9 @@ from .errors import (
     pydantic_problems,
     show_value,
 )
+from .regularizers import Regularizer, RegularizerSchedule
+from .types import PositiveFloat, PositiveInt
+from .types import not_bool as _not_bool
 
 __all__ = [
     "SWEEP_ALIASES",
@@ -62,23 +65,16 @@ __all__ = [
 SWEEP_ALIASES: dict[str, str] = {"seed": "train.seed"}
 """Short sweep keys and the dotted key each stands for."""
 
-_NOT_SWEPT = ("name", "description", "sweep")
+_NOT_SWEPT = ("name", "description", "sweep", "axes")
 _SECTIONS = ("task", "model", "train", "probes")
 _NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
+_AXIS_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 # --------------------------------------------------------------------------------------------
 # Field types
 
 
-def _not_bool(value: Any) -> Any:
-    if isinstance(value, bool):
-        raise PydanticCustomError("number_not_bool", "expected a number")
-    return value
-
-
-PositiveInt = Annotated[int, BeforeValidator(_not_bool), Field(gt=0)]
-PositiveFloat = Annotated[float, BeforeValidator(_not_bool), Field(gt=0, allow_inf_nan=False)]
 
 
 def _when(value: Any) -> str | int:
@@ -469,6 +465,15 @@ class TrainConfig(_Section):
         seed: the trial seed (0 ≤ seed < 2**63).
         divergence: when a finite but exploded loss makes the trial ``diverged``
             (:class:`DivergenceConfig`), or ``None`` for non-finite losses and gradients only.
+        regularizer: loss terms on the recurrent dynamics, each with a ``kind``: gradient
+            flossing, a spectral-norm or an orthogonality penalty
+            (:mod:`rnn_diag.experiments.config.regularizers`); ``[]`` for none. Cells rnn,
+            gru, lstm.
+        tbptt: ``None`` for full backpropagation through time, or N > 0 for truncated BPTT:
+            the sequence runs in chunks of N steps and the state handed from one chunk to the
+            next is detached, so a loss at step t sends gradient back only to the start of
+            its chunk (1 to N steps); the forward values are unchanged and the batch still
+            takes one optimizer step. Cells rnn, gru, lstm.
 
     Example:
         >>> TrainConfig(optimizer="SGD", optimizer_args={"momentum": 0.9}).lr
@@ -484,6 +489,8 @@ class TrainConfig(_Section):
     device: Literal["cpu", "cuda", "auto"] = "auto"
     seed: Annotated[int, BeforeValidator(_not_bool), Field(ge=0, lt=2**63)] = 0
     divergence: DivergenceConfig | None = Field(default_factory=DivergenceConfig)
+    regularizer: list[Regularizer] = Field(default_factory=list)
+    tbptt: PositiveInt | None = None
 
     @field_validator("optimizer")
     @classmethod
@@ -622,7 +629,26 @@ class ExperimentConfig(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     probes: ProbesConfig = Field(default_factory=ProbesConfig)
+    axes: dict[str, dict[str, dict[str, Any]]] = Field(default_factory=dict)
     sweep: dict[str, Annotated[list[Any], Field(min_length=1)]] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _named_axes(cls, data: Any) -> Any:
+        """Move each named axis of the sweep (a key without a dot whose value is a mapping of
+        names to settings) to ``axes``; the sweep keeps its names, in file order."""
+        if not isinstance(data, dict) or not isinstance(data.get("sweep"), dict):
+            return data
+        sweep = data["sweep"]
+        named = {k: v for k, v in sweep.items() if isinstance(k, str) and "." not in k
+                 and k not in SWEEP_ALIASES and isinstance(v, dict)}
+        if not named:
+            return data
+        axes = dict(data.get("axes") or {})
+        axes.update({k: {name: ({} if settings is None else settings)
+                         for name, settings in v.items()} for k, v in named.items()})
+        return {**data, "axes": axes,
+                "sweep": {k: (list(v) if k in named else v) for k, v in sweep.items()}}
 
     @field_validator("name")
     @classmethod
@@ -635,17 +661,55 @@ class ExperimentConfig(_Section):
             )
         return name
 
+    @field_validator("axes")
+    @classmethod
+    def _axes_settings(cls, axes: dict) -> dict:
+        """Each named axis: a name that is no config key, names for its values and, for each,
+        settings of dotted sweep keys (aliases resolved), none set by two axes."""
+        errors, owner = [], {}
+        for axis, variants in axes.items():
+            if not _AXIS_RE.fullmatch(axis) or axis in _NOT_SWEPT or axis in _SECTIONS:
+                errors.append(line_error(
+                    (axis,), "a named axis needs a name of letters, digits and _ that is not a "
+                    f"section or top-level key (e.g. remedy), got {show_value(axis)}", None))
+            if not variants:
+                errors.append(line_error((axis,), "expected at least one named value", None))
+            for name, settings in variants.items():
+                resolved = {}
+                for key, value in settings.items():
+                    full = SWEEP_ALIASES.get(key, key)
+                    problem = _sweep_key_problem(full)
+                    if problem is None and full in owner and owner[full] != axis:
+                        problem = f"{full} is set by the named axes {owner[full]} and {axis}"
+                    if problem is not None:
+                        errors.append(line_error((axis, name, key), problem, value))
+                    owner.setdefault(full, axis)
+                    resolved[full] = value
+                variants[name] = resolved
+        if errors:
+            raise ValidationError.from_exception_data("axes", errors)
+        return axes
+
     @field_validator("sweep", mode="wrap")
     @classmethod
-    def _sweep_keys(cls, sweep: Any, handler) -> dict[str, list]:
+    def _sweep_keys(cls, sweep: Any, handler, info: ValidationInfo) -> dict[str, list]:
         errors = []
+        axes_failed = "axes" not in info.data  # their errors come first; skip their keys here
+        axes = info.data.get("axes") or {}
+        set_by_axes = {k: axis for axis, variants in axes.items()
+                       for settings in variants.values() for k in settings}
         if isinstance(sweep, dict):
             canonical: dict[str, str] = {}
             for key in sweep:
                 if not isinstance(key, str):
                     continue  # refused by the handler
                 full = SWEEP_ALIASES.get(key, key)
+                if full in axes or (axes_failed and "." not in full):
+                    continue
                 problem = _sweep_key_problem(full)
+                if problem is None and full in set_by_axes:
+                    problem = (f"{full} is swept and also set by the named axis "
+                               f"{set_by_axes[full]}; set it in one place")
                 if full in canonical:
                     problem = f"{full} is swept twice (as {canonical[full]} and as {key})"
                 if problem is not None:
@@ -666,6 +730,11 @@ class ExperimentConfig(_Section):
                         errors.append(line_error(
                             (key, i), f"the value {show_value(value)} is listed twice", value))
                     seen.add(text)
+        if out is not None and not axes_failed:
+            for axis in axes:
+                if axis not in out:
+                    errors.append(line_error((axis,), f"the named axis {axis} is not in the "
+                                             "sweep", None))
         if errors:
             raise ValidationError.from_exception_data("sweep", errors)
         return {SWEEP_ALIASES.get(k, k): v for k, v in out.items()}
@@ -708,6 +777,36 @@ class ExperimentConfig(_Section):
         return self
 
     @model_validator(mode="after")
+    def _remedies_fit_cell(self) -> ExperimentConfig:
+        """``train.regularizer`` and ``train.tbptt`` need cell rnn, gru or lstm, and flossing's
+        ``k`` at most the state size (H; 2H for an LSTM)."""
+        cell, errors = self.model.cell, []
+        if cell in SCAN_CELLS:
+            for key in ("regularizer", "tbptt"):
+                value = getattr(self.train, key)
+                if value:
+                    errors.append(line_error(
+                        ("train", key), f"{key} applies to cells rnn, gru and lstm, not to the "
+                        f"scan cell {cell} (remove it), got {show_value(_plain(value))}",
+                        _plain(value)))
+        elif self.train.regularizer and self.train.optimizer == "LBFGS":
+            errors.append(line_error(
+                ("train", "regularizer"), "regularizers need a first-order optimizer (Adam, "
+                "SGD, ...): LBFGS re-evaluates the task's loss alone in its line search",
+                _plain(self.train.regularizer)))
+        else:
+            size = self.model.hidden_size * (2 if cell == "lstm" else 1)
+            for i, term in enumerate(self.train.regularizer):
+                if term.kind == "flossing" and term.k > size:
+                    errors.append(line_error(
+                        ("train", "regularizer", i, "k"),
+                        f"expected at most the state size {size} of a {cell} layer with "
+                        f"hidden_size {self.model.hidden_size}", term.k, note=False))
+        if errors:
+            raise ValidationError.from_exception_data("ExperimentConfig", errors)
+        return self
+
+    @model_validator(mode="after")
     def _trials_valid(self) -> ExperimentConfig:
         if self.sweep:
             for check in _TRIAL_CHECKS:
@@ -715,6 +814,13 @@ class ExperimentConfig(_Section):
                 if errors:
                     raise ValidationError.from_exception_data("ExperimentConfig", errors)
         return self
+
+
+def _plain(value: Any) -> Any:
+    """A setting as plain values (pydantic models dumped), for error messages."""
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value.model_dump() if isinstance(value, BaseModel) else value
 
 
 def _or(cells) -> str:
@@ -819,10 +925,11 @@ def get_dotted(data: dict, key: str) -> Any:
 
 def _trial_data(config: ExperimentConfig, params: dict[str, Any]) -> dict[str, Any]:
     """The raw mapping of ``config`` with ``params`` (dotted key -> value) applied, no sweep."""
-    data = config.model_dump(exclude={"sweep"})  # task options sit flat: task.<option> works
+    data = config.model_dump(exclude={"sweep", "axes"})  # task options sit flat: task.<option>
     for key, value in params.items():
         set_dotted(data, key, value)
-    if "model.cell" in params or "model.cell" in config.sweep:
+    if "model.cell" in params or "model.cell" in config.sweep or any(
+            "model.cell" in v for variants in config.axes.values() for v in variants.values()):
         # the cell may differ from the base's: the base's scan keys of other cells drop out
         model = data["model"]
         for key, cells in SCAN_KEYS.items():
@@ -844,7 +951,8 @@ def _same(a: Any, b: Any) -> bool:
 def with_params(config: ExperimentConfig, params: dict[str, Any],
                 source: str = "<config>") -> ExperimentConfig:
     """``config`` with the settings ``params`` (dotted key -> value, as in a sweep) applied, and
-    no sweep; the same rules as a sweep's trials.
+    no sweep; the same rules as a sweep's trials. A named axis of ``config`` (``axes``) takes
+    one of its names as its value and applies that name's settings.
 
     Raises:
         ConfigError: a key or value is invalid (named as in the config, e.g. ``model.cell``).
@@ -854,14 +962,22 @@ def with_params(config: ExperimentConfig, params: dict[str, Any],
         >>> with_params(cfg, {"model.cell": "gru", "seed": 3}).train.seed
         3
     """
-    problems = []
+    problems, settings = [], {}
     for key, value in params.items():
+        if key in config.axes:
+            if value not in config.axes[key]:
+                problems.append(ConfigProblem(key, f"expected one of the axis's names "
+                                              f"{', '.join(config.axes[key])}", value))
+            else:
+                settings.update(config.axes[key][value])
+            continue
         text = _sweep_key_problem(SWEEP_ALIASES.get(key, key))
         if text is not None:
             problems.append(ConfigProblem(key, text, value))
+        settings[key] = value
     if problems:
         raise ConfigError(source, problems)
-    data = _trial_data(config, params)
+    data = _trial_data(config, settings)
     try:
         return ExperimentConfig.model_validate(data)
     except ValidationError as exc:
@@ -872,6 +988,7 @@ _LATER_KEYS: dict[str, dict[str, Any]] = {
     "model": dict.fromkeys(SCAN_KEYS),
     "probes": {"fixed_points": [], "fixed_point_states": 256, "fixed_point_noise": 0.5,
                "fixed_point_tol_q": 1e-12, "fixed_point_trajectories": 8},
+    "train": {"regularizer": [], "tbptt": None},
 }
 """Keys added to the schema after trial ids were first issued, with their defaults: left out of
 the canonical settings while at that default, so that the ids of configs that do not set them
@@ -883,9 +1000,10 @@ def canonical_settings(config: ExperimentConfig) -> str:
     ``train`` and ``probes`` sections (not ``name``, ``description`` or ``sweep``), every
     default filled in, keys sorted, no whitespace. Equal settings give equal text, however the
     config was written (key order, ``1e-3`` or ``0.001``, ``seed`` or ``train.seed``, ...).
-    Keys added later (the scan cells' keys, :data:`SCAN_KEYS`, and the ``probes.fixed_point*``
-    keys) are left out while at their default, so that they did not change the ids of earlier
-    configs.
+    Keys added later (the scan cells' keys, :data:`SCAN_KEYS`, the ``probes.fixed_point*``
+    keys, ``train.regularizer`` and ``train.tbptt``) are left out while at their default, so
+    that they did not change the ids of earlier configs. Named axes (``axes``) are not
+    settings: a trial's id depends on the settings its names applied, not on the names.
 
     Example:
         >>> cfg = validate_config({"name": "x", "task": {"name": "adding", "seq_len": 20}})
@@ -924,6 +1042,17 @@ def valid_keys(loc: tuple, data: Any) -> list[str]:
         return list(sections[loc[0]].model_fields)
     if loc == ("train", "divergence"):
         return list(DivergenceConfig.model_fields)
+    if len(loc) == 3 and loc[:2] == ("train", "regularizer"):
+        kinds = {m.model_fields["kind"].annotation.__args__[0]: m
+                 for m in Regularizer.__origin__.__args__}
+        try:
+            item = data["train"]["regularizer"][loc[2]]
+        except (KeyError, IndexError, TypeError):
+            return []
+        model = kinds.get(item.get("kind")) if isinstance(item, dict) else None
+        return list(model.model_fields) if model else []
+    if len(loc) == 4 and loc[:2] == ("train", "regularizer") and loc[3] == "schedule":
+        return list(RegularizerSchedule.model_fields)
     return []
 
 

@@ -42,6 +42,14 @@ from .figures.learning import (
     learning_sweep,
     steps_text,
 )
+from .figures.remedies import (
+    SOLVED_FRACTION,
+    baseline_remedy,
+    exponent_text,
+    number_text,
+    remedy_table,
+    task_threshold_text,
+)
 
 __all__ = ["Finding", "compute_findings", "grid_order", "setting_keys", "setting_labels"]
 
@@ -794,6 +802,91 @@ def _fmt(value: float) -> str:
     return f"{value:g}" if not float(value).is_integer() else str(int(value))
 
 
+def _solved_text(row: pd.Series) -> str:
+    """``"0/3"``: seeds solved of the seeds judged."""
+    return f"{int(row['n_solved'])}/{int(row['n_judged'])}"
+
+
+def _remedy_text(name: str, row: pd.Series, why: bool = True, seeds: str = "") -> str:
+    """``"flossing 3/3 (horizon 22 → 140 steps, λ₁ −0.010)"``, ``"spectral 0/3 (2 diverged;
+    horizon 10 steps)"``: a remedy's seeds solved, its diverged and failed trials, and (``why``)
+    the median horizon at the start and the end of training and the top exponent at the end;
+    without ``why``, the horizon at the end only; ``seeds`` follows the count ("seeds")."""
+    parts = []
+    if row["n_diverged"]:
+        parts.append(f"{int(row['n_diverged'])} diverged")
+    if row["n_failed"]:
+        parts.append(f"{int(row['n_failed'])} failed")
+    h0, h1 = row["horizon_first"], row["horizon_last"]
+    if why and math.isfinite(h0) and math.isfinite(h1):
+        reason = f"horizon {_fmt(h0)} → {_fmt(h1)} steps"
+    elif math.isfinite(h1):
+        reason = f"horizon {_fmt(h1)} steps"
+    else:
+        reason = "no finite horizon"
+    lam = exponent_text(row["lyapunov_top_end"]) if why else ""
+    parts.append(reason + (f", λ₁ {lam}" if lam else ""))
+    count = f"{_solved_text(row)} {seeds}".strip()
+    return f"{name} {count} ({'; '.join(parts)})".strip()
+
+
+def _remedies(trials: pd.DataFrame, config: Mapping) -> list[Finding]:
+    """Per task, which remedy solved more (or fewer) seeds than the baseline ("none", else the
+    first remedy) at each memory length, with the horizon and top exponent of each (see
+    :mod:`.figures.remedies`); the lengths where no remedy changed the count, in one sentence."""
+    table = remedy_table(trials, config)
+    if table is None:
+        return []
+    table = table[table["n_judged"] > 0]
+    names = list(dict.fromkeys(table["remedy"]))
+    base = baseline_remedy(names)
+    out = []
+    for task in dict.fromkeys(table["task"]):
+        mine = table[table["task"] == task]
+        texts = []
+        same: list[tuple[float, pd.Series]] = []
+        for length in sorted(mine["memory_steps"].unique()):
+            at = mine[mine["memory_steps"] == length].set_index("remedy")
+            ref = at.loc[base] if base in at.index else None
+            others = [n for n in names if n in at.index and n != base]
+            if ref is None:
+                listed = ", ".join(_remedy_text(n, at.loc[n]) for n in others)
+                texts.append(f"{task} at {_fmt(length)} memory steps, without the baseline "
+                             f"{base}: {listed}.")
+                continue
+            groups: dict[str, list[str]] = {"better": [], "worse": [], "unchanged": []}
+            for n in others:
+                row = at.loc[n]
+                kind = ("better" if row["success"] > ref["success"] + 1e-12 else
+                        "worse" if row["success"] < ref["success"] - 1e-12 else "unchanged")
+                groups[kind].append(_remedy_text(n, row, why=kind != "unchanged"))
+            if not groups["better"] and not groups["worse"]:
+                same.append((length, ref))
+                continue
+            text = (f"{task} at {_fmt(length)} memory steps: {base} solved "
+                    f"{_remedy_text('', ref, seeds='seeds')}")
+            if groups["better"]:
+                text += f"; more seeds solved with {', '.join(groups['better'])}"
+            if groups["worse"]:
+                text += f"; fewer (worse) with {', '.join(groups['worse'])}"
+            if groups["unchanged"]:
+                text += f"; no change with {', '.join(groups['unchanged'])}"
+            texts.append(text + ".")
+        if same:
+            at_text = ", ".join(f"{_solved_text(r)} at {_fmt(x)}" for x, r in same)
+            lengths = " and ".join(_fmt(x) for x, _ in same)
+            texts.append(f"{task} at {lengths} memory steps: no remedy solved more or fewer "
+                         f"seeds than {base} ({base}: {at_text}).")
+        threshold = task_threshold_text(table, task)
+        if texts and threshold:
+            texts[0] = (f"On {task}, a seed counts as solved with a held-out {threshold} "
+                        f"({SOLVED_FRACTION:.0%} of the way from chance "
+                        f"{number_text(float(mine['chance'].iloc[0]), 3)} to best "
+                        f"{number_text(float(mine['best'].iloc[0]), 3)}). " + texts[0])
+        out += [Finding(t, "remedies") for t in texts]
+    return out
+
+
 def _changes(trials: pd.DataFrame, labels: pd.Series, unit: str = "epoch") -> list[Finding]:
     if "verdict_first" not in trials or "verdict_last" not in trials:
         return []
@@ -859,12 +952,13 @@ def compute_findings(tables: Mapping[str, pd.DataFrame], swept: Sequence[str],
 
     Returns:
         :class:`Finding` objects; each ``key`` is a figure section anchor ("profile",
-        "heatmap", "loss", "learning", "spectra", "lyapunov", "fixed_points") or "trials" (the
-        summary table).
+        "heatmap", "loss", "learning", "remedies", "spectra", "lyapunov", "fixed_points") or
+        "trials" (the summary table).
     """
     trials = tables.get("trials", pd.DataFrame())
     if trials is None or trials.empty:
         return []
+    stored = trials  # the runner's order: the remedies' tasks in the order they were run
     trials = grid_order(trials, swept).reset_index(drop=True)
     summaries = tables.get("summaries")
     summaries = pd.DataFrame() if summaries is None else summaries
@@ -880,6 +974,7 @@ def compute_findings(tables: Mapping[str, pd.DataFrame], swept: Sequence[str],
         *_exploding(trials, labels),
         *_chance(trials, labels),
         *_learning(trials),
+        *_remedies(stored, config or {}),
         *_pascanu(trials, labels, config or {}),
         *_lyapunov(trials, labels),
         *_scan_decays(trials, swept, config or {}),

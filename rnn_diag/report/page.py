@@ -27,6 +27,13 @@ from ..experiments.labels import format_value
 from . import figures
 from .figures.cells import is_scan
 from .figures.learning import family_reach, learning_sweep, steps_text
+from .figures.remedies import (
+    SOLVED_FRACTION,
+    baseline_remedy,
+    exponent_text,
+    remedy_table,
+    task_threshold_text,
+)
 from .findings import Finding, compute_findings, grid_order
 from .parallel import default_jobs, draw_in_pool
 from .run_data import RunData
@@ -188,6 +195,52 @@ def _learning_table(trials: pd.DataFrame) -> dict | None:
             "chance": _num(chance[0], 3) if len(chance) == 1 else ""}
 
 
+def _remedies_table(trials: pd.DataFrame, config: Mapping) -> dict | None:
+    """The table of the "Remedies" section (:mod:`rnn_diag.report.figures.remedies`): one row
+    per remedy (config order), one column per task × memory length, each cell the seeds solved
+    of those judged ("3/3"), the diverged and failed trials, the median horizon at the end of
+    training (h, steps) and top Lyapunov exponent (λ, nats per step); None when the run has no
+    remedy axis."""
+    table = remedy_table(trials, config)
+    if table is None:
+        return None
+    names = list(dict.fromkeys(table["remedy"]))
+    tasks = []
+    for task in dict.fromkeys(table["task"]):
+        lengths = sorted(table.loc[table["task"] == task, "memory_steps"].unique())
+        tasks.append({"name": task, "threshold": task_threshold_text(table, task),
+                      "lengths": lengths})
+    by_key = {(r.remedy, r.task, r.memory_steps): r for r in table.itertuples(index=False)}
+    base = baseline_remedy(names)
+    rows = []
+    for name in names:
+        cells = []
+        for task in tasks:
+            for length in task["lengths"]:
+                r = by_key.get((name, task["name"], length))
+                if r is None:
+                    cells.append(None)
+                    continue
+                extra = [f"{r.n_diverged} diverged"] if r.n_diverged else []
+                extra += [f"{r.n_failed} failed"] if r.n_failed else []
+                extra += [f"{r.n_unjudged} not judged"] if r.n_unjudged else []
+                why = []
+                if math.isfinite(r.horizon_last):
+                    why.append(f"h {_fmt(round(r.horizon_last, 1))}")
+                if math.isfinite(r.lyapunov_top_end):
+                    why.append(f"λ {exponent_text(r.lyapunov_top_end)}")
+                cells.append({
+                    "solved": f"{r.n_solved}/{r.n_judged}" if r.n_judged else "–",
+                    "state": ("" if not r.n_judged else "learned" if r.n_solved == r.n_judged
+                              else "unlearned" if r.n_solved == 0 else "partly"),
+                    "extra": ", ".join(extra),
+                    "why": " · ".join(why),
+                })
+        rows.append({"remedy": name, "baseline": name == base, "cells": cells})
+    return {"tasks": [{**t, "lengths": [_fmt(x) for x in t["lengths"]]} for t in tasks],
+            "rows": rows, "baseline": base, "fraction": f"{SOLVED_FRACTION:.0%}"}
+
+
 def _seeds_text(point) -> str:
     """"2/2 seeds" (seeds that learned / finished seeds) where several finished, and the
     trials that did not finish ("1 failed")."""
@@ -306,6 +359,7 @@ def render_report(run: RunData, sections: Sequence | None = None, *, fmt: str = 
                for k in run.swept],
         sections=results,
         learning=_learning_table(run.trials),
+        remedies=_remedies_table(run.trials, run.config),
         has_scans=bool("model.cell" in run.trials
                        and run.trials["model.cell"].map(is_scan).any()),
     )

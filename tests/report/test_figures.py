@@ -143,15 +143,18 @@ def _no_pyplot_leak():
 
 def test_sections_are_in_report_order_and_build_figures():
     tables = _tables()
-    assert [s.key for s in SECTIONS] == ["loss", "learning", "profile", "heatmap", "phase",
-                                         "spectra", "jacobians", "lyapunov", "predictions",
-                                         "fixed_points", "fixed_point_eigenvalues"]
+    assert [s.key for s in SECTIONS] == ["loss", "learning", "remedies", "profile", "heatmap",
+                                         "phase", "spectra", "jacobians", "lyapunov",
+                                         "predictions", "fixed_points",
+                                         "fixed_point_eigenvalues"]
     for section in SECTIONS:
         assert section.title and len(section.caption) > 40
         assert "trials" in section.needs
         if not figures.applies_to(section, tables):  # learning: no task option × cell sweep;
-            # fixed points: not recorded (drawn in test_report_fixed_points.py)
-            assert section.key in ("learning", "fixed_points", "fixed_point_eigenvalues")
+            # remedies: no remedy axis (drawn in test_report_remedies.py); fixed points: not
+            # recorded (drawn in test_report_fixed_points.py)
+            assert section.key in ("learning", "remedies", "fixed_points",
+                                   "fixed_point_eigenvalues")
             continue
         assert set(section.needs) <= set(tables)
         fig = section.build(tables)

@@ -83,9 +83,10 @@ def test_figures_drawn_by_worker_processes_are_the_same(rendered, small_run):
 def test_every_real_figure_draws_for_a_run_with_failed_and_diverged_trials(rendered):
     from rnn_diag.report.figures import SECTIONS
 
-    # the learning view needs a sweep of a task option × cell, which the small run has not, and
-    # the fixed-point sections a fixed-point analysis, which it did not record
-    skipped = ("learning", "fixed_points", "fixed_point_eigenvalues")
+    # the learning view needs a sweep of a task option × cell, which the small run has not, the
+    # remedies a remedy axis, and the fixed-point sections a fixed-point analysis, which it did
+    # not record
+    skipped = ("learning", "remedies", "fixed_points", "fixed_point_eigenvalues")
     assert [s.key for s in rendered.sections] == [s.key for s in SECTIONS if s.key not in skipped]
     errors = {s.key: s.details for s in rendered.errors}
     assert errors == {}, "a figure raised (a bug in the figure):\n" + "\n".join(errors.values())

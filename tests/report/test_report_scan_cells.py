@@ -242,7 +242,8 @@ def figs(tables):
     """Every section of the report drawn once from the mixed run (none raises)."""
     out = {}
     for section in SECTIONS:
-        if section.key in ("fixed_points", "fixed_point_eigenvalues"):  # not recorded here
+        # not recorded here; no remedy axis here
+        if section.key in ("fixed_points", "fixed_point_eigenvalues", "remedies"):
             assert not applies_to(section, tables), section.key
             continue
         assert applies_to(section, tables), section.key

@@ -34,6 +34,7 @@ from .loss import loss_history
 from .lyapunov import lyapunov_spectra
 from .phase import phase_diagram
 from .predictions import next_step_predictions
+from .remedies import has_remedy_axis, remedy_success
 from .spectra import weight_spectra
 from .style import seq_len_palette
 
@@ -53,6 +54,7 @@ __all__ = [
     "lyapunov_spectra",
     "next_step_predictions",
     "phase_diagram",
+    "remedy_success",
     "seq_len_palette",
     "time_unit",
     "weight_spectra",
@@ -64,7 +66,7 @@ class FigureSection:
     """One figure of the report.
 
     Attributes:
-        key: anchor id ("loss", "learning", "profile", "heatmap", "phase", "spectra",
+        key: anchor id ("loss", "learning", "remedies", "profile", "heatmap", "phase", "spectra",
             "jacobians", "lyapunov", "predictions", "fixed_points", "fixed_point_eigenvalues").
         title: short heading.
         caption: what the figure shows and what to look for (plain words, 1-3 sentences);
@@ -118,6 +120,14 @@ def _build_learning(tables: Mapping[str, pd.DataFrame]) -> Figure:
 def _has_learning_sweep(tables: Mapping[str, pd.DataFrame]) -> bool:
     trials = table(tables, "trials")
     return trials is not None and learning_sweep(trials) is not None
+
+
+def _has_remedies(tables: Mapping[str, pd.DataFrame]) -> bool:
+    return has_remedy_axis(table(tables, "trials"))
+
+
+def _build_remedies(tables: Mapping[str, pd.DataFrame]) -> Figure:
+    return remedy_success(table(tables, "trials"))
 
 
 def _build_profile(tables: Mapping[str, pd.DataFrame]) -> Figure:
@@ -199,6 +209,25 @@ SECTIONS: tuple[FigureSection, ...] = (
         needs=("trials",),
         build=_build_learning,
         applies=_has_learning_sweep,
+    ),
+    FigureSection(
+        key="remedies",
+        title="Remedies",
+        caption=(
+            "Which remedy works at which memory length, and why. One panel per task, one marker "
+            "per remedy (colour) and memory length (shape): up, the fraction of the seeds that "
+            "solved the task (the held-out metric at least 80% of the way from chance to the "
+            "best possible value, the threshold in each panel's title; a diverged seed counts "
+            "as not solved, a failed one is left out); across, the median gradient horizon at "
+            "the end of training, in steps (the farthest step back whose ∂L/∂h_k is within 3 "
+            "decades of the largest). The dashed lines are the memory lengths, the horizon "
+            "each needs: look whether the remedies that solve a length are the ones whose "
+            "horizon reaches its line. The table gives the counts, the median horizon (h) and "
+            "top Lyapunov exponent (λ, nats per step) of each remedy."
+        ),
+        needs=("trials",),
+        build=_build_remedies,
+        applies=_has_remedies,
     ),
     FigureSection(
         key="profile",

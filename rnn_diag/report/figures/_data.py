@@ -21,8 +21,11 @@ from ...experiments.labels import format_value, short_names
 from ...experiments.store import Table
 from .style import weight_scale_text
 
-__all__ = ["MissingData", "Trials", "downsample", "last_layer", "panel_layout", "require",
-           "table"]
+__all__ = ["REMEDY", "MissingData", "Trials", "downsample", "has_remedy_axis", "last_layer",
+           "panel_layout", "require", "table"]
+
+#: The column of a sweep's named axis of remedies (each value names a bundle of settings).
+REMEDY = "remedy"
 
 #: Settings that never define a panel: the colour (seq_len) and the aggregation (seed).
 _NOT_SETTING = ("task.seq_len", "train.seed", "seed")
@@ -31,6 +34,23 @@ _NOT_SETTING = ("task.seq_len", "train.seed", "seed")
 class MissingData(LookupError):
     """A figure cannot be drawn because its data were not recorded (the message says which and
     how to record them)."""
+
+
+def has_remedy_axis(trials: pd.DataFrame | None) -> bool:
+    """Whether the trials have a remedy axis: a :data:`REMEDY` column with at least two
+    distinct names (missing values not counted).
+
+    Example:
+        >>> has_remedy_axis(pd.DataFrame({"remedy": ["none", "clip", None]}))
+        True
+        >>> has_remedy_axis(pd.DataFrame({"remedy": ["none", "none"]}))
+        False
+        >>> has_remedy_axis(pd.DataFrame({"task.seq_len": [10]}))
+        False
+    """
+    if trials is None or REMEDY not in trials:
+        return False
+    return trials[REMEDY].dropna().astype(str).nunique() >= 2
 
 
 def table(tables: Mapping[str, pd.DataFrame], name: str) -> pd.DataFrame | None:

@@ -22,7 +22,8 @@ Vocabulary:
   direction (channel) loses 3 decades (:func:`~.cells.decade_steps`).
 
 The view exists only when ``model.cell`` and a numeric ``task.*`` option both vary between
-trials (:func:`sweep_keys`).
+trials (:func:`sweep_keys`) and the trials have no remedy axis (the "Remedies" section of
+:mod:`.remedies` shows such a run).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from ...experiments.labels import format_value, short_names
-from ._data import MissingData, _sort_value
+from ._data import MissingData, _sort_value, has_remedy_axis
 from .cells import decade_steps
 from .style import (
     BAND_ALPHA,
@@ -48,7 +49,8 @@ from .style import (
 )
 
 __all__ = ["LEARNED_FRACTION", "FamilyReach", "LearningSweep", "family_reach",
-           "learning_curves", "learning_sweep", "steps_text", "sweep_keys", "x_text"]
+           "learning_curves", "learning_sweep", "metric_fraction", "steps_text", "sweep_keys",
+           "x_text"]
 
 #: The fraction of the way from chance to best that counts as learned.
 LEARNED_FRACTION = 0.5
@@ -180,7 +182,18 @@ def _median(values: pd.Series) -> float:
     return float(np.median(values.to_numpy(dtype=float))) if len(values) else math.nan
 
 
-def _fraction(metric, chance, best) -> float:
+def metric_fraction(metric, chance, best) -> float:
+    """How far ``metric`` went from the task's ``chance`` value towards its ``best`` value:
+    ``(metric − chance) / (best − chance)``, 0 at chance, 1 at best, for a metric where higher
+    is better (accuracy) and one where lower is better (mse) alike; NaN when a value is
+    missing or best is within ``1e-9`` of chance (nothing to learn).
+
+    Example:
+        >>> metric_fraction(0.9, 0.5, 1.0), round(metric_fraction(0.03, 1 / 6, 0.0), 3)
+        (0.8, 0.82)
+        >>> metric_fraction(0.5, 0.5, 0.5)
+        nan
+    """
     if not all(map(math.isfinite, (metric, chance, best))) or abs(best - chance) <= _SAME:
         return math.nan
     return (metric - chance) / (best - chance)
@@ -188,7 +201,10 @@ def _fraction(metric, chance, best) -> float:
 
 def learning_sweep(trials: pd.DataFrame) -> LearningSweep | None:
     """The learning view of ``trials`` (the trials table), or None when the run has no sweep
-    of a task option × ``model.cell`` (:func:`sweep_keys`) or no ``val_metric``.
+    of a task option × ``model.cell`` (:func:`sweep_keys`) or no ``val_metric``, and when the
+    trials have a remedy axis (:func:`~._data.has_remedy_axis`): such a run mixes tasks and
+    bundles of settings that one x axis would conflate, and its "Remedies" section
+    (:mod:`.remedies`) takes the learning view's place.
 
     Example:
         >>> t = pd.DataFrame({"id": list("abcd"), "task.seq_len": 400, "status": "ok",
@@ -204,6 +220,8 @@ def learning_sweep(trials: pd.DataFrame) -> LearningSweep | None:
         >>> view.points["horizon"].tolist(), round(view.points["timescale"][1])
         ([3.0, 350.0, 5.0, 8.0], 3454)
     """
+    if has_remedy_axis(trials):
+        return None
     keys = sweep_keys(trials)
     if keys is None or "val_metric" not in trials:
         return None
@@ -232,7 +250,7 @@ def learning_sweep(trials: pd.DataFrame) -> LearningSweep | None:
         ok = [i for i in idx if status[i] == "ok"]
         m, c, b = _median(metric[ok]), _median(chance[idx]), _median(best[idx])
         learnable = math.isfinite(c) and math.isfinite(b) and abs(b - c) > _SAME
-        frac = _fraction(m, c, b)
+        frac = metric_fraction(m, c, b)
         if not learnable:
             learned = None
         elif math.isfinite(frac):
@@ -240,7 +258,7 @@ def learning_sweep(trials: pd.DataFrame) -> LearningSweep | None:
         else:
             # no finished seed: a diverged one did not learn, a failed one is no evidence
             learned = False if any(status[i] == "diverged" for i in idx) else None
-        own = [_fraction(metric[i], chance[i], best[i]) for i in ok]
+        own = [metric_fraction(metric[i], chance[i], best[i]) for i in ok]
         lyap_med = _median(lyap[ok])
         rows.append({
             "family": fam, "rank": rank[idx[0]], "cell": format_value(df.at[idx[0], "model.cell"]),

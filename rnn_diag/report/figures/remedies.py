@@ -1,0 +1,396 @@
+"""Which remedy works at which memory length, and why: for a sweep with a named axis
+``remedy`` (each value names a bundle of settings: none, clip, orthogonal, flossing, gru, ...),
+the seeds each remedy solved on each task at each memory length, next to the gradient's
+horizon and the top Lyapunov exponent stored for those trials. Read by the figure of this
+module, the findings and the page's table, so the three say the same. Nothing here computes a
+diagnostic: every number is a count or a median of a column of ``trials.parquet``.
+
+Vocabulary:
+
+* the *remedy axis*: a ``remedy`` column with at least two distinct names
+  (:func:`~._data.has_remedy_axis`); its order is the config's (``sweep.remedy``, a mapping
+  name → settings, or a list of names), then any other name in order of first appearance;
+* the *memory length* of a trial: ``memory_steps``, the steps its task requires the network to
+  bridge (delayed XOR: the delay; copy: length + seq_len; adding: seq_len − 1), or
+  ``task.seq_len`` where that column is missing (runs stored before it);
+* *solved*: a trial whose held-out metric covers at least :data:`SOLVED_FRACTION` (80%) of
+  the way from the task's chance value to its best value,
+  ``(val_metric − chance_metric) / (best_metric − chance_metric) ≥ 0.8``
+  (:func:`~.learning.metric_fraction`; accuracy with chance 0.5 and best 1: at least 0.90;
+  mse with chance 0.167 and best 0: at most 0.033);
+* trials by status: an ``ok`` trial is judged (solved or not); a ``diverged`` one is judged
+  and counts as not solved (and is counted as diverged); a ``failed`` one (an exception, or
+  any other status) is left out and counted as failed; an ok trial without a finite fraction
+  (no metric or best stored, or best = chance) is left out as not judged;
+* the *baseline*: the remedy named ``none`` when there is one, else the first remedy.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.colors import to_hex
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.transforms import blended_transform_factory
+
+from ._data import REMEDY, MissingData, has_remedy_axis
+from .learning import metric_fraction
+from .style import MISSING_COLOUR, add_note, figure_style, new_figure
+
+__all__ = ["BASELINE", "COLUMNS", "REMEDY", "SOLVED_FRACTION", "baseline_remedy", "exponent_text",
+           "has_remedy_axis", "memory_steps", "number_text", "remedy_order", "remedy_palette",
+           "remedy_success", "remedy_table", "task_threshold_text", "threshold_text"]
+
+#: The fraction of the way from chance to best that counts as solved.
+SOLVED_FRACTION = 0.8
+#: The name of the remedy that changes nothing, the baseline of every comparison.
+BASELINE = "none"
+#: Rounding allowed at the threshold.
+_SAME = 1e-9
+_TASK = "task.name"
+_FAILED = "failed"
+
+#: The columns of :func:`remedy_table`, in order.
+COLUMNS = ("remedy", "task", "memory_steps", "n_trials", "n_judged", "n_solved", "n_diverged",
+           "n_failed", "n_unjudged", "success", "horizon_first", "horizon_last",
+           "lyapunov_top_init", "lyapunov_top_end", "metric", "chance", "best", "threshold")
+
+
+def _column(df: pd.DataFrame, name: str) -> pd.Series:
+    if name in df:
+        return pd.to_numeric(df[name], errors="coerce").astype(float)
+    return pd.Series(np.nan, index=df.index, dtype=float)
+
+
+def _median(values: pd.Series) -> float:
+    values = values[np.isfinite(values.to_numpy(dtype=float))]
+    return float(np.median(values.to_numpy(dtype=float))) if len(values) else math.nan
+
+
+def remedy_order(trials: pd.DataFrame, config: Mapping | None = None) -> tuple[str, ...]:
+    """The remedy names of ``trials`` in the config's order (``config["sweep"]["remedy"]``, a
+    mapping name → settings or a list of names), then the others in order of first appearance.
+
+    Example:
+        >>> t = pd.DataFrame({"remedy": ["clip", "none", "gru", "clip"]})
+        >>> remedy_order(t)
+        ('clip', 'none', 'gru')
+        >>> remedy_order(t, {"sweep": {"remedy": {"none": {}, "gru": {}, "clip": {}}}})
+        ('none', 'gru', 'clip')
+    """
+    if REMEDY not in trials:
+        return ()
+    present = list(dict.fromkeys(str(v) for v in trials[REMEDY].dropna()))
+    sweep = (config or {}).get("sweep") or {}
+    given = sweep.get(REMEDY) if isinstance(sweep, Mapping) else None
+    if isinstance(given, (Mapping, list, tuple)):
+        first = [str(k) for k in given if str(k) in present]
+    else:
+        first = []
+    return tuple(dict.fromkeys(first + present))
+
+
+def baseline_remedy(names: Sequence[str]) -> str | None:
+    """The remedy every other is compared with: :data:`BASELINE` ("none") when present, else
+    the first name (None when there is none).
+
+    >>> baseline_remedy(["clip", "none"]), baseline_remedy(["clip", "gru"]), baseline_remedy([])
+    ('none', 'clip', None)
+    """
+    names = list(names)
+    if BASELINE in names:
+        return BASELINE
+    return names[0] if names else None
+
+
+def memory_steps(trials: pd.DataFrame) -> pd.Series:
+    """Per trial, the steps its task requires the network to bridge (float): ``memory_steps``,
+    or ``task.seq_len`` where that is missing (NaN when neither is stored).
+
+    >>> memory_steps(pd.DataFrame({"memory_steps": [40, None], "task.seq_len": [60, 50]})).tolist()
+    [40.0, 50.0]
+    """
+    steps = _column(trials, "memory_steps")
+    return steps.where(steps.notna(), _column(trials, "task.seq_len"))
+
+
+def _task_names(trials: pd.DataFrame) -> pd.Series:
+    if _TASK in trials:
+        return trials[_TASK].astype(object).where(trials[_TASK].notna(), "task").astype(str)
+    return pd.Series("task", index=trials.index, dtype=object)
+
+
+def remedy_table(trials: pd.DataFrame, config: Mapping | None = None) -> pd.DataFrame | None:
+    """The seeds each remedy solved on each task at each memory length.
+
+    Args:
+        trials: the trials table (one row per trial) with ``remedy``, ``task.name``,
+            ``memory_steps`` (or ``task.seq_len``), ``status``, ``val_metric``,
+            ``chance_metric``, ``best_metric`` and, where recorded, ``horizon_first``,
+            ``horizon_last`` (steps), ``lyapunov_top_init``, ``lyapunov_top_end`` (nats/step).
+        config: the run's config mapping, for the order of the remedies (:func:`remedy_order`).
+
+    Returns:
+        None when the trials have no remedy axis or no ``val_metric``; else one row per
+        (remedy, task, memory length), remedies in :func:`remedy_order`, tasks in order of
+        first appearance, lengths increasing, with the columns of :data:`COLUMNS`:
+        ``remedy, task`` (str), ``memory_steps`` (float, steps), ``n_trials`` (all trials),
+        ``n_judged`` (ok with a finite fraction, plus diverged), ``n_solved``, ``n_diverged``,
+        ``n_failed`` (left out), ``n_unjudged`` (ok without a finite fraction, left out),
+        ``success`` (n_solved / n_judged, NaN when none was judged), the medians over the ok
+        trials of ``horizon_first, horizon_last`` (steps ≥ 0; a negative stored horizon, no
+        finite norm, is left out) and ``lyapunov_top_init, lyapunov_top_end`` (nats per step;
+        NaN when none is finite), ``metric`` (its name), ``chance, best`` (medians over the
+        group) and ``threshold`` = chance + 0.8 · (best − chance), the value a metric must
+        reach (≥ when best > chance, ≤ when best < chance) to count as solved.
+
+    Example:
+        >>> t = pd.DataFrame({"remedy": ["none", "none", "clip", "clip"],
+        ...     "task.name": "adding", "memory_steps": 49, "train.seed": [0, 1, 0, 1],
+        ...     "status": ["ok", "ok", "ok", "diverged"], "metric": "mse",
+        ...     "val_metric": [0.16, 0.02, 0.01, float("nan")], "chance_metric": 1 / 6,
+        ...     "best_metric": 0.0, "horizon_last": [5, 60, 70, -1]})
+        >>> r = remedy_table(t)
+        >>> r[["remedy", "n_judged", "n_solved", "n_diverged", "horizon_last"]].values.tolist()
+        [['none', 2, 1, 0, 32.5], ['clip', 2, 1, 1, 70.0]]
+        >>> round(float(r["threshold"][0]), 4)
+        0.0333
+    """
+    if not has_remedy_axis(trials) or "val_metric" not in trials:
+        return None
+    df = trials.reset_index(drop=True)
+    df = df[df[REMEDY].notna()].reset_index(drop=True)
+    remedy = df[REMEDY].astype(str)
+    task = _task_names(df)
+    steps = memory_steps(df)
+    status = (df["status"].astype(object).where(df["status"].notna(), _FAILED).astype(str)
+              if "status" in df else pd.Series("ok", index=df.index))
+    metric, chance, best = (_column(df, c) for c in ("val_metric", "chance_metric",
+                                                     "best_metric"))
+    fraction = pd.Series([metric_fraction(m, c, b) for m, c, b in zip(metric, chance, best)],
+                         index=df.index, dtype=float)
+    horizon_first, horizon_last = (_column(df, c) for c in ("horizon_first", "horizon_last"))
+    horizon_first = horizon_first.where(horizon_first >= 0)
+    horizon_last = horizon_last.where(horizon_last >= 0)
+    lyap_init, lyap_end = (_column(df, c) for c in ("lyapunov_top_init", "lyapunov_top_end"))
+    metric_name = "metric"
+    if "metric" in df and df["metric"].notna().any():
+        metric_name = str(df["metric"].dropna().iloc[0])
+    names = df["metric"].astype(object) if "metric" in df else pd.Series(None, index=df.index)
+    order = {name: k for k, name in enumerate(remedy_order(df, config))}
+    tasks = {name: k for k, name in enumerate(dict.fromkeys(task))}
+    rows = []
+    keep = steps.notna()
+    groups = df[keep].groupby([remedy[keep], task[keep], steps[keep]], sort=False).groups
+    for (rem, tsk, length), idx in groups.items():
+        idx = list(idx)
+        ok = [i for i in idx if status[i] == "ok"]
+        judged_ok = [i for i in ok if math.isfinite(fraction[i])]
+        diverged = [i for i in idx if status[i] == "diverged"]
+        solved = [i for i in judged_ok if fraction[i] >= SOLVED_FRACTION - _SAME]
+        n_judged = len(judged_ok) + len(diverged)
+        c, b = _median(chance[idx]), _median(best[idx])
+        own = names[idx].dropna()
+        rows.append({
+            "remedy": rem, "task": tsk, "memory_steps": float(length),
+            "n_trials": len(idx), "n_judged": n_judged, "n_solved": len(solved),
+            "n_diverged": len(diverged),
+            "n_failed": len([i for i in idx if status[i] not in ("ok", "diverged")]),
+            "n_unjudged": len(ok) - len(judged_ok),
+            "success": len(solved) / n_judged if n_judged else math.nan,
+            "horizon_first": _median(horizon_first[ok]),
+            "horizon_last": _median(horizon_last[ok]),
+            "lyapunov_top_init": _median(lyap_init[ok]),
+            "lyapunov_top_end": _median(lyap_end[ok]),
+            "metric": str(own.iloc[0]) if len(own) else metric_name,
+            "chance": c, "best": b,
+            "threshold": c + SOLVED_FRACTION * (b - c),
+            "_rank": (order.get(rem, len(order)), tasks[tsk], float(length)),
+        })
+    if not rows:
+        return None
+    out = pd.DataFrame(rows)
+    out = out.iloc[sorted(range(len(out)), key=lambda k: out["_rank"][k])]
+    return out.drop(columns="_rank").reset_index(drop=True)[list(COLUMNS)]
+
+
+# --- words and numbers ------------------------------------------------------------------------
+
+def number_text(x: float, digits: int = 2) -> str:
+    """``x`` with ``digits`` significant digits, trailing zeros kept, a true minus sign.
+
+    >>> number_text(0.9), number_text(1 / 30), number_text(-0.0104), number_text(0.0)
+    ('0.90', '0.033', '−0.010', '0')
+    >>> number_text(140.0), number_text(float("nan"))
+    ('140', '')
+    """
+    if not math.isfinite(x):
+        return "" if math.isnan(x) else ("∞" if x > 0 else "−∞")
+    if x == 0:
+        return "0"
+    decimals = max(0, digits - 1 - math.floor(math.log10(abs(x))))
+    text = f"{x:.{decimals}f}"
+    return text.replace("-", "−")
+
+
+def exponent_text(x: float) -> str:
+    """A top Lyapunov exponent (nats per step) as the page and findings write it, e.g.
+    ``"−0.010"`` (two significant digits; "" when not measured)."""
+    return number_text(x, 2)
+
+
+def threshold_text(metric: str, chance: float, best: float) -> str:
+    """What "solved" means for one task in plain words: ``"accuracy ≥ 0.90"`` (chance 0.5,
+    best 1), ``"mse ≤ 0.033"`` (chance 0.167, best 0); "" when best or chance is missing.
+
+    >>> threshold_text("accuracy", 0.5, 1.0), threshold_text("mse", 1 / 6, 0.0)
+    ('accuracy ≥ 0.90', 'mse ≤ 0.033')
+    """
+    if not (math.isfinite(chance) and math.isfinite(best)) or abs(best - chance) <= _SAME:
+        return ""
+    sign = "≥" if best > chance else "≤"
+    return f"{metric} {sign} {number_text(chance + SOLVED_FRACTION * (best - chance))}"
+
+
+def task_threshold_text(table: pd.DataFrame, task: str) -> str:
+    """:func:`threshold_text` of one task of a :func:`remedy_table`; where the threshold
+    differs between memory lengths, its range (``"accuracy ≥ 0.87–0.90"``)."""
+    part = table[(table["task"] == task) & np.isfinite(table["threshold"].to_numpy(float))]
+    texts = list(dict.fromkeys(threshold_text(m, c, b)
+                               for m, c, b in zip(part["metric"], part["chance"], part["best"])))
+    texts = [t for t in texts if t]
+    if len(texts) <= 1:
+        return texts[0] if texts else ""
+    lo, hi = part["threshold"].min(), part["threshold"].max()
+    head = texts[0].rsplit(" ", 1)[0]
+    return f"{head} {number_text(lo)}–{number_text(hi)}"
+
+
+def remedy_palette(names: Sequence[str]) -> dict[str, str]:
+    """One colour (hex) per remedy, in the given order: seaborn's "colorblind" palette (its
+    10 colours, then "husl")."""
+    names = list(names)
+    base = sns.color_palette("colorblind")
+    colours = base if len(names) <= len(base) else sns.color_palette("husl", len(names))
+    return {name: to_hex(c) for name, c in zip(names, colours)}
+
+
+# --- the figure -------------------------------------------------------------------------------
+
+_MAX_COLS = 3
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "h", "<", ">")
+_JITTER = 0.012  # vertical offset between remedies, so equal success rates do not hide
+_GREY = "#8a8a8a"
+
+
+def _steps_label(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
+def remedy_success(trials: pd.DataFrame, config: Mapping | None = None) -> Figure:
+    """Success rate against the gradient's horizon: one panel per task, one marker per
+    (remedy, memory length), the colour the remedy, the marker shape the memory length; y the
+    fraction of the judged seeds solved, x the median horizon at the end of training (steps;
+    logarithmic when the values span a factor of 10 or more, linear below one step when a
+    horizon is 0), with a dashed vertical line at
+    each memory length (the horizon the task needs). A (remedy, length) with no finite horizon
+    is a hollow marker on the left edge.
+
+    Args:
+        trials: the trials table of a run with a remedy axis (see :func:`remedy_table`).
+        config: the run's config, for the order of the remedies (None: first appearance).
+
+    Raises:
+        MissingData: the run has no remedy axis or no held-out metric.
+    """
+    table = remedy_table(trials, config) if trials is not None else None
+    if table is None:
+        raise MissingData("the run has no remedy axis (a sweep of named remedies, column "
+                          "'remedy') with a held-out metric")
+    judged = table[table["n_judged"] > 0]
+    if judged.empty:
+        raise MissingData("no trial of the remedy sweep finished (all failed or not judged)")
+    names = list(dict.fromkeys(table["remedy"]))
+    palette = remedy_palette(names)
+    tasks = list(dict.fromkeys(table["task"]))
+    ncols = min(_MAX_COLS, len(tasks))
+    nrows = math.ceil(len(tasks) / ncols)
+    finite = judged["horizon_last"].to_numpy(float)
+    finite = finite[np.isfinite(finite)]
+    values = np.concatenate([finite, table["memory_steps"].to_numpy(float)])
+    lo, hi = max(float(values.min()), 1.0), float(values.max())
+    zero = bool((values < 1).any())  # a horizon below one step: the axis starts at 0
+    wide = hi / lo >= 10
+    notes = []
+    with figure_style():
+        fig, axes = new_figure(nrows, ncols, panel_height=2.9,
+                               width=min(11.0, 2.2 + 3.2 * ncols))
+        for k in range(nrows * ncols):
+            if k >= len(tasks):
+                axes[k // ncols, k % ncols].set_visible(False)
+        for k, task in enumerate(tasks):
+            ax = axes[k // ncols, k % ncols]
+            part = table[table["task"] == task]
+            lengths = sorted(part["memory_steps"].unique())
+            shapes = {x: _MARKERS[j % len(_MARKERS)] for j, x in enumerate(lengths)}
+            edge = blended_transform_factory(ax.transAxes, ax.transData)
+            for x in lengths:
+                ax.axvline(x, ls="--", color=_GREY, lw=0.9, zorder=1)
+                ax.text(x, 0.5, f"{_steps_label(x)} steps", transform=ax.get_xaxis_transform(),
+                        fontsize=6.5, color="#555555", ha="right", va="center", rotation=90,
+                        zorder=2)
+            for j, name in enumerate(names):
+                mine = part[(part["remedy"] == name) & (part["n_judged"] > 0)]
+                dy = (j - (len(names) - 1) / 2) * _JITTER
+                for _, row in mine.iterrows():
+                    y = row["success"] + dy
+                    h = row["horizon_last"]
+                    style = dict(marker=shapes[row["memory_steps"]], ms=6.5, ls="",
+                                 color=palette[name], zorder=3,
+                                 label=f"_{name} {_steps_label(row['memory_steps'])}")
+                    if math.isfinite(h):
+                        ax.plot([h], [y], mec="white", mew=0.6, **style)
+                    else:
+                        ax.plot([0.0], [y], mfc="white", clip_on=False, transform=edge, **style)
+            failed = part[part["n_judged"] == 0]
+            for _, row in failed.iterrows():
+                notes.append(f"{task}: {row['remedy']} at {_steps_label(row['memory_steps'])} "
+                             "steps not judged (no finished trial)")
+            title = task
+            threshold = task_threshold_text(table, task)
+            if threshold:
+                title += f"\nsolved: {threshold}"
+            ax.set_title(title, fontsize=8.5)
+            ax.set_ylim(-0.06, 1.06)
+            ax.set_xlabel("median horizon at the end (steps)")
+            if k % ncols == 0:
+                ax.set_ylabel("fraction of seeds solved")
+            if wide:
+                ax.set_xscale("symlog", linthresh=1.0)
+                ax.set_xlim(0 if zero else lo / 1.6, hi * 1.6)
+            else:
+                ax.set_xlim(0, hi * 1.1)
+            ax.legend(handles=[Line2D([], [], marker=shapes[x], ls="", color=_GREY, ms=5,
+                                      label=_steps_label(x)) for x in lengths],
+                      title="memory steps", fontsize=6.5, title_fontsize=6.5, loc="best",
+                      frameon=True, framealpha=0.8)
+        handles = [Line2D([], [], marker="o", ls="", ms=6, color=palette[n], label=n)
+                   for n in names]
+        handles.append(Line2D([], [], ls="--", color=_GREY, lw=0.9,
+                              label="memory length (horizon needed)"))
+        if (~np.isfinite(judged["horizon_last"].to_numpy(float))).any():
+            handles.append(Line2D([], [], marker="o", ls="", ms=6, mfc="white",
+                                  color=MISSING_COLOUR, label="no finite horizon"))
+        fig.legend(handles=handles, title="remedy", loc="outside right upper", frameon=False)
+        notes.append(f"solved: the held-out metric at least {SOLVED_FRACTION:.0%} of the way "
+                     "from chance to the best possible value; failed trials left out, diverged "
+                     "ones count as not solved")
+        if len(names) > 1:
+            notes.append("markers offset vertically by remedy so that equal rates stay visible")
+        add_note(fig, "; ".join(notes))
+    return fig

@@ -86,3 +86,20 @@ def test_regulariser_example_runs():
     exec(_blocks("## Regularisers: gradient flossing")[0].replace("range(50)", "range(5)"),  # noqa: S102
          scope)
     assert torch.isfinite(scope["loss"])
+
+
+def test_remedy_config_example_validates():
+    """The README's remedy keys, under a minimal config, validate into three trials."""
+    import yaml
+
+    from rnn_diag.experiments.config import validate_config
+    from rnn_diag.experiments.grid import expand
+
+    start = README.index("## Remedies: which fix works")
+    block = re.findall(r"```yaml\n(.*?)```", README[start:README.find("\n## ", start + 1)],
+                       re.S)[0]
+    data = {"name": "mine", "task": {"name": "adding", "seq_len": 100}, **yaml.safe_load(block)}
+    specs = expand(validate_config(data))
+    assert [s.params["remedy"] for s in specs] == ["none", "irnn", "flossing"]
+    assert specs[0].config.train.tbptt == 50 and len(specs[0].config.train.regularizer) == 3
+    assert specs[2].config.train.regularizer[0].schedule.before == 100

@@ -159,9 +159,18 @@ def _spec(config: ExperimentConfig, trial: ExperimentConfig, settings: str,
     keys read back from the trial, the named axes' names as given."""
     dumped = trial.model_dump()
     values = {k: v if k in config.axes else get_dotted(dumped, k) for k, v in params.items()}
-    applied = {key: get_dotted(dumped, key) for variants in config.axes.values()
+    applied = {key: _setting(dumped, key) for variants in config.axes.values()
                for settings in variants.values() for key in settings}
     return TrialSpec(_id(settings), values, trial, applied)
+
+
+def _setting(dumped: dict, key: str) -> Any:
+    """The dotted ``key`` of a dumped trial config; None where the trial has no such setting
+    (another task's option)."""
+    try:
+        return get_dotted(dumped, key)
+    except KeyError:
+        return None
 
 
 def _same_settings(first: dict, second: dict) -> ConfigProblem:

@@ -104,3 +104,16 @@ def test_the_row_holds_the_name_and_the_settings(tmp_path):
     assert row["status"] == "ok", row["error"]
     assert row["remedy"] == "irnn" and row["model.nonlinearity"] == "relu"
     assert row["label"] == "remedy=irnn seed=0" and row["memory_steps"] == 4
+
+
+def test_an_axis_may_set_other_tasks_and_their_options(tmp_path):
+    text = REMEDIES.replace(" delay: 4,", "").replace("  remedy:", """  problem:
+    xor: {task.delay: 3}
+    copy: {task.name: copy, task.length: 2}
+  remedy:""")
+    specs = expand(_load(tmp_path, text))
+    copy = next(s for s in specs if s.params["problem"] == "copy")
+    assert copy.config.task.name == "copy" and copy.config.task.options["length"] == 2
+    assert copy.settings["task.delay"] is None and copy.settings["task.length"] == 2
+    xor = specs[0]
+    assert xor.settings["task.delay"] == 3 and xor.settings["task.length"] is None

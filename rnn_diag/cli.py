@@ -121,6 +121,15 @@ def run(config: str, out: str | None, backend: str | None, scheduler: str | None
         f"{outcome.ran} trial(s) run, {outcome.skipped} already finished, "
         f"{outcome.diverged} diverged, {outcome.failed} failed; results in {outcome.out}"
     )
+    if outcome.renamed:
+        click.echo(f"note: {outcome.renamed} stored trial(s) took this config's names (their "
+                   "settings are unchanged, only a label or a named-axis value was renamed)",
+                   err=True)
+    if outcome.stale:
+        click.echo(f"note: {outcome.stale} trial(s) stored in {outcome.out} are not trials of "
+                   "this config (left by an earlier run with other settings); they stay in the "
+                   "store and the report shows them too: run with --fresh to start over",
+                   err=True)
     if outcome.failed:
         raise SystemExit(1)
 

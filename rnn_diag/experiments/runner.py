@@ -30,7 +30,11 @@ NOTE_COLUMNS = ["error"]
 @dataclass
 class SweepOutcome:
     """What :func:`run_sweep` did: the store directory, trial counts and the summary (the
-    :data:`SUMMARY_COLUMNS` and :data:`NOTE_COLUMNS` of every trial of the config, by id)."""
+    :data:`SUMMARY_COLUMNS` and :data:`NOTE_COLUMNS` of every trial of the config, by id).
+
+    ``stale``: stored trials that are not trials of this config (an earlier run of the folder
+    with other settings; kept, and shown by the report). ``renamed``: stored trials of this
+    config whose label or named-axis names were renamed to the config's."""
 
     out: Path
     ran: int
@@ -38,6 +42,8 @@ class SweepOutcome:
     failed: int
     summary: pd.DataFrame
     diverged: int = 0
+    stale: int = 0
+    renamed: int = 0
 
 
 def _git_commit() -> str | None:
@@ -163,6 +169,8 @@ def run_sweep(config_path, out=None, jobs: int | None = None, fresh: bool = Fals
     store.write_config(config_path.read_text(encoding="utf-8"))
     started = _now()
     store.write_manifest(_manifest(config_path, started, None, execution))
+    renamed = _rename_stored(store, specs, config)
+    stale = len(set(store.stored_rows()) - {s.id for s in specs})
     done = store.finished_ids()
     todo = [s for s in specs if s.id not in done]
     skipped = len(specs) - len(todo)
@@ -193,7 +201,24 @@ def run_sweep(config_path, out=None, jobs: int | None = None, fresh: bool = Fals
     ids = [s.id for s in specs]
     summary = trials.set_index("id").reindex(ids) if len(trials) else pd.DataFrame()
     summary = summary[[c for c in SUMMARY_COLUMNS + NOTE_COLUMNS if c in summary.columns]]
-    return SweepOutcome(out, len(todo), skipped, failed, summary, diverged)
+    return SweepOutcome(out, len(todo), skipped, failed, summary, diverged, stale, renamed)
+
+
+def _rename_stored(store: Store, specs, config) -> int:
+    """Give stored trials of this config the labels and named-axis names the config gives them
+    now: a trial's id hashes its settings, not the names, so a renamed value (``clip`` to
+    ``clipping``) finds its trials stored under the old name. Returns how many were renamed."""
+    rows = store.stored_rows()
+    updates = {}
+    for spec in specs:
+        row = rows.get(spec.id)
+        if row is None:
+            continue
+        names = {"label": trial_label(spec), **{a: spec.params[a] for a in config.axes}}
+        if any(row.get(k) != v for k, v in names.items()):
+            updates[spec.id] = names
+    store.relabel(updates)
+    return len(updates)
 
 
 def format_summary(summary: pd.DataFrame) -> str:

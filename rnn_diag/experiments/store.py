@@ -73,7 +73,8 @@ DONE = ("ok", "diverged")
 INT_COLUMNS = ("task.seq_len", "model.hidden_size", "model.num_layers", "train.seed",
                "epochs_run", "horizon_first", "horizon_last", "fixed_points_stable_end",
                "fixed_points_saddle_end", "fixed_points_unstable_end",
-               "fixed_points_marginal_end", "fixed_points_unconverged_end", "memory_steps")
+               "fixed_points_marginal_end", "fixed_points_unconverged_end", "memory_steps",
+               "loss_steps")
 #: Text columns of ``trials.parquet``: pandas' ``str`` dtype (missing: NaN) whatever their values,
 #: also when every value is missing (e.g. ``error`` when no trial failed).
 TEXT_COLUMNS = ("id", "label", "status", "error", "metric", "loss_name", "verdict_first",
@@ -216,6 +217,19 @@ class Store:
     def finished_ids(self) -> set[str]:
         """Ids of the trials stored with a status in :data:`DONE`."""
         return {r["id"] for r in self._rows if r.get("status") in DONE}
+
+    def stored_rows(self) -> dict[str, dict]:
+        """Every stored row (finished or not), by trial id."""
+        return {r["id"]: dict(r) for r in self._rows}
+
+    def relabel(self, updates: dict[str, dict]) -> None:
+        """Set the given columns of stored rows (``{trial id: {column: value}}``) and rewrite
+        ``trials.parquet`` once; ids not stored are ignored. For names only (a trial's label,
+        the value names of named axes): a row's measurements are never changed here."""
+        if not any(r["id"] in updates for r in self._rows):
+            return
+        self._rows = [{**r, **updates.get(r["id"], {})} for r in self._rows]
+        write_parquet(self.root / TRIALS, self.trials())
 
     def write_config(self, text: str) -> None:
         write_text(self.root / CONFIG, text)

@@ -29,7 +29,14 @@ added to the task's loss on the batches its schedule selects. A non-finite term 
 through dead relu units: an exponent of −inf) makes the trial "diverged" with that reason.
 Truncated BPTT (``train.tbptt``) runs the model in chunks with the state detached between them
 (:class:`~.model.SequenceModel`); the recorded gradient profiles show what that truncation
-delivers: zero beyond a chunk's start.
+delivers: each loss reaches back only to the start of its own chunk, so with a loss at the last
+step only (``loss_steps`` 1, e.g. adding) the profile is zero (log10 −inf) before the last
+chunk; with losses at many steps every chunk that holds one still receives gradient.
+
+The row stores ``memory_steps`` (the span the task needs bridged, :class:`~rnn_diag.tasks.Task`)
+and ``loss_steps`` (the read-out steps with a target): with more than one, the gradient's
+horizon is at least about their number whatever the memory, so it measures memory only for a
+loss at the last step.
 * ``gradients``: :meth:`rnn_diag.Probe.frame` rows of the recorded epochs: the per-timestep
   log10 norms of ∂L/∂h_t (total and immediate; Jacobian-product norms and saturation when
   enabled), measured on the first training batch of that epoch, before the update.
@@ -542,6 +549,7 @@ class _Recorder:
         row["metric"] = task.metric_name if task else None
         row["loss_name"] = task.loss_name if task else None
         row["memory_steps"] = task.memory_steps if task else None
+        row["loss_steps"] = task.output_steps if task else None
         row["chance_loss"] = task.chance_loss if task else math.nan
         row["chance_metric"] = task.chance_metric if task else math.nan
         # the best values any predictor reaches (the report judges "learned" against them)

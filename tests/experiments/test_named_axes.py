@@ -104,6 +104,7 @@ def test_the_row_holds_the_name_and_the_settings(tmp_path):
     assert row["status"] == "ok", row["error"]
     assert row["remedy"] == "irnn" and row["model.nonlinearity"] == "relu"
     assert row["label"] == "remedy=irnn seed=0" and row["memory_steps"] == 4
+    assert row["loss_steps"] == 8  # delayed XOR: a target at each of the T - delay last steps
 
 
 def test_an_axis_may_set_other_tasks_and_their_options(tmp_path):
@@ -117,3 +118,68 @@ def test_an_axis_may_set_other_tasks_and_their_options(tmp_path):
     assert copy.settings["task.delay"] is None and copy.settings["task.length"] == 2
     xor = specs[0]
     assert xor.settings["task.delay"] == 3 and xor.settings["task.length"] is None
+
+
+def test_resume_renames_stored_trials_and_counts_stale_ones(tmp_path):
+    """A trial's id hashes its settings, not its names: renaming a value reuses its stored
+    trials under the new name; a value whose settings changed leaves its old trials behind,
+    counted as stale (the report shows them; --fresh drops them)."""
+    from rnn_diag.experiments.runner import run_sweep
+    from rnn_diag.experiments.store import Store
+
+    small = REMEDIES.replace("    irnn:\n      model.nonlinearity: relu\n      model.init: "
+                             "identity\n    gru: {model.cell: gru}\n", "")
+    path = tmp_path / "c.yaml"
+    path.write_text(small)
+    first = run_sweep(path, out=tmp_path / "o", quiet=True)
+    assert (first.ran, first.stale, first.renamed) == (4, 0, 0)
+    path.write_text(small.replace("clip:", "clipping:"))
+    renamed = run_sweep(path, out=tmp_path / "o", quiet=True)
+    assert (renamed.ran, renamed.skipped, renamed.renamed, renamed.stale) == (0, 4, 2, 0)
+    rows = Store(tmp_path / "o").trials()
+    assert sorted(rows.remedy) == ["clipping", "clipping", "none", "none"]
+    assert "remedy=clipping seed=1" in set(rows.label)
+    path.write_text(small.replace("clip:", "clipping:").replace("1.0}", "0.5}"))
+    changed = run_sweep(path, out=tmp_path / "o", quiet=True)
+    assert (changed.ran, changed.stale, changed.renamed) == (2, 2, 0)
+
+
+def test_the_cli_says_when_a_folder_holds_trials_of_other_settings(tmp_path):
+    from click.testing import CliRunner
+
+    from rnn_diag.cli import main
+
+    small = REMEDIES.replace("    irnn:\n      model.nonlinearity: relu\n      model.init: "
+                             "identity\n    gru: {model.cell: gru}\n", "").replace(
+        "seed: [0, 1]", "seed: [0]")
+    path = tmp_path / "c.yaml"
+    path.write_text(small)
+    args = ["run", str(path), "--out", str(tmp_path / "o"), "--quiet"]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    path.write_text(small.replace("1.0}", "0.5}"))
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0
+    assert "note: 1 trial(s) stored in" in result.output
+    assert "run with --fresh to start over" in result.output
+
+
+@pytest.mark.parametrize("sweep, text", [
+    ({"remedy": ["none", "clip"]}, "a named axis, a key without a dot, maps names to settings"),
+    ({"remedy": {}}, "sweep.remedy: a named axis needs at least one name, e.g. {none: {}}, "
+                     "got {}"),
+])
+def test_named_axis_mistakes_say_what_a_named_axis_is(sweep, text):
+    with pytest.raises(ConfigError) as err:
+        validate_config({"name": "x", "task": {"name": "adding", "seq_len": 20},
+                         "sweep": sweep})
+    assert text in str(err.value)
+    assert len(str(err.value).splitlines()) == 2  # the heading and one problem
+
+
+def test_regularizer_errors_name_the_entry():
+    with pytest.raises(ConfigError) as err:
+        validate_config({"name": "x", "task": {"name": "adding", "seq_len": 20},
+                         "train": {"regularizer": [{"kind": "orthogonality_penalty"},
+                                                   {"kind": "flossing", "k": 50, "kk": 1}]}})
+    text = str(err.value)
+    assert 'train.regularizer[1].kk: unknown key (its value: 1); did you mean "k"?' in text

@@ -177,6 +177,25 @@ _BOUNDS = {"greater_than": ("gt", "greater than"), "greater_than_equal": ("ge", 
            "less_than": ("lt", "less than"), "less_than_equal": ("le", "at most")}
 
 
+#: Lists whose entries are mappings: an entry's index is part of the path (``[1]``), since the
+#: entries' keys repeat (``train.regularizer[1].k``).
+_INDEXED_LISTS = ("regularizer",)
+
+
+def _path_text(loc: tuple, key_error: bool) -> str:
+    """``loc`` as a dotted path; list indices are left out (the line says where), except the
+    entries of :data:`_INDEXED_LISTS` and an unknown key that is itself an index."""
+    parts: list[str] = []
+    for i, x in enumerate(loc):
+        if not isinstance(x, int):
+            parts.append(str(x))
+        elif parts and loc[i - 1] in _INDEXED_LISTS:
+            parts[-1] += f"[{x}]"
+        elif key_error and i == len(loc) - 1:
+            parts.append(str(x))
+    return ".".join(parts)
+
+
 def _item_kind(data: Any, loc: tuple) -> Any:
     """The ``kind`` of the list item at ``loc`` in the raw mapping ``data`` (None if none)."""
     node = data
@@ -222,8 +241,7 @@ def pydantic_problems(exc: ValidationError, data: Any,
         loc = tuple(x for x in loc if x != "[key]")
         kind, value = err["type"], err.get("input")
         key_error = kind == "extra_forbidden" or bad_key
-        path = ".".join(str(x) for i, x in enumerate(loc)  # list indices are left out
-                        if not isinstance(x, int) or (key_error and i == len(loc) - 1))
+        path = _path_text(loc, key_error)
         ctx = err.get("ctx") or {}
         hint = ctx.get("hint", "")
         got = kind not in (_NOTE, "missing")

@@ -672,8 +672,6 @@ class ExperimentConfig(_Section):
                 errors.append(line_error(
                     (axis,), "a named axis needs a name of letters, digits and _ that is not a "
                     f"section or top-level key (e.g. remedy), got {show_value(axis)}", None))
-            if not variants:
-                errors.append(line_error((axis,), "expected at least one named value", None))
             for name, settings in variants.items():
                 resolved = {}
                 for key, value in settings.items():
@@ -718,8 +716,13 @@ class ExperimentConfig(_Section):
         try:
             out = handler(sweep)
         except ValidationError as exc:
-            errors += [{"type": e["type"], "loc": e["loc"], "input": e.get("input"),
-                        **({"ctx": e["ctx"]} if "ctx" in e else {})} for e in exc.errors()]
+            for e in exc.errors():
+                if e["type"] == "too_short" and e["loc"][:1] and e["loc"][0] in axes:
+                    errors.append(line_error(e["loc"], "a named axis needs at least one name, "
+                                             "e.g. {none: {}}", {}, note=False))
+                    continue
+                errors.append({"type": e["type"], "loc": e["loc"], "input": e.get("input"),
+                               **({"ctx": e["ctx"]} if "ctx" in e else {})})
             out = None
         if out is not None:
             for key, values in out.items():
@@ -887,6 +890,10 @@ def _sweep_key_problem(key: str) -> str | None:
         return f"{key} is a whole section; sweep one of its keys: {', '.join(nearby)}"
     hint = did_you_mean(key, valid + list(SWEEP_ALIASES))
     text = "not a config key" + (f"; {hint}" if hint else "")
+    if "." not in key:
+        return (f"{text} (a key names a section and a setting, e.g. model.cell; short forms: "
+                f"{', '.join(SWEEP_ALIASES)}; a named axis, a key without a dot, maps names to "
+                f"settings: {key}: {{none: {{}}, clip: {{train.clip_grad_norm: 1.0}}}})")
     if nearby:
         return f"{text} (valid keys: {', '.join(nearby)})"
     return f"{text} (a key names a section and a setting, e.g. model.cell; sections: " \

@@ -48,6 +48,7 @@ from .figures.remedies import (
     exponent_text,
     number_text,
     remedy_table,
+    repeated_seeds_text,
     task_threshold_text,
 )
 
@@ -830,53 +831,113 @@ def _remedy_text(name: str, row: pd.Series, why: bool = True, seeds: str = "") -
     return f"{name} {count} ({'; '.join(parts)})".strip()
 
 
+def _where_text(task: str, row: pd.Series) -> str:
+    """``"delayed_xor at 20 memory steps"``, with the setting when task and length do not name
+    it (``"… (hidden_size=256)"``); ``"flip_flop (memory n/a)"`` for a task without a span."""
+    length = row["memory_steps"]
+    text = (f"{task} at {_fmt(length)} memory steps" if math.isfinite(length)
+            else f"{task} (memory n/a)")
+    return f"{text} ({row['label']})" if row["label"] else text
+
+
+def _loss_steps_text(row: pd.Series) -> str:
+    """For a setting with a loss at more than one step: why its horizon says little."""
+    n = row["loss_steps"]
+    if not (math.isfinite(n) and n > 1):
+        return ""
+    return (f" Horizon not comparable with memory here: a loss at {_fmt(n)} steps, so the "
+            f"summed gradient reaches back at least about {_fmt(n)} steps whatever the memory; "
+            "compare λ₁ instead.")
+
+
+def _compare(row: pd.Series, ref: pd.Series) -> str:
+    """How a remedy's count compares with the baseline's: "more", "fewer", "same" (equal
+    counts), or, when the numbers judged differ (failed trials left out), "higher", "lower",
+    "equal" (solved rate)."""
+    if row["n_judged"] == ref["n_judged"]:
+        return ("more" if row["n_solved"] > ref["n_solved"] else
+                "fewer" if row["n_solved"] < ref["n_solved"] else "same")
+    return ("higher" if row["success"] > ref["success"] + 1e-12 else
+            "lower" if row["success"] < ref["success"] - 1e-12 else "equal")
+
+
 def _remedies(trials: pd.DataFrame, config: Mapping) -> list[Finding]:
     """Per task, which remedy solved more (or fewer) seeds than the baseline ("none", else the
-    first remedy) at each memory length, with the horizon and top exponent of each (see
-    :mod:`.figures.remedies`); the lengths where no remedy changed the count, in one sentence."""
+    first remedy) in each setting (memory length, and the other swept values where they tell
+    two settings apart), with the horizon and top exponent of each (see
+    :mod:`.figures.remedies`); the settings where no remedy changed the count, in one sentence;
+    and a warning when a run folder repeats seeds within one remedy and setting."""
     table = remedy_table(trials, config)
     if table is None:
         return []
+    out = []
+    warning = repeated_seeds_text(table)
+    if warning:
+        out.append(Finding(f"Warning: {warning}.", "remedies"))
     table = table[table["n_judged"] > 0]
     names = list(dict.fromkeys(table["remedy"]))
     base = baseline_remedy(names)
-    out = []
     for task in dict.fromkeys(table["task"]):
         mine = table[table["task"] == task]
         texts = []
-        same: list[tuple[float, pd.Series]] = []
-        for length in sorted(mine["memory_steps"].unique()):
-            at = mine[mine["memory_steps"] == length].set_index("remedy")
+        same: list[tuple[pd.Series, pd.Series]] = []
+        columns = list(dict.fromkeys(
+            (r.memory_steps if math.isfinite(r.memory_steps) else math.inf, r.setting)
+            for r in mine.sort_values("memory_steps", na_position="last",
+                                      kind="stable").itertuples()))
+        for length, setting in columns:
+            steps = mine["memory_steps"].fillna(math.inf)
+            at = mine[(steps == length) & (mine["setting"] == setting)].set_index("remedy")
+            first = at.iloc[0]
+            where = _where_text(task, first)
             ref = at.loc[base] if base in at.index else None
             others = [n for n in names if n in at.index and n != base]
             if ref is None:
                 listed = ", ".join(_remedy_text(n, at.loc[n]) for n in others)
-                texts.append(f"{task} at {_fmt(length)} memory steps, without the baseline "
-                             f"{base}: {listed}.")
+                texts.append(f"{where}, without the baseline {base}: {listed}."
+                             + _loss_steps_text(first))
                 continue
-            groups: dict[str, list[str]] = {"better": [], "worse": [], "unchanged": []}
+            groups: dict[str, list[str]] = {k: [] for k in ("more", "higher", "fewer", "lower",
+                                                            "equal", "same")}
             for n in others:
                 row = at.loc[n]
-                kind = ("better" if row["success"] > ref["success"] + 1e-12 else
-                        "worse" if row["success"] < ref["success"] - 1e-12 else "unchanged")
-                groups[kind].append(_remedy_text(n, row, why=kind != "unchanged"))
-            if not groups["better"] and not groups["worse"]:
-                same.append((length, ref))
+                kind = _compare(row, ref)
+                groups[kind].append(_remedy_text(n, row, why=kind not in ("same", "equal")))
+            if not any(groups[k] for k in ("more", "higher", "fewer", "lower", "equal")):
+                same.append((first, ref))
                 continue
-            text = (f"{task} at {_fmt(length)} memory steps: {base} solved "
-                    f"{_remedy_text('', ref, seeds='seeds')}")
-            if groups["better"]:
-                text += f"; more seeds solved with {', '.join(groups['better'])}"
-            if groups["worse"]:
-                text += f"; fewer (worse) with {', '.join(groups['worse'])}"
-            if groups["unchanged"]:
-                text += f"; no change with {', '.join(groups['unchanged'])}"
-            texts.append(text + ".")
+            ref_count = _solved_text(ref)
+            text = f"{where}: {base} solved {_remedy_text('', ref, seeds='seeds')}"
+            if groups["more"]:
+                text += f"; more seeds solved with {', '.join(groups['more'])}"
+            if groups["higher"]:
+                text += (f"; a higher solved rate with {', '.join(groups['higher'])} than "
+                         f"{base}'s {ref_count}")
+            if groups["fewer"]:
+                text += f"; fewer seeds solved (worse) with {', '.join(groups['fewer'])}"
+            if groups["lower"]:
+                text += (f"; a lower solved rate (worse) with {', '.join(groups['lower'])} "
+                         f"than {base}'s {ref_count}")
+            if groups["equal"]:
+                text += f"; the same solved rate with {', '.join(groups['equal'])}"
+            if groups["same"]:
+                text += f"; no change with {', '.join(groups['same'])}"
+            texts.append(text + "." + _loss_steps_text(first))
         if same:
-            at_text = ", ".join(f"{_solved_text(r)} at {_fmt(x)}" for x, r in same)
-            lengths = " and ".join(_fmt(x) for x, _ in same)
-            texts.append(f"{task} at {lengths} memory steps: no remedy solved more or fewer "
-                         f"seeds than {base} ({base}: {at_text}).")
+            rows = [r for r, _ in same]
+            if all(math.isfinite(r["memory_steps"]) and not r["label"] for r in rows):
+                where = f"{task} at {' and '.join(_fmt(r['memory_steps']) for r in rows)} " \
+                    "memory steps"
+            else:
+                where = task + " " + " and ".join(
+                    _where_text(task, r)[len(task) + 1:] for r in rows)
+            at_text = ", ".join(
+                f"{_solved_text(ref)} at "
+                + (_fmt(r["memory_steps"]) if math.isfinite(r["memory_steps"]) else "memory n/a")
+                + (f" ({r['label']})" if r["label"] else "") for r, ref in same)
+            extra = "".join(dict.fromkeys(_loss_steps_text(r) for r in rows))
+            texts.append(f"{where}: no remedy solved more or fewer seeds than {base} "
+                         f"({base}: {at_text})." + extra)
         threshold = task_threshold_text(table, task)
         if texts and threshold:
             texts[0] = (f"On {task}, a seed counts as solved with a held-out {threshold} "

@@ -32,7 +32,11 @@ from .figures.remedies import (
     baseline_remedy,
     exponent_text,
     remedy_table,
+    repeated_seeds_text,
     task_threshold_text,
+)
+from .figures.remedies import (
+    steps_text as column_text,
 )
 from .findings import Finding, compute_findings, grid_order
 from .parallel import default_jobs, draw_in_pool
@@ -197,7 +201,8 @@ def _learning_table(trials: pd.DataFrame) -> dict | None:
 
 def _remedies_table(trials: pd.DataFrame, config: Mapping) -> dict | None:
     """The table of the "Remedies" section (:mod:`rnn_diag.report.figures.remedies`): one row
-    per remedy (config order), one column per task × memory length, each cell the seeds solved
+    per remedy (config order), one column per setting (task × memory length, with the other
+    swept values where two settings share those), each cell the seeds solved
     of those judged ("3/3"), the diverged and failed trials, the median horizon at the end of
     training (h, steps) and top Lyapunov exponent (λ, nats per step); None when the run has no
     remedy axis."""
@@ -205,25 +210,30 @@ def _remedies_table(trials: pd.DataFrame, config: Mapping) -> dict | None:
     if table is None:
         return None
     names = list(dict.fromkeys(table["remedy"]))
+    length = table["memory_steps"].fillna(math.inf)
     tasks = []
     for task in dict.fromkeys(table["task"]):
-        lengths = sorted(table.loc[table["task"] == task, "memory_steps"].unique())
+        part = table[table["task"] == task].assign(x=length).sort_values("x", kind="stable")
+        columns = list(dict.fromkeys((r.x, r.setting, r.label) for r in part.itertuples()))
         tasks.append({"name": task, "threshold": task_threshold_text(table, task),
-                      "lengths": lengths})
-    by_key = {(r.remedy, r.task, r.memory_steps): r for r in table.itertuples(index=False)}
+                      "columns": columns})
+    by_key = {(r.remedy, r.task, x, r.setting): r
+              for r, x in zip(table.itertuples(index=False), length)}
     base = baseline_remedy(names)
     rows = []
     for name in names:
         cells = []
         for task in tasks:
-            for length in task["lengths"]:
-                r = by_key.get((name, task["name"], length))
+            for x, setting, _ in task["columns"]:
+                r = by_key.get((name, task["name"], x, setting))
                 if r is None:
                     cells.append(None)
                     continue
                 extra = [f"{r.n_diverged} diverged"] if r.n_diverged else []
                 extra += [f"{r.n_failed} failed"] if r.n_failed else []
                 extra += [f"{r.n_unjudged} not judged"] if r.n_unjudged else []
+                extra += [f"{r.n_repeated} repeated seed{'s' if r.n_repeated != 1 else ''}"] \
+                    if r.n_repeated else []
                 why = []
                 if math.isfinite(r.horizon_last):
                     why.append(f"h {_fmt(round(r.horizon_last, 1))}")
@@ -237,8 +247,12 @@ def _remedies_table(trials: pd.DataFrame, config: Mapping) -> dict | None:
                     "why": " · ".join(why),
                 })
         rows.append({"remedy": name, "baseline": name == base, "cells": cells})
-    return {"tasks": [{**t, "lengths": [_fmt(x) for x in t["lengths"]]} for t in tasks],
-            "rows": rows, "baseline": base, "fraction": f"{SOLVED_FRACTION:.0%}"}
+    many = table["loss_steps"] > 1
+    return {"tasks": [{**t, "columns": [column_text(x if math.isfinite(x) else math.nan, label)
+                                        for x, _, label in t["columns"]]} for t in tasks],
+            "rows": rows, "baseline": base, "fraction": f"{SOLVED_FRACTION:.0%}",
+            "repeated": repeated_seeds_text(table),
+            "many_loss_steps": ", ".join(dict.fromkeys(table.loc[many, "task"]))}
 
 
 def _seeds_text(point) -> str:

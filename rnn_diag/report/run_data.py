@@ -21,6 +21,7 @@ import yaml
 
 from ..experiments.store import CONFIG, MANIFEST, TRIALS, Table
 from ..experiments.store import TABLES as STORE_TABLES
+from .figures._data import SWEEP, sweep_table
 
 __all__ = ["FIXED_POINT_TABLES", "TABLES", "NotARunError", "RunData", "check_run", "find_runs",
            "is_run", "load_run", "missing_files"]
@@ -78,8 +79,10 @@ class RunData:
         return "" if text is None else str(text).strip()
 
     def for_figures(self) -> dict[str, pd.DataFrame]:
-        """The tables a figure's ``build`` receives: ``"trials"`` plus every long table."""
-        return {Table.TRIALS: self.trials, **self.tables}
+        """The tables a figure's ``build`` receives: ``"trials"``, every long table and
+        ``"sweep"``, the config's sweep in its order (:func:`~.figures._data.sweep_table`:
+        e.g. the order and colours of the remedies)."""
+        return {Table.TRIALS: self.trials, **self.tables, SWEEP: sweep_table(self.config)}
 
 
 def is_run(path) -> bool:

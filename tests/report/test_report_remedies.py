@@ -160,8 +160,10 @@ def test_order_baseline_and_memory_fallback():
     old = t.drop(columns="memory_steps")
     assert memory_steps(old).tolist()[:2] == [20.0, 20.0]  # task.seq_len
     assert sorted(remedy_table(old)["memory_steps"].unique()) == [20.0, 50.0, 59.0]
+    # a stored memory_steps column with a missing value (flip-flop: no fixed span) stays
+    # missing: the seq_len fallback is only for runs without the column
     mixed = t.assign(memory_steps=[NAN] + [40] * (len(t) - 1))
-    assert memory_steps(mixed).tolist()[:2] == [20.0, 40.0]
+    assert str(memory_steps(mixed).tolist()[:2]) == "[nan, 40.0]"
 
 
 def test_no_table_without_a_remedy_axis():
@@ -189,8 +191,8 @@ def test_findings_compare_each_remedy_with_none():
                              "≥ 0.90 (80% of the way from chance 0.500 to best 1.00). ")
     assert ("delayed_xor at 40 memory steps: none solved 0/3 seeds (horizon 22 → 22 steps, "
             "λ₁ −0.080); more seeds solved with flossing 3/3 (horizon 22 → 140 steps, "
-            "λ₁ −0.010), gru 2/2 (1 failed; horizon 30 → 90 steps, λ₁ −0.050); no change with "
-            "clip 0/3 (horizon 21 steps).") in xor[0]
+            "λ₁ −0.010); a higher solved rate with gru 2/2 (1 failed; horizon 30 → 90 steps, "
+            "λ₁ −0.050) than none's 0/3; no change with clip 0/3 (horizon 21 steps).") in xor[0]
     assert xor[1] == ("delayed_xor at 10 memory steps: no remedy solved more or fewer seeds "
                       "than none (none: 3/3 at 10).")
     assert add[0].startswith("On adding, a seed counts as solved with a held-out mse ≤ 0.033 "
@@ -209,8 +211,9 @@ def test_findings_name_a_remedy_that_made_things_worse_and_fall_back_to_the_firs
     texts = _remedy_findings(t)
     (at10,) = [x for x in texts if "delayed_xor at 10 memory steps" in x]
     assert ("delayed_xor at 10 memory steps: none solved 3/3 seeds (horizon 9 → 9 steps, "
-            "λ₁ −0.050); fewer (worse) with clip 2/3 (horizon 9 → 9 steps, λ₁ −0.050); no change "
-            "with flossing 3/3 (horizon 9 steps), gru 3/3 (horizon 9 steps).") in at10
+            "λ₁ −0.050); fewer seeds solved (worse) with clip 2/3 (horizon 9 → 9 steps, "
+            "λ₁ −0.050); no change with flossing 3/3 (horizon 9 steps), gru 3/3 (horizon 9 "
+            "steps).") in at10
     # without "none", the first remedy of the config is the baseline
     texts = _remedy_findings(t[t.remedy != "none"])
     assert any("delayed_xor at 40 memory steps: clip solved 0/3 seeds" in x for x in texts)
@@ -313,3 +316,167 @@ def test_a_run_without_a_remedy_column_has_no_remedies_section(tmp_path):
     assert rendered.sections == []
     assert 'id="remedies"' not in rendered.html and "remedies" not in rendered.html.lower()
     assert not [f for f in rendered.findings if f.key == "remedies"]
+
+
+# --- settings, repeated seeds, wording, loss steps, order -------------------------------------
+
+def _pool_trials(hidden=(32, 256), memory=20, loss_steps=None):
+    """none and flossing × hidden_size × 3 seeds: none solves only at hidden_size 256."""
+    rows = []
+    for remedy in ("none", "flossing"):
+        for hs in hidden:
+            for seed in range(3):
+                row = _row(remedy, "delayed_xor", memory, seed,
+                           0.97 if (hs == 256 or remedy == "flossing") else 0.55,
+                           h0=5.0, h1=30.0)
+                row.update({"id": f"{remedy}-{hs}-{seed}", "model.hidden_size": hs})
+                if loss_steps is not None:
+                    row["loss_steps"] = loss_steps
+                rows.append(row)
+    return pd.DataFrame(rows)
+
+
+POOL_CONFIG = {"sweep": {"remedy": {"none": {}, "flossing": {}},
+                         "model.hidden_size": [32, 256], "seed": [0, 1, 2]}}
+
+
+def test_other_swept_settings_are_never_pooled_into_seeds():
+    for config in (POOL_CONFIG, None):  # from the config, or inferred without one
+        table = remedy_table(_pool_trials(), config)
+        assert table[["remedy", "setting", "label", "n_trials", "n_solved"]].values.tolist() \
+            == [["none", "hidden_size=32", "hidden_size=32", 3, 0],
+                ["none", "hidden_size=256", "hidden_size=256", 3, 3],
+                ["flossing", "hidden_size=32", "hidden_size=32", 3, 3],
+                ["flossing", "hidden_size=256", "hidden_size=256", 3, 3]]
+    texts = [f.text for f in compute_findings({"trials": _pool_trials()},
+                                              ["remedy", "model.hidden_size", "train.seed"],
+                                              POOL_CONFIG) if f.key == "remedies"]
+    assert texts[0].endswith("delayed_xor at 20 memory steps (hidden_size=32): none solved "
+                             "0/3 seeds (horizon 5 → 30 steps, λ₁ −0.050); more seeds solved "
+                             "with flossing 3/3 (horizon 5 → 30 steps, λ₁ −0.050).")
+    assert texts[1] == ("delayed_xor at 20 memory steps (hidden_size=256): no remedy solved "
+                        "more or fewer seeds than none (none: 3/3 at 20 (hidden_size=256)).")
+    assert not any("/6" in x for x in texts)
+    # one hidden size: task × memory length identify the setting, no label
+    one = remedy_table(_pool_trials(hidden=(256,)), POOL_CONFIG)
+    assert one["label"].tolist() == ["", ""]
+    assert one["setting"].tolist() == ["hidden_size=256", "hidden_size=256"]
+
+
+def test_the_page_table_tells_apart_settings_with_the_same_task_and_length():
+    from rnn_diag.report.page import _remedies_table
+
+    page = _remedies_table(_pool_trials(), POOL_CONFIG)
+    assert page["tasks"][0]["columns"] == ["20 steps · hidden_size=32",
+                                           "20 steps · hidden_size=256"]
+    assert [c["solved"] for c in page["rows"][0]["cells"]] == ["0/3", "3/3"]
+    assert page["repeated"] == ""
+    single = _remedies_table(_pool_trials(hidden=(256,)), POOL_CONFIG)
+    assert single["tasks"][0]["columns"] == ["20 steps"]
+
+
+def test_repeated_seeds_within_a_setting_are_warned_about(tmp_path):
+    t = _pool_trials(hidden=(256,))
+    # the folder was re-run with a changed "flossing": two more trials, same seeds, new ids
+    again = t[(t.remedy == "flossing") & (t["train.seed"] < 2)].assign(
+        id=lambda d: d["id"] + "-v2", val_metric=0.55)
+    t = pd.concat([t, again], ignore_index=True)
+    table = remedy_table(t, POOL_CONFIG)
+    assert table[["remedy", "n_trials", "n_solved", "n_repeated"]].values.tolist() == [
+        ["none", 3, 3, 0], ["flossing", 5, 3, 2]]
+    warning = ("Warning: 2 trials repeat a seed within one remedy and setting: the run folder "
+               "holds trials of different configs under the same names; counts include both — "
+               "rerun with --fresh.")
+    found = [f.text for f in compute_findings({"trials": t}, ["remedy", "train.seed"],
+                                              POOL_CONFIG) if f.key == "remedies"]
+    assert found[0] == warning
+    from rnn_diag.report.page import render_report
+
+    config = {"name": "again", "task": {"name": "delayed_xor"}, **POOL_CONFIG}
+    run = _write_run(tmp_path / "run", t, config)
+    html = render_report(run, jobs=1, sections=[s for s in SECTIONS
+                                                if s.key == "remedies"]).html
+    assert '<p class="warning">2 trials repeat a seed within one remedy and setting' in html
+    assert "2 repeated seeds" in html
+    # the same row twice (one id) is not a repeat
+    dup = pd.concat([t.iloc[:1], t], ignore_index=True)
+    assert remedy_table(dup, POOL_CONFIG)["n_repeated"].tolist() == [0, 2]
+
+
+def test_findings_compare_counts_or_rates_as_they_say():
+    config = {"sweep": {"remedy": {"none": {}, "clip": {}}}}
+    # none: 1 ok (solved) + 2 failed; clip: 2 of 3 solved -> the judged counts differ
+    rows = [_row("none", "delayed_xor", 20, 0, 0.97, h0=5.0, h1=30.0)]
+    rows += [_row("none", "delayed_xor", 20, s, NAN, status="failed") for s in (1, 2)]
+    rows += [_row("clip", "delayed_xor", 20, s, v, h0=5.0, h1=30.0)
+             for s, v in ((0, 0.97), (1, 0.97), (2, 0.55))]
+    texts = _remedy_findings(pd.DataFrame(rows), config)
+    assert texts[0].endswith(
+        "delayed_xor at 20 memory steps: none solved 1/1 seeds (2 failed; horizon 5 → 30 "
+        "steps, λ₁ −0.050); a lower solved rate (worse) with clip 2/3 (horizon 5 → 30 steps, "
+        "λ₁ −0.050) than none's 1/1.")
+    assert "fewer" not in texts[0]
+    # clip 2/2 (1 failed) against none 1/3
+    rows = [_row("none", "delayed_xor", 20, s, v, h0=5.0, h1=30.0)
+            for s, v in ((0, 0.97), (1, 0.55), (2, 0.55))]
+    rows += [_row("clip", "delayed_xor", 20, s, v, h0=5.0, h1=30.0)
+             for s, v in ((0, 0.97), (1, 0.97))]
+    rows.append(_row("clip", "delayed_xor", 20, 2, NAN, status="failed", h0=5.0, h1=30.0))
+    texts = _remedy_findings(pd.DataFrame(rows), config)
+    assert texts[0].endswith(
+        "; a higher solved rate with clip 2/2 (1 failed; horizon 5 → 30 steps, λ₁ −0.050) "
+        "than none's 1/3.")
+    assert "more seeds" not in texts[0]
+
+
+def test_horizon_is_not_compared_with_memory_for_a_loss_at_many_steps():
+    t = _pool_trials(hidden=(256,), loss_steps=20)
+    texts = _remedy_findings(t, POOL_CONFIG)
+    assert texts[0].endswith(
+        " Horizon not comparable with memory here: a loss at 20 steps, so the summed gradient "
+        "reaches back at least about 20 steps whatever the memory; compare λ₁ instead.")
+    assert remedy_table(t, POOL_CONFIG)["loss_steps"].tolist() == [20.0, 20.0]
+    fig = remedy_success(t, POOL_CONFIG)
+    (ax,) = [a for a in fig.axes if a.get_visible()]
+    assert [ln for ln in ax.get_lines() if ln.get_linestyle() == "--"] == []
+    legend = [x.get_text() for x in fig.legends[0].get_texts()]
+    assert "memory length (horizon needed)" not in legend
+    note = " ".join(x.get_text() for x in fig.texts)
+    assert "delayed_xor: a loss at 20 steps, so its horizon is at least about that" in note
+    # a loss at the last step only: the line, no caveat
+    last = remedy_success(_pool_trials(hidden=(256,), loss_steps=1), POOL_CONFIG)
+    (ax,) = [a for a in last.axes if a.get_visible()]
+    assert [float(ln.get_xdata()[0]) for ln in ax.get_lines()
+            if ln.get_linestyle() == "--"] == [20.0]
+    assert "not stored (loss_steps)" not in " ".join(x.get_text() for x in last.texts)
+    # unknown (an old run): the line, with the caveat
+    old = remedy_success(_pool_trials(hidden=(256,)), POOL_CONFIG)
+    assert ("the steps with a loss are not stored (loss_steps): the memory lines compare with "
+            "the horizon only for a loss at the last step") in " ".join(
+                x.get_text() for x in old.texts)
+
+
+def test_the_figure_follows_the_config_order_through_the_section():
+    from rnn_diag.report.figures._data import sweep_table
+
+    t = trials().iloc[::-1].reset_index(drop=True)  # stored (completion) order: gru first
+    assert remedy_order(t)[0] == "gru"
+    section = next(s for s in SECTIONS if s.key == "remedies")
+    fig = section.build({"trials": t, "sweep": sweep_table(CONFIG)})
+    legend = [x.get_text() for x in fig.legends[0].get_texts()]
+    assert legend[:4] == ["none", "clip", "flossing", "gru"]
+
+
+def test_a_task_without_a_memory_span_is_memory_n_a():
+    from rnn_diag.report.page import _remedies_table
+
+    t = trials()
+    adding = t["task.name"] == "adding"
+    t.loc[adding, "task.name"] = "flip_flop"
+    t.loc[adding, "memory_steps"] = NAN
+    flip = remedy_table(t, CONFIG).query("task == 'flip_flop'")
+    assert len(flip) == 4 and flip["memory_steps"].isna().all()
+    page = _remedies_table(t, CONFIG)
+    assert [x["columns"] for x in page["tasks"]] == [["10 steps", "40 steps"], ["memory n/a"]]
+    assert any("flip_flop (memory n/a): none solved 1/3 seeds" in x
+               for x in _remedy_findings(t))

@@ -26,7 +26,7 @@ def test_loads_every_finished_trial_and_its_tables(small_run):
         assert set(run.tables[name].trial) <= ids
         assert len(run.tables[name]) == len(direct[direct.trial.isin(ids)]), name
     assert run.manifest["rnn_diag"] and "started" in run.manifest
-    assert set(run.for_figures()) == {"trials", *TABLES}
+    assert set(run.for_figures()) == {"trials", "sweep", *TABLES}
 
 
 def test_tables_of_unfinished_trials_are_ignored(small_run, tmp_path):

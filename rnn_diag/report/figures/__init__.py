@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import pandas as pd
 from matplotlib.figure import Figure
 
-from ._data import MissingData, table, time_unit
+from ._data import SWEEP, MissingData, sweep_config, table, time_unit
 from .fixed_points import fixed_point_portraits, fixed_point_spectra
 from .gradient_profile import gradient_profiles
 from .heatmap import gradient_heatmaps
@@ -127,7 +127,7 @@ def _has_remedies(tables: Mapping[str, pd.DataFrame]) -> bool:
 
 
 def _build_remedies(tables: Mapping[str, pd.DataFrame]) -> Figure:
-    return remedy_success(table(tables, "trials"))
+    return remedy_success(table(tables, "trials"), sweep_config(table(tables, SWEEP)))
 
 
 def _build_profile(tables: Mapping[str, pd.DataFrame]) -> Figure:
@@ -222,8 +222,12 @@ SECTIONS: tuple[FigureSection, ...] = (
             "the end of training, in steps (the farthest step back whose ∂L/∂h_k is within 3 "
             "decades of the largest). The dashed lines are the memory lengths, the horizon "
             "each needs: look whether the remedies that solve a length are the ones whose "
-            "horizon reaches its line. The table gives the counts, the median horizon (h) and "
-            "top Lyapunov exponent (λ, nats per step) of each remedy."
+            "horizon reaches its line. That comparison holds for a loss at the last step only "
+            "(adding): with a loss at many steps (delayed XOR, copy) the summed gradient's "
+            "horizon is at least about the number of loss steps whatever the memory, so there "
+            "the line is left out and λ₁ is the measure to look at. Seeds are only pooled "
+            "within one setting (a marker shape); the table gives the counts, the median "
+            "horizon (h) and top Lyapunov exponent (λ, nats per step) of each remedy."
         ),
         needs=("trials",),
         build=_build_remedies,

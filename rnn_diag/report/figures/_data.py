@@ -21,8 +21,8 @@ from ...experiments.labels import format_value, short_names
 from ...experiments.store import Table
 from .style import weight_scale_text
 
-__all__ = ["REMEDY", "MissingData", "Trials", "downsample", "has_remedy_axis", "last_layer",
-           "panel_layout", "require", "table"]
+__all__ = ["REMEDY", "SWEEP", "MissingData", "Trials", "downsample", "has_remedy_axis",
+           "last_layer", "panel_layout", "require", "sweep_config", "sweep_table", "table"]
 
 #: The column of a sweep's named axis of remedies (each value names a bundle of settings).
 REMEDY = "remedy"
@@ -243,3 +243,44 @@ def snapshot_epoch(when: str, epochs_run: float) -> float:
         return float(when)
     except (TypeError, ValueError):
         return math.nan
+
+
+#: The name under which :meth:`~rnn_diag.report.run_data.RunData.for_figures` passes the
+#: config's sweep to the figures (a figure receives only tables).
+SWEEP = "sweep"
+
+
+def sweep_table(config: Mapping | None) -> pd.DataFrame:
+    """The config's ``sweep`` as a table for the figures: one row per swept value, in config
+    order, with columns ``key`` (the swept key as stored), ``value`` (a value, or a name of a
+    named axis) and ``named`` (whether the key is a named axis, a mapping name → settings).
+
+    >>> sweep_table({"sweep": {"remedy": {"none": {}, "clip": {}}, "seed": [0]}}).values.tolist()
+    [['remedy', 'none', True], ['remedy', 'clip', True], ['seed', 0, False]]
+    """
+    sweep = (config or {}).get("sweep")
+    rows = []
+    if isinstance(sweep, Mapping):
+        for key, values in sweep.items():
+            named = isinstance(values, Mapping)
+            items = list(values) if isinstance(values, (Mapping, list, tuple)) else [values]
+            rows += [{"key": str(key), "value": v, "named": named} for v in items]
+    return pd.DataFrame(rows, columns=["key", "value", "named"]).astype(object)
+
+
+def sweep_config(df: pd.DataFrame | None) -> dict | None:
+    """The ``{"sweep": ...}`` mapping of a :func:`sweep_table` (a named axis as a mapping
+    name → {}), the part of the config the figures use; None when there is none.
+
+    >>> sweep_config(sweep_table({"sweep": {"remedy": {"none": {}}, "seed": [0, 1]}}))
+    {'sweep': {'remedy': {'none': {}}, 'seed': [0, 1]}}
+    """
+    if df is None or len(df) == 0:
+        return None
+    sweep: dict = {}
+    for key, value, named in zip(df["key"], df["value"], df["named"]):
+        if named:
+            sweep.setdefault(key, {})[value] = {}
+        else:
+            sweep.setdefault(key, []).append(value)
+    return {"sweep": sweep}

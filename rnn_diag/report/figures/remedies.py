@@ -38,13 +38,15 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.transforms import blended_transform_factory
 
+from ...experiments.labels import format_value, short_names
 from ._data import REMEDY, MissingData, has_remedy_axis
 from .learning import metric_fraction
 from .style import MISSING_COLOUR, add_note, figure_style, new_figure
 
 __all__ = ["BASELINE", "COLUMNS", "REMEDY", "SOLVED_FRACTION", "baseline_remedy", "exponent_text",
            "has_remedy_axis", "memory_steps", "number_text", "remedy_order", "remedy_palette",
-           "remedy_success", "remedy_table", "task_threshold_text", "threshold_text"]
+           "remedy_success", "remedy_table", "repeated_seeds_text", "setting_columns",
+           "steps_text", "task_threshold_text", "threshold_text"]
 
 #: The fraction of the way from chance to best that counts as solved.
 SOLVED_FRACTION = 0.8
@@ -56,9 +58,14 @@ _TASK = "task.name"
 _FAILED = "failed"
 
 #: The columns of :func:`remedy_table`, in order.
-COLUMNS = ("remedy", "task", "memory_steps", "n_trials", "n_judged", "n_solved", "n_diverged",
-           "n_failed", "n_unjudged", "success", "horizon_first", "horizon_last",
-           "lyapunov_top_init", "lyapunov_top_end", "metric", "chance", "best", "threshold")
+COLUMNS = ("remedy", "task", "memory_steps", "setting", "label", "loss_steps", "n_trials",
+           "n_judged", "n_solved", "n_diverged", "n_failed", "n_unjudged", "n_repeated",
+           "success", "horizon_first", "horizon_last", "lyapunov_top_init", "lyapunov_top_end",
+           "metric", "chance", "best", "threshold")
+#: The seed's column (``seed`` in a config's sweep).
+SEED = "train.seed"
+#: Config sections whose dotted columns may be swept (used when no config is given).
+_SECTIONS = ("task.", "model.", "train.", "data.")
 
 
 def _column(df: pd.DataFrame, name: str) -> pd.Series:
@@ -109,14 +116,59 @@ def baseline_remedy(names: Sequence[str]) -> str | None:
 
 
 def memory_steps(trials: pd.DataFrame) -> pd.Series:
-    """Per trial, the steps its task requires the network to bridge (float): ``memory_steps``,
-    or ``task.seq_len`` where that is missing (NaN when neither is stored).
+    """Per trial, the steps its task requires the network to bridge (float): ``memory_steps``;
+    for runs stored before that column existed (no column at all), ``task.seq_len``. A
+    missing value in a stored ``memory_steps`` column (a task without a fixed span, such as
+    the flip-flop) stays NaN: "memory n/a".
 
     >>> memory_steps(pd.DataFrame({"memory_steps": [40, None], "task.seq_len": [60, 50]})).tolist()
-    [40.0, 50.0]
+    [40.0, nan]
+    >>> memory_steps(pd.DataFrame({"task.seq_len": [60, 50]})).tolist()
+    [60.0, 50.0]
     """
-    steps = _column(trials, "memory_steps")
-    return steps.where(steps.notna(), _column(trials, "task.seq_len"))
+    if "memory_steps" in trials:
+        return _column(trials, "memory_steps")
+    return _column(trials, "task.seq_len")
+
+
+def setting_columns(trials: pd.DataFrame, config: Mapping | None = None) -> list[str]:
+    """The columns that define a *setting* of a remedy sweep: every swept key of the config
+    (``config["sweep"]``, in its order; a named axis such as ``problem`` is its own column)
+    that is a column of ``trials``, but the seed and the remedy. Without a config (or a
+    sweep), the dotted ``task.``/``model.``/``train.``/``data.`` columns (not the seed) that
+    take more than one value within one remedy.
+
+    Example:
+        >>> t = pd.DataFrame({"remedy": ["none", "none", "clip", "clip"],
+        ...     "model.hidden_size": [32, 256, 32, 256], "train.seed": 0,
+        ...     "train.clip_grad_norm": [None, None, 1.0, 1.0]})
+        >>> setting_columns(t, {"sweep": {"remedy": {"none": {}, "clip": {}},
+        ...     "model.hidden_size": [32, 256], "seed": [0]}})
+        ['model.hidden_size']
+        >>> setting_columns(t)
+        ['model.hidden_size']
+    """
+    sweep = (config or {}).get("sweep")
+    if isinstance(sweep, Mapping) and sweep:
+        keys = [SEED if str(k) == "seed" else str(k) for k in sweep]
+        return [k for k in keys if k not in (SEED, REMEDY) and k in trials.columns]
+    if REMEDY not in trials:
+        return []
+    out = []
+    for key in trials.columns:
+        if key == SEED or not str(key).startswith(_SECTIONS):
+            continue
+        texts = trials[key].map(_key_text)
+        if (texts.groupby(trials[REMEDY].astype(str)).nunique() > 1).any():
+            out.append(str(key))
+    return out
+
+
+def _key_text(value) -> str:
+    """A setting's value as a hashable text (NaN and None read "null"; 10.0 reads "10")."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return format_value(value)
 
 
 def _task_names(trials: pd.DataFrame) -> pd.Series:
@@ -126,28 +178,41 @@ def _task_names(trials: pd.DataFrame) -> pd.Series:
 
 
 def remedy_table(trials: pd.DataFrame, config: Mapping | None = None) -> pd.DataFrame | None:
-    """The seeds each remedy solved on each task at each memory length.
+    """The seeds each remedy solved in each setting (task, memory length and the other swept
+    values).
 
     Args:
         trials: the trials table (one row per trial) with ``remedy``, ``task.name``,
             ``memory_steps`` (or ``task.seq_len``), ``status``, ``val_metric``,
-            ``chance_metric``, ``best_metric`` and, where recorded, ``horizon_first``,
-            ``horizon_last`` (steps), ``lyapunov_top_init``, ``lyapunov_top_end`` (nats/step).
-        config: the run's config mapping, for the order of the remedies (:func:`remedy_order`).
+            ``chance_metric``, ``best_metric`` and, where recorded, ``loss_steps``,
+            ``horizon_first``, ``horizon_last`` (steps), ``lyapunov_top_init``,
+            ``lyapunov_top_end`` (nats/step), ``train.seed`` and ``id``.
+        config: the run's config mapping, for the order of the remedies (:func:`remedy_order`)
+            and the swept keys that define a setting (:func:`setting_columns`).
 
     Returns:
         None when the trials have no remedy axis or no ``val_metric``; else one row per
-        (remedy, task, memory length), remedies in :func:`remedy_order`, tasks in order of
-        first appearance, lengths increasing, with the columns of :data:`COLUMNS`:
-        ``remedy, task`` (str), ``memory_steps`` (float, steps), ``n_trials`` (all trials),
+        remedy × setting, a *setting* being one combination of the swept values other than the
+        seed and the remedy (so seeds are only ever pooled within one setting); remedies in
+        :func:`remedy_order`, tasks in order of first appearance, lengths increasing (memory
+        n/a last), settings in order of first appearance; with the columns of
+        :data:`COLUMNS`: ``remedy, task`` (str), ``memory_steps`` (float, steps; NaN for a task
+        without a fixed span, "memory n/a"), ``setting`` (the setting's swept values, e.g.
+        ``"problem=xor_10, hidden_size=256"``; "" when nothing but the seed and the remedy is
+        swept), ``label`` (the part of ``setting`` that tells apart settings with the same task
+        and memory length; "" when task × memory length identifies the setting), ``loss_steps``
+        (the steps with a loss, NaN when not stored), ``n_trials`` (all trials),
         ``n_judged`` (ok with a finite fraction, plus diverged), ``n_solved``, ``n_diverged``,
         ``n_failed`` (left out), ``n_unjudged`` (ok without a finite fraction, left out),
-        ``success`` (n_solved / n_judged, NaN when none was judged), the medians over the ok
-        trials of ``horizon_first, horizon_last`` (steps ≥ 0; a negative stored horizon, no
-        finite norm, is left out) and ``lyapunov_top_init, lyapunov_top_end`` (nats per step;
-        NaN when none is finite), ``metric`` (its name), ``chance, best`` (medians over the
-        group) and ``threshold`` = chance + 0.8 · (best − chance), the value a metric must
-        reach (≥ when best > chance, ≤ when best < chance) to count as solved.
+        ``n_repeated`` (trials whose seed another trial of the same remedy and setting, with a
+        different id, already has: a run folder holding trials of different configs under
+        the same names; they are counted), ``success`` (n_solved / n_judged, NaN when none was
+        judged), the medians over the ok trials of ``horizon_first, horizon_last`` (steps ≥ 0;
+        a negative stored horizon, no finite norm, is left out) and ``lyapunov_top_init,
+        lyapunov_top_end`` (nats per step; NaN when none is finite), ``metric`` (its name),
+        ``chance, best`` (medians over the group) and ``threshold`` = chance + 0.8 · (best −
+        chance), the value a metric must reach (≥ when best > chance, ≤ when best < chance)
+        to count as solved.
 
     Example:
         >>> t = pd.DataFrame({"remedy": ["none", "none", "clip", "clip"],
@@ -168,6 +233,13 @@ def remedy_table(trials: pd.DataFrame, config: Mapping | None = None) -> pd.Data
     remedy = df[REMEDY].astype(str)
     task = _task_names(df)
     steps = memory_steps(df)
+    keys = setting_columns(df, config)
+    short = short_names(keys)
+    values = {k: df[k].map(_key_text) for k in keys}
+    loss_steps = _column(df, "loss_steps")
+    seeds = df[SEED].map(_key_text) if SEED in df else pd.Series("null", index=df.index)
+    ids = (df["id"].astype(str) if "id" in df
+           else pd.Series([str(i) for i in df.index], index=df.index))
     status = (df["status"].astype(object).where(df["status"].notna(), _FAILED).astype(str)
               if "status" in df else pd.Series("ok", index=df.index))
     metric, chance, best = (_column(df, c) for c in ("val_metric", "chance_metric",
@@ -184,11 +256,16 @@ def remedy_table(trials: pd.DataFrame, config: Mapping | None = None) -> pd.Data
     names = df["metric"].astype(object) if "metric" in df else pd.Series(None, index=df.index)
     order = {name: k for k, name in enumerate(remedy_order(df, config))}
     tasks = {name: k for k, name in enumerate(dict.fromkeys(task))}
+    groups: dict[tuple, list[int]] = {}
+    for i in df.index:
+        length = steps[i] if math.isfinite(steps[i]) else math.inf  # inf: memory n/a
+        setting = tuple(values[k][i] for k in keys)
+        groups.setdefault((remedy[i], task[i], length, setting), []).append(i)
+    settings = list(dict.fromkeys(key[1:] for key in groups))
+    labels = _distinguishing_labels(settings, keys, short)
+    rank = {key: k for k, key in enumerate(settings)}
     rows = []
-    keep = steps.notna()
-    groups = df[keep].groupby([remedy[keep], task[keep], steps[keep]], sort=False).groups
-    for (rem, tsk, length), idx in groups.items():
-        idx = list(idx)
+    for (rem, tsk, length, setting), idx in groups.items():
         ok = [i for i in idx if status[i] == "ok"]
         judged_ok = [i for i in ok if math.isfinite(fraction[i])]
         diverged = [i for i in idx if status[i] == "diverged"]
@@ -196,12 +273,21 @@ def remedy_table(trials: pd.DataFrame, config: Mapping | None = None) -> pd.Data
         n_judged = len(judged_ok) + len(diverged)
         c, b = _median(chance[idx]), _median(best[idx])
         own = names[idx].dropna()
+        seeded = [i for i in idx if seeds[i] != "null"]
+        n_repeated = (len({(seeds[i], ids[i]) for i in seeded})
+                      - len({seeds[i] for i in seeded}))
+        ls = loss_steps[idx]
         rows.append({
-            "remedy": rem, "task": tsk, "memory_steps": float(length),
+            "remedy": rem, "task": tsk,
+            "memory_steps": float(length) if math.isfinite(length) else math.nan,
+            "setting": ", ".join(f"{short[k]}={v}" for k, v in zip(keys, setting)),
+            "label": labels[(tsk, length, setting)],
+            "loss_steps": float(ls.median()) if ls.notna().all() else math.nan,
             "n_trials": len(idx), "n_judged": n_judged, "n_solved": len(solved),
             "n_diverged": len(diverged),
             "n_failed": len([i for i in idx if status[i] not in ("ok", "diverged")]),
             "n_unjudged": len(ok) - len(judged_ok),
+            "n_repeated": n_repeated,
             "success": len(solved) / n_judged if n_judged else math.nan,
             "horizon_first": _median(horizon_first[ok]),
             "horizon_last": _median(horizon_last[ok]),
@@ -210,13 +296,55 @@ def remedy_table(trials: pd.DataFrame, config: Mapping | None = None) -> pd.Data
             "metric": str(own.iloc[0]) if len(own) else metric_name,
             "chance": c, "best": b,
             "threshold": c + SOLVED_FRACTION * (b - c),
-            "_rank": (order.get(rem, len(order)), tasks[tsk], float(length)),
+            "_rank": (order.get(rem, len(order)), tasks[tsk], float(length),
+                      rank[(tsk, length, setting)]),
         })
-    if not rows:
-        return None
     out = pd.DataFrame(rows)
     out = out.iloc[sorted(range(len(out)), key=lambda k: out["_rank"][k])]
     return out.drop(columns="_rank").reset_index(drop=True)[list(COLUMNS)]
+
+
+def _distinguishing_labels(settings: list[tuple], keys: list[str],
+                           short: Mapping[str, str]) -> dict[tuple, str]:
+    """For each (task, length, setting values): "" when no other setting has that task and
+    length, else the values of the keys that differ among those settings
+    (``"hidden_size=256"``)."""
+    out = {}
+    for tsk, length, setting in settings:
+        same = [s for t, x, s in settings if t == tsk and x == length]
+        if len(same) < 2:
+            out[(tsk, length, setting)] = ""
+            continue
+        differ = [j for j in range(len(keys)) if len({s[j] for s in same}) > 1]
+        out[(tsk, length, setting)] = ", ".join(f"{short[keys[j]]}={setting[j]}"
+                                                for j in differ)
+    return out
+
+
+def repeated_seeds_text(table: pd.DataFrame) -> str:
+    """The warning for a table with repeated seeds (:func:`remedy_table`'s ``n_repeated``):
+    "" when none is repeated.
+
+    >>> repeated_seeds_text(pd.DataFrame({"n_repeated": [0, 2]}))[:60]
+    '2 trials repeat a seed within one remedy and setting: the ru'
+    """
+    n = int(table["n_repeated"].sum()) if "n_repeated" in table else 0
+    if not n:
+        return ""
+    return (f"{n} trial{'s' if n != 1 else ''} repeat{'' if n != 1 else 's'} a seed within one "
+            "remedy and setting: the run folder holds trials of different configs under the "
+            "same names; counts include both — rerun with --fresh")
+
+
+def steps_text(length: float, label: str = "") -> str:
+    """A column of the table: ``"20 steps"``, ``"memory n/a"`` (no fixed span), with the
+    distinguishing label when there is one (``"20 steps · hidden_size=256"``).
+
+    >>> steps_text(20.0), steps_text(float("nan")), steps_text(20.0, "hidden_size=256")
+    ('20 steps', 'memory n/a', '20 steps · hidden_size=256')
+    """
+    text = f"{_steps_label(length)} steps" if math.isfinite(length) else "memory n/a"
+    return f"{text} · {label}" if label else text
 
 
 # --- words and numbers ------------------------------------------------------------------------
@@ -294,16 +422,21 @@ def _steps_label(x: float) -> str:
 
 def remedy_success(trials: pd.DataFrame, config: Mapping | None = None) -> Figure:
     """Success rate against the gradient's horizon: one panel per task, one marker per
-    (remedy, memory length), the colour the remedy, the marker shape the memory length; y the
-    fraction of the judged seeds solved, x the median horizon at the end of training (steps;
+    (remedy, setting), the colour the remedy (config order), the marker shape the setting
+    (memory length, with the other swept values where two settings share it); y the fraction
+    of the judged seeds solved, x the median horizon at the end of training (steps;
     logarithmic when the values span a factor of 10 or more, linear below one step when a
-    horizon is 0), with a dashed vertical line at
-    each memory length (the horizon the task needs). A (remedy, length) with no finite horizon
-    is a hollow marker on the left edge.
+    horizon is 0), with a dashed vertical line at each memory length (the horizon the task
+    needs) where the task has its loss at the last step only (``loss_steps`` 1, or not stored:
+    the note then says the comparison holds for a loss at the last step only). A task with a
+    loss at many steps gets no line: its summed gradient's horizon is at least about the
+    number of loss steps and says little about memory. A (remedy, setting) with no finite
+    horizon is a hollow marker on the left edge.
 
     Args:
         trials: the trials table of a run with a remedy axis (see :func:`remedy_table`).
-        config: the run's config, for the order of the remedies (None: first appearance).
+        config: the run's config, for the order of the remedies and the swept keys of a
+            setting (None: first appearance, settings inferred, see :func:`setting_columns`).
 
     Raises:
         MissingData: the run has no remedy axis or no held-out metric.
@@ -320,10 +453,16 @@ def remedy_success(trials: pd.DataFrame, config: Mapping | None = None) -> Figur
     tasks = list(dict.fromkeys(table["task"]))
     ncols = min(_MAX_COLS, len(tasks))
     nrows = math.ceil(len(tasks) / ncols)
+    loss_steps = table["loss_steps"].to_numpy(float)
+    last_only = ~(loss_steps > 1)  # 1 or not stored: the memory line is drawn
+    lines = table.loc[last_only & np.isfinite(table["memory_steps"].to_numpy(float)),
+                      "memory_steps"].to_numpy(float)
     finite = judged["horizon_last"].to_numpy(float)
     finite = finite[np.isfinite(finite)]
-    values = np.concatenate([finite, table["memory_steps"].to_numpy(float)])
-    lo, hi = max(float(values.min()), 1.0), float(values.max())
+    values = np.concatenate([finite, lines])
+    if not len(values):
+        values = np.array([1.0])
+    lo, hi = max(float(values.min()), 1.0), max(float(values.max()), 1.0)
     zero = bool((values < 1).any())  # a horizon below one step: the axis starts at 0
     wide = hi / lo >= 10
     notes = []
@@ -336,31 +475,46 @@ def remedy_success(trials: pd.DataFrame, config: Mapping | None = None) -> Figur
         for k, task in enumerate(tasks):
             ax = axes[k // ncols, k % ncols]
             part = table[table["task"] == task]
-            lengths = sorted(part["memory_steps"].unique())
-            shapes = {x: _MARKERS[j % len(_MARKERS)] for j, x in enumerate(lengths)}
+            part = part.assign(_x=part["memory_steps"].fillna(math.inf)).sort_values(
+                "_x", kind="stable")
+            columns = list(dict.fromkeys(zip(part["_x"], part["setting"], part["label"])))
+            shapes = {c[:2]: _MARKERS[j % len(_MARKERS)] for j, c in enumerate(columns)}
+            texts = {c[:2]: (_steps_label(c[0]) if math.isfinite(c[0]) else "n/a")
+                     + (f" · {c[2]}" if c[2] else "") for c in columns}
             edge = blended_transform_factory(ax.transAxes, ax.transData)
-            for x in lengths:
+            many = part[part["loss_steps"] > 1]
+            drawn = sorted(set(part.loc[~(part["loss_steps"] > 1) & np.isfinite(part["_x"]),
+                                        "_x"]))
+            for x in drawn:
                 ax.axvline(x, ls="--", color=_GREY, lw=0.9, zorder=1)
                 ax.text(x, 0.5, f"{_steps_label(x)} steps", transform=ax.get_xaxis_transform(),
                         fontsize=6.5, color="#555555", ha="right", va="center", rotation=90,
                         zorder=2)
+            if len(many):
+                n = _steps_label(float(many["loss_steps"].min()))
+                top = _steps_label(float(many["loss_steps"].max()))
+                span = n if n == top else f"{n}–{top}"
+                notes.append(f"{task}: a loss at {span} steps, so its horizon is at least about "
+                             "that whatever the memory and is not comparable with the memory "
+                             "length (no line; compare λ₁ in the table)")
             for j, name in enumerate(names):
                 mine = part[(part["remedy"] == name) & (part["n_judged"] > 0)]
                 dy = (j - (len(names) - 1) / 2) * _JITTER
                 for _, row in mine.iterrows():
                     y = row["success"] + dy
                     h = row["horizon_last"]
-                    style = dict(marker=shapes[row["memory_steps"]], ms=6.5, ls="",
-                                 color=palette[name], zorder=3,
-                                 label=f"_{name} {_steps_label(row['memory_steps'])}")
+                    key = (row["_x"], row["setting"])
+                    style = dict(marker=shapes[key], ms=6.5, ls="", color=palette[name],
+                                 zorder=3, label=f"_{name} {texts[key]}")
                     if math.isfinite(h):
                         ax.plot([h], [y], mec="white", mew=0.6, **style)
                     else:
                         ax.plot([0.0], [y], mfc="white", clip_on=False, transform=edge, **style)
             failed = part[part["n_judged"] == 0]
             for _, row in failed.iterrows():
-                notes.append(f"{task}: {row['remedy']} at {_steps_label(row['memory_steps'])} "
-                             "steps not judged (no finished trial)")
+                notes.append(f"{task}: {row['remedy']} at "
+                             f"{steps_text(row['memory_steps'], row['label'])} "
+                             "not judged (no finished trial)")
             title = task
             threshold = task_threshold_text(table, task)
             if threshold:
@@ -375,21 +529,28 @@ def remedy_success(trials: pd.DataFrame, config: Mapping | None = None) -> Figur
                 ax.set_xlim(0 if zero else lo / 1.6, hi * 1.6)
             else:
                 ax.set_xlim(0, hi * 1.1)
-            ax.legend(handles=[Line2D([], [], marker=shapes[x], ls="", color=_GREY, ms=5,
-                                      label=_steps_label(x)) for x in lengths],
+            ax.legend(handles=[Line2D([], [], marker=shapes[c[:2]], ls="", color=_GREY, ms=5,
+                                      label=texts[c[:2]]) for c in columns],
                       title="memory steps", fontsize=6.5, title_fontsize=6.5, loc="best",
                       frameon=True, framealpha=0.8)
         handles = [Line2D([], [], marker="o", ls="", ms=6, color=palette[n], label=n)
                    for n in names]
-        handles.append(Line2D([], [], ls="--", color=_GREY, lw=0.9,
-                              label="memory length (horizon needed)"))
+        if len(lines):
+            handles.append(Line2D([], [], ls="--", color=_GREY, lw=0.9,
+                                  label="memory length (horizon needed)"))
         if (~np.isfinite(judged["horizon_last"].to_numpy(float))).any():
             handles.append(Line2D([], [], marker="o", ls="", ms=6, mfc="white",
                                   color=MISSING_COLOUR, label="no finite horizon"))
         fig.legend(handles=handles, title="remedy", loc="outside right upper", frameon=False)
+        if np.isnan(loss_steps[last_only]).any() and len(lines):
+            notes.append("the steps with a loss are not stored (loss_steps): the memory lines "
+                         "compare with the horizon only for a loss at the last step")
         notes.append(f"solved: the held-out metric at least {SOLVED_FRACTION:.0%} of the way "
                      "from chance to the best possible value; failed trials left out, diverged "
                      "ones count as not solved")
+        warning = repeated_seeds_text(table)
+        if warning:
+            notes.append(warning)
         if len(names) > 1:
             notes.append("markers offset vertically by remedy so that equal rates stay visible")
         add_note(fig, "; ".join(notes))

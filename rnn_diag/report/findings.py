@@ -46,6 +46,7 @@ from .figures.remedies import (
     SOLVED_FRACTION,
     baseline_remedy,
     exponent_text,
+    horizon_measures_memory,
     number_text,
     remedy_table,
     repeated_seeds_text,
@@ -843,7 +844,7 @@ def _where_text(task: str, row: pd.Series) -> str:
 def _loss_steps_text(row: pd.Series) -> str:
     """For a setting with a loss at more than one step: why its horizon says little."""
     n = row["loss_steps"]
-    if not (math.isfinite(n) and n > 1):
+    if not math.isfinite(n) or horizon_measures_memory(n, row["memory_steps"]):
         return ""
     return (f" Horizon not comparable with memory here: a loss at {_fmt(n)} steps, so the "
             f"summed gradient reaches back at least about {_fmt(n)} steps whatever the memory; "

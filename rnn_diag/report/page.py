@@ -31,6 +31,7 @@ from .figures.remedies import (
     SOLVED_FRACTION,
     baseline_remedy,
     exponent_text,
+    horizon_measures_memory,
     remedy_table,
     repeated_seeds_text,
     task_threshold_text,
@@ -247,7 +248,7 @@ def _remedies_table(trials: pd.DataFrame, config: Mapping) -> dict | None:
                     "why": " · ".join(why),
                 })
         rows.append({"remedy": name, "baseline": name == base, "cells": cells})
-    many = table["loss_steps"] > 1
+    many = ~horizon_measures_memory(table["loss_steps"], table["memory_steps"])
     return {"tasks": [{**t, "columns": [column_text(x if math.isfinite(x) else math.nan, label)
                                         for x, _, label in t["columns"]]} for t in tasks],
             "rows": rows, "baseline": base, "fraction": f"{SOLVED_FRACTION:.0%}",

@@ -452,8 +452,20 @@ def test_horizon_is_not_compared_with_memory_for_a_loss_at_many_steps():
     # unknown (an old run): the line, with the caveat
     old = remedy_success(_pool_trials(hidden=(256,)), POOL_CONFIG)
     assert ("the steps with a loss are not stored (loss_steps): the memory lines compare with "
-            "the horizon only for a loss at the last step") in " ".join(
+            "the horizon only for a loss at a few last steps") in " ".join(
                 x.get_text() for x in old.texts)
+
+
+@pytest.mark.parametrize("loss_steps, compared", [(5, True), (6, False)])
+def test_a_few_loss_steps_keep_the_comparison(loss_steps, compared):
+    """Copy's 3 read-out steps against 23 memory steps are few: the horizon still measures
+    memory up to a quarter of it (5 of 20 here), not beyond."""
+    t = _pool_trials(hidden=(256,), loss_steps=loss_steps)
+    (ax,) = [a for a in remedy_success(t, POOL_CONFIG).axes if a.get_visible()]
+    lines = [float(ln.get_xdata()[0]) for ln in ax.get_lines() if ln.get_linestyle() == "--"]
+    assert lines == ([20.0] if compared else [])
+    said = "Horizon not comparable with memory here" in _remedy_findings(t, POOL_CONFIG)[0]
+    assert said is not compared
 
 
 def test_the_figure_follows_the_config_order_through_the_section():

@@ -58,6 +58,25 @@ _TASK = "task.name"
 _FAILED = "failed"
 
 #: The columns of :func:`remedy_table`, in order.
+#: The summed gradient's horizon measures memory where the steps with a loss are at most this
+#: share of the memory: losses at n steps alone give a horizon of about n, whatever the memory.
+LOSS_SHARE = 0.25
+
+
+def horizon_measures_memory(loss_steps, memory_steps) -> np.ndarray:
+    """Where the horizon can be compared with the memory length: ``loss_steps ≤ LOSS_SHARE ×
+    memory_steps``, element-wise; True where ``loss_steps`` is not stored (older runs: the
+    caller says the comparison assumes few loss steps).
+
+    >>> horizon_measures_memory([1, 3, 20, float("nan")], [99, 23, 40, 10]).tolist()
+    [True, True, False, True]
+    """
+    loss = np.asarray(loss_steps, dtype=float)
+    memory = np.asarray(memory_steps, dtype=float)
+    with np.errstate(invalid="ignore"):
+        return ~(loss > LOSS_SHARE * memory)
+
+
 COLUMNS = ("remedy", "task", "memory_steps", "setting", "label", "loss_steps", "n_trials",
            "n_judged", "n_solved", "n_diverged", "n_failed", "n_unjudged", "n_repeated",
            "success", "horizon_first", "horizon_last", "lyapunov_top_init", "lyapunov_top_end",
@@ -427,8 +446,8 @@ def remedy_success(trials: pd.DataFrame, config: Mapping | None = None) -> Figur
     of the judged seeds solved, x the median horizon at the end of training (steps;
     logarithmic when the values span a factor of 10 or more, linear below one step when a
     horizon is 0), with a dashed vertical line at each memory length (the horizon the task
-    needs) where the task has its loss at the last step only (``loss_steps`` 1, or not stored:
-    the note then says the comparison holds for a loss at the last step only). A task with a
+    needs) where the steps with a loss are few (:func:`horizon_measures_memory`; not stored:
+    the note then says the comparison holds for a loss at a few last steps). A setting with a
     loss at many steps gets no line: its summed gradient's horizon is at least about the
     number of loss steps and says little about memory. A (remedy, setting) with no finite
     horizon is a hollow marker on the left edge.
@@ -454,7 +473,7 @@ def remedy_success(trials: pd.DataFrame, config: Mapping | None = None) -> Figur
     ncols = min(_MAX_COLS, len(tasks))
     nrows = math.ceil(len(tasks) / ncols)
     loss_steps = table["loss_steps"].to_numpy(float)
-    last_only = ~(loss_steps > 1)  # 1 or not stored: the memory line is drawn
+    last_only = horizon_measures_memory(loss_steps, table["memory_steps"])  # line drawn
     lines = table.loc[last_only & np.isfinite(table["memory_steps"].to_numpy(float)),
                       "memory_steps"].to_numpy(float)
     finite = judged["horizon_last"].to_numpy(float)
@@ -482,9 +501,9 @@ def remedy_success(trials: pd.DataFrame, config: Mapping | None = None) -> Figur
             texts = {c[:2]: (_steps_label(c[0]) if math.isfinite(c[0]) else "n/a")
                      + (f" · {c[2]}" if c[2] else "") for c in columns}
             edge = blended_transform_factory(ax.transAxes, ax.transData)
-            many = part[part["loss_steps"] > 1]
-            drawn = sorted(set(part.loc[~(part["loss_steps"] > 1) & np.isfinite(part["_x"]),
-                                        "_x"]))
+            measured = horizon_measures_memory(part["loss_steps"], part["memory_steps"])
+            many = part[~measured]
+            drawn = sorted(set(part.loc[measured & np.isfinite(part["_x"]), "_x"]))
             for x in drawn:
                 ax.axvline(x, ls="--", color=_GREY, lw=0.9, zorder=1)
                 ax.text(x, 0.5, f"{_steps_label(x)} steps", transform=ax.get_xaxis_transform(),
@@ -495,8 +514,8 @@ def remedy_success(trials: pd.DataFrame, config: Mapping | None = None) -> Figur
                 top = _steps_label(float(many["loss_steps"].max()))
                 span = n if n == top else f"{n}–{top}"
                 notes.append(f"{task}: a loss at {span} steps, so its horizon is at least about "
-                             "that whatever the memory and is not comparable with the memory "
-                             "length (no line; compare λ₁ in the table)")
+                             "that whatever the memory and is not comparable with a memory "
+                             "length under 4× that (no line; compare λ₁ in the table)")
             for j, name in enumerate(names):
                 mine = part[(part["remedy"] == name) & (part["n_judged"] > 0)]
                 dy = (j - (len(names) - 1) / 2) * _JITTER
@@ -544,7 +563,7 @@ def remedy_success(trials: pd.DataFrame, config: Mapping | None = None) -> Figur
         fig.legend(handles=handles, title="remedy", loc="outside right upper", frameon=False)
         if np.isnan(loss_steps[last_only]).any() and len(lines):
             notes.append("the steps with a loss are not stored (loss_steps): the memory lines "
-                         "compare with the horizon only for a loss at the last step")
+                         "compare with the horizon only for a loss at a few last steps")
         notes.append(f"solved: the held-out metric at least {SOLVED_FRACTION:.0%} of the way "
                      "from chance to the best possible value; failed trials left out, diverged "
                      "ones count as not solved")

@@ -415,8 +415,7 @@ class _Recorder:
                     penalty = (s.regularization.loss(xb, self.batches_done, epoch)
                                if s.regularization else None)
                 except RegularizerError as exc:
-                    self.status, self.error = "diverged", str(exc)
-                    return False
+                    return self._diverge(str(exc))
                 (loss if penalty is None else loss + penalty).backward()
             self.batches_done += 1
             if penalty is not None:
@@ -425,15 +424,11 @@ class _Recorder:
             if probing and math.isfinite(loss_value):
                 self._store_probe(probe, epoch)
             if not math.isfinite(loss_value):
-                self.status = "diverged"
-                self.error = f"training loss became {loss_value} at epoch {epoch + 1}"
-                return False
+                return self._diverge(f"training loss became {loss_value} at epoch {epoch + 1}")
             norm = _clip(s.model, s.clip_grad_norm)
             if not math.isfinite(float(norm)):
-                self.status = "diverged"
-                self.error = (f"gradient norm became {float(norm)} at epoch {epoch + 1} "
-                              f"(before clipping; training loss {loss_value:.3g})")
-                return False
+                return self._diverge(f"gradient norm became {float(norm)} at epoch {epoch + 1} "
+                                     f"(before clipping; training loss {loss_value:.3g})")
             _step(s, xb, yb)
             losses.append(loss_value)
             with torch.no_grad():
@@ -454,10 +449,13 @@ class _Recorder:
                if s.regularization else {}),
         })
         if not all(math.isfinite(v) for v in (val_loss,) if s.xv.shape[0]):
-            self.status = "diverged"
-            self.error = f"validation loss became {val_loss} after epoch {epoch + 1}"
-            return False
+            return self._diverge(f"validation loss became {val_loss} after epoch {epoch + 1}")
         return True
+
+    def _diverge(self, why: str) -> bool:
+        """Mark the trial "diverged" with the reason ``why``; returns False (stop training)."""
+        self.status, self.error = "diverged", why
+        return False
 
     def _regularize_before(self, s: _Setup) -> bool:
         """Take the ``schedule.before`` optimizer steps on the regularisers alone (each on the
@@ -473,16 +471,13 @@ class _Recorder:
                 try:
                     penalty = s.regularization.before_loss(xb, done)
                 except RegularizerError as exc:
-                    self.status, self.error = "diverged", str(exc)
-                    return False
+                    return self._diverge(str(exc))
                 if penalty is not None:
                     penalty.backward()
                     norm = _clip(s.model, s.clip_grad_norm)
                     if not math.isfinite(float(norm)):
-                        self.status = "diverged"
-                        self.error = (f"the regularisers' gradient norm became {float(norm)} "
-                                      f"at step {done + 1} before training")
-                        return False
+                        return self._diverge(f"the regularisers' gradient norm became "
+                                             f"{float(norm)} at step {done + 1} before training")
                     s.optimizer.step()
                 done += 1
         return True

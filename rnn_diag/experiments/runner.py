@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from .backends import Backend, make_backend
 from .config import load_config
 from .grid import expand, trial_label
-from .store import Store
+from .store import DONE, Store
 from .versions import versions
 
 SUMMARY_COLUMNS = ["label", "status", "train_loss", "val_loss", "val_metric", "chance_metric",
@@ -212,8 +212,8 @@ def _rename_stored(store: Store, specs, config) -> int:
     updates = {}
     for spec in specs:
         row = rows.get(spec.id)
-        if row is None:
-            continue
+        if row is None or row.get("status") not in DONE:
+            continue  # not stored, or to be run again (and stored under the new names)
         names = {"label": trial_label(spec), **{a: spec.params[a] for a in config.axes}}
         if any(row.get(k) != v for k, v in names.items()):
             updates[spec.id] = names

@@ -862,12 +862,24 @@ def _compare(row: pd.Series, ref: pd.Series) -> str:
             "lower" if row["success"] < ref["success"] - 1e-12 else "equal")
 
 
+def _names_not_in_config(table: pd.DataFrame, config: Mapping) -> list[str]:
+    """The remedy names of ``table`` that the config's remedy axis does not list (``[]`` when
+    the config lists none)."""
+    sweep = (config or {}).get("sweep")
+    given = sweep.get("remedy") if isinstance(sweep, Mapping) else None
+    if not isinstance(given, (Mapping, list, tuple)):
+        return []
+    listed = {str(name) for name in given}
+    return [name for name in dict.fromkeys(table["remedy"]) if name not in listed]
+
+
 def _remedies(trials: pd.DataFrame, config: Mapping) -> list[Finding]:
     """Per task, which remedy solved more (or fewer) seeds than the baseline ("none", else the
     first remedy) in each setting (memory length, and the other swept values where they tell
     two settings apart), with the horizon and top exponent of each (see
     :mod:`.figures.remedies`); the settings where no remedy changed the count, in one sentence;
-    and a warning when a run folder repeats seeds within one remedy and setting."""
+    and a warning when a run folder repeats seeds within one remedy and setting, or holds
+    trials under names the config's remedy axis no longer lists."""
     table = remedy_table(trials, config)
     if table is None:
         return []
@@ -875,6 +887,13 @@ def _remedies(trials: pd.DataFrame, config: Mapping) -> list[Finding]:
     warning = repeated_seeds_text(table)
     if warning:
         out.append(Finding(f"Warning: {warning}.", "remedies"))
+    stale = _names_not_in_config(table, config)
+    if stale:
+        out.append(Finding(
+            f"Warning: the trials named {', '.join(stale)} are not values of the remedy axis "
+            "in config.yaml: an earlier run of this folder named them so (a rename, or "
+            "settings that changed). They are shown under those names; rerun with --fresh to "
+            "keep only this config's trials.", "remedies"))
     table = table[table["n_judged"] > 0]
     names = list(dict.fromkeys(table["remedy"]))
     base = baseline_remedy(names)

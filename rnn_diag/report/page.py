@@ -256,6 +256,16 @@ def _remedies_table(trials: pd.DataFrame, config: Mapping) -> dict | None:
             "many_loss_steps": ", ".join(dict.fromkeys(table.loc[many, "task"]))}
 
 
+def _swept_values(config: Mapping, key: str) -> str:
+    """The values of a swept key as the page lists them: a list's values, a named axis's names,
+    or a single value as written (a stored config the current schema would refuse)."""
+    sweep = config.get("sweep")
+    values = sweep.get(key) if isinstance(sweep, Mapping) else None
+    if not isinstance(values, (list, tuple, Mapping)):
+        values = [] if values is None else [values]
+    return ", ".join(format_value(v) for v in values)
+
+
 def _seeds_text(point) -> str:
     """"2/2 seeds" (seeds that learned / finished seeds) where several finished, and the
     trials that did not finish ("1 failed")."""
@@ -370,8 +380,7 @@ def render_report(run: RunData, sections: Sequence | None = None, *, fmt: str = 
         chance=chance,
         counts={s: int((status == s).sum()) for s in ("ok", "diverged", "failed")},
         n_trials=len(run.trials),
-        swept=[(k, ", ".join(format_value(v) for v in run.config.get("sweep", {}).get(k, [])))
-               for k in run.swept],
+        swept=[(k, _swept_values(run.config, k)) for k in run.swept],
         sections=results,
         learning=_learning_table(run.trials),
         remedies=_remedies_table(run.trials, run.config),

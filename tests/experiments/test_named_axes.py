@@ -164,7 +164,10 @@ def test_the_cli_says_when_a_folder_holds_trials_of_other_settings(tmp_path):
 
 
 @pytest.mark.parametrize("sweep, text", [
-    ({"remedy": ["none", "clip"]}, "a named axis, a key without a dot, maps names to settings"),
+    ({"remedy": ["none", "clip"]}, "; or, as a named axis (a key without a dot), map each name "
+                                   "to its settings, e.g. remedy: {none: {}, clip: "
+                                   "{train.clip_grad_norm: 1.0}}"),
+    ({"remedy": None}, "; or, as a named axis (a key without a dot), map each name"),
     ({"remedy": {}}, "sweep.remedy: a named axis needs at least one name, e.g. {none: {}}, "
                      "got {}"),
 ])

@@ -492,3 +492,29 @@ def test_a_task_without_a_memory_span_is_memory_n_a():
     assert [x["columns"] for x in page["tasks"]] == [["10 steps", "40 steps"], ["memory n/a"]]
     assert any("flip_flop (memory n/a): none solved 1/3 seeds" in x
                for x in _remedy_findings(t))
+
+
+def test_names_the_config_no_longer_lists_are_warned_about():
+    """A folder re-run after renaming a remedy whose settings also changed keeps the old
+    trials under the old name: the findings say so instead of listing it as a remedy."""
+    config = {"sweep": {**CONFIG["sweep"], "remedy": {k: {} for k in REMEDIES if k != "clip"}}}
+    texts = _remedy_findings(config=config)
+    assert texts[0] == (
+        "Warning: the trials named clip are not values of the remedy axis in config.yaml: an "
+        "earlier run of this folder named them so (a rename, or settings that changed). They "
+        "are shown under those names; rerun with --fresh to keep only this config's trials.")
+    assert not any(t.startswith("Warning") for t in _remedy_findings())
+
+
+def test_a_stored_config_with_a_single_value_sweep_still_renders(tmp_path):
+    """config.yaml as stored may be one today's schema refuses (``seed: 3``, ``remedy:
+    null``): the page lists what it can instead of failing."""
+    from rnn_diag.report.page import render_report
+
+    config = {"name": "odd", "task": {"name": "delayed_xor"},
+              "sweep": {"remedy": None, "problem": ["xor", "add"], "seed": 3}}
+    run = _write_run(tmp_path / "run", trials(), config)
+    rendered = render_report(run, jobs=1, sections=[])
+    html = rendered.html
+    assert '<span class="mono">remedy</span> ∈ {}' in html
+    assert '<span class="mono">train.seed</span> ∈ {3}' in html

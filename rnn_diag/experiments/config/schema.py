@@ -705,6 +705,11 @@ class ExperimentConfig(_Section):
                 if full in axes or (axes_failed and "." not in full):
                     continue
                 problem = _sweep_key_problem(full)
+                if (problem is not None and "." not in full and full not in _NOT_SWEPT
+                        and full not in _SECTIONS and _names_only(sweep[key])):
+                    problem += (f"; or, as a named axis (a key without a dot), map each name to "
+                                f"its settings, e.g. {key}: {{none: {{}}, clip: "
+                                f"{{train.clip_grad_norm: 1.0}}}}")
                 if problem is None and full in set_by_axes:
                     problem = (f"{full} is swept and also set by the named axis "
                                f"{set_by_axes[full]}; set it in one place")
@@ -716,7 +721,10 @@ class ExperimentConfig(_Section):
         try:
             out = handler(sweep)
         except ValidationError as exc:
+            named = {e["loc"][0] for e in errors if e["loc"]}
             for e in exc.errors():
+                if e["loc"][:1] and e["loc"][0] in named:
+                    continue  # that key's problem is already said
                 if e["type"] == "too_short" and e["loc"][:1] and e["loc"][0] in axes:
                     errors.append(line_error(e["loc"], "a named axis needs at least one name, "
                                              "e.g. {none: {}}", {}, note=False))
@@ -819,6 +827,13 @@ class ExperimentConfig(_Section):
         return self
 
 
+def _names_only(value: Any) -> bool:
+    """Whether a sweep value looks like a named axis written without its settings: null, or a
+    list of texts (``remedy: [none, clip]``)."""
+    return value is None or (isinstance(value, list) and bool(value)
+                             and all(isinstance(v, str) for v in value))
+
+
 def _plain(value: Any) -> Any:
     """A setting as plain values (pydantic models dumped), for error messages."""
     if isinstance(value, list):
@@ -890,10 +905,6 @@ def _sweep_key_problem(key: str) -> str | None:
         return f"{key} is a whole section; sweep one of its keys: {', '.join(nearby)}"
     hint = did_you_mean(key, valid + list(SWEEP_ALIASES))
     text = "not a config key" + (f"; {hint}" if hint else "")
-    if "." not in key:
-        return (f"{text} (a key names a section and a setting, e.g. model.cell; short forms: "
-                f"{', '.join(SWEEP_ALIASES)}; a named axis, a key without a dot, maps names to "
-                f"settings: {key}: {{none: {{}}, clip: {{train.clip_grad_norm: 1.0}}}})")
     if nearby:
         return f"{text} (valid keys: {', '.join(nearby)})"
     return f"{text} (a key names a section and a setting, e.g. model.cell; sections: " \

@@ -8,8 +8,9 @@ diagnostic: every number is a count or a median of a column of ``trials.parquet`
 Vocabulary:
 
 * the *remedy axis*: a ``remedy`` column with at least two distinct names
-  (:func:`~._data.has_remedy_axis`); its order is the config's (``sweep.remedy``, a mapping
-  name → settings, or a list of names), then any other name in order of first appearance;
+  (:func:`~._data.has_remedy_axis`); its order is the config's (``sweep.remedy``: a mapping
+  name → settings as written, or the list of names of a dumped config), then any other name
+  in order of first appearance;
 * the *memory length* of a trial: ``memory_steps``, the steps its task requires the network to
   bridge (delayed XOR: the delay; copy: length + seq_len; adding: seq_len − 1), or
   ``task.seq_len`` where that column is missing (runs stored before it);
@@ -99,8 +100,9 @@ def _median(values: pd.Series) -> float:
 
 
 def remedy_order(trials: pd.DataFrame, config: Mapping | None = None) -> tuple[str, ...]:
-    """The remedy names of ``trials`` in the config's order (``config["sweep"]["remedy"]``, a
-    mapping name → settings or a list of names), then the others in order of first appearance.
+    """The remedy names of ``trials`` in the config's order (``config["sweep"]["remedy"]``: a
+    mapping name → settings as written, or the list of names of a dumped config), then the
+    others in order of first appearance.
 
     Example:
         >>> t = pd.DataFrame({"remedy": ["clip", "none", "gru", "clip"]})

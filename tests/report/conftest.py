@@ -1,10 +1,16 @@
 """Shared runs for the report tests: one small real sweep (made once per session) with ok,
-failed and diverged trials, and a copy of it whose strings are hostile HTML."""
+failed and diverged trials, and a copy of it whose strings are hostile HTML; and, for every
+report test, the check that figure functions leave no pyplot figure open."""
 
 import json
 import shutil
 import warnings
 
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no window, whichever test module is collected first
+
+import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd
 import pytest
 import yaml
@@ -30,6 +36,14 @@ SMALL = {
 FAIL_MESSAGE = "disk on fire"
 
 HOSTILE = '<script>alert("x")</script><img src=x onerror=alert(1)>'
+
+
+@pytest.fixture(autouse=True)
+def _no_pyplot_leak():
+    """Figure functions build their figures without pyplot: none is left open."""
+    before = set(plt.get_fignums())
+    yield
+    assert set(plt.get_fignums()) == before, "a figure function used pyplot's global state"
 
 
 @pytest.fixture(scope="session")

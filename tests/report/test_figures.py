@@ -10,7 +10,6 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
@@ -132,13 +131,6 @@ def _texts(fig):
     for legend in fig.legends:
         out += [t.get_text() for t in legend.get_texts()]
     return out
-
-
-@pytest.fixture(autouse=True)
-def _no_pyplot_leak():
-    before = set(plt.get_fignums())
-    yield
-    assert set(plt.get_fignums()) == before, "a figure function used pyplot's global state"
 
 
 def test_sections_are_in_report_order_and_build_figures():

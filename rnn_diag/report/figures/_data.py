@@ -22,7 +22,8 @@ from ...experiments.store import Table
 from .style import weight_scale_text
 
 __all__ = ["REMEDY", "SWEEP", "MissingData", "Trials", "downsample", "has_remedy_axis",
-           "last_layer", "panel_layout", "require", "sweep_config", "sweep_table", "table"]
+           "last_layer", "panel_layout", "require", "show_filled", "sweep_config", "sweep_table",
+           "table"]
 
 #: The column of a sweep's named axis of remedies (each value names a bundle of settings).
 REMEDY = "remedy"
@@ -196,6 +197,15 @@ def panel_layout(info: Trials, settings: Sequence[str], max_cols: int = 4,
     cols = math.ceil(n / rows)
     return rows, cols, {v: divmod(i, cols) for i, v in enumerate(settings)}
 
+
+
+def show_filled(axes, where: dict) -> set[tuple[int, int]]:
+    """Hide the panels of the grid ``axes`` (a 2-D array of Axes) that :func:`panel_layout`'s
+    ``where`` left empty; returns the filled ``(row, column)`` cells."""
+    filled = set(where.values())
+    for (r, c), ax in np.ndenumerate(axes):
+        ax.set_visible((r, c) in filled)
+    return filled
 
 def last_layer(df: pd.DataFrame) -> tuple[pd.DataFrame, int]:
     """Rows of the last layer (closest to the loss) of each trial, direction 0, and the largest

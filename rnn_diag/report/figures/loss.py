@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from ._data import Trials, panel_layout, require
+from ._data import Trials, panel_layout, require, show_filled
 from .style import BAND_ALPHA, add_note, figure_style, new_figure, seq_len_palette
 
 __all__ = ["loss_history"]
@@ -84,9 +84,7 @@ def loss_history(trials: pd.DataFrame, curves: pd.DataFrame) -> Figure:
     with figure_style():
         fig, axes = new_figure(nrows, ncols, sharex=True, sharey=True,
                                panel_height=2.5 if ncols > 1 else 3.2)
-        filled = set(where.values())
-        for (r, c), ax in np.ndenumerate(axes):
-            ax.set_visible((r, c) in filled)
+        filled = show_filled(axes, where)
         for setting in settings:
             ax = axes[where[setting]]
             part = df[df["setting"] == setting]

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from ._data import Trials, last_layer, panel_layout, require
+from ._data import Trials, last_layer, panel_layout, require, show_filled
 from .cells import is_scan
 from .style import BAND_ALPHA, add_note, figure_style, new_figure, seq_len_palette
 from .theory import LN10
@@ -57,9 +56,7 @@ def lyapunov_spectra(trials: pd.DataFrame, lyapunov: pd.DataFrame) -> Figure:
     with figure_style():
         height = 3.2 if ncols == 1 else 2.6 if nrows < 4 else 2.1
         fig, axes = new_figure(nrows, ncols, sharey=True, panel_height=height)
-        filled = set(where.values())
-        for (r, c), ax in np.ndenumerate(axes):
-            ax.set_visible((r, c) in filled)
+        filled = show_filled(axes, where)
         for setting in settings:
             r, c = where[setting]
             ax = axes[r, c]

@@ -18,7 +18,15 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Circle
 
-from ._data import Trials, last_layer, panel_layout, require, snapshot_epoch, time_unit
+from ._data import (
+    Trials,
+    last_layer,
+    panel_layout,
+    require,
+    show_filled,
+    snapshot_epoch,
+    time_unit,
+)
 from .cells import DIAGONAL_GATES, input_dependent, is_diagonal_gate
 from .style import BAND_ALPHA, MISSING_COLOUR, add_note, figure_style, new_figure, seq_len_palette
 
@@ -161,9 +169,7 @@ def _compact(df: pd.DataFrame, settings: list, info: Trials, palette: dict) -> F
     """The eigenvalue planes only, one panel per setting laid out by :func:`panel_layout`."""
     nrows, ncols, where = panel_layout(info, settings, max_cols=5)
     fig, axes = new_figure(nrows, ncols, panel_height=2.0, width=min(11.0, 3.2 + 1.65 * ncols))
-    filled = set(where.values())
-    for (r, c), ax in np.ndenumerate(axes):
-        ax.set_visible((r, c) in filled)
+    show_filled(axes, where)
     for setting in settings:
         r, c = where[setting]
         ax = axes[r, c]

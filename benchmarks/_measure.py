@@ -1,6 +1,7 @@
 """Measurement helpers shared by the overhead benchmarks (``probe_overhead.py``,
-``loop_overhead.py``): device sync and timing, gradient comparison, peak-memory probes of the
-process, the header's machine line and the printed table."""
+``loop_overhead.py``, ``scan_overhead.py``): device sync and timing, the alternating timing of
+a plain and a probed step, a cross-entropy training step, gradient comparison, peak-memory
+probes of the process, the header's machine line and the printed table."""
 
 from __future__ import annotations
 
@@ -24,6 +25,32 @@ def timed(fn, device: torch.device) -> float:
     fn()
     sync(device)
     return time.perf_counter() - t0
+
+
+def alternating_times(plain, probed, repeats: int, device: torch.device,
+                      before=None) -> tuple[list[float], list[float]]:
+    """Seconds of ``repeats`` calls each of ``plain()`` and ``probed()``, alternating and
+    swapping their order every repetition so both see the same machine noise; ``before(i)``,
+    untimed, runs before each call of repetition ``i``. Returns ``(plain, probed)``."""
+    t_plain, t_probed = [], []
+    for i in range(repeats):
+        for with_probe in ((False, True) if i % 2 == 0 else (True, False)):
+            if before is not None:
+                before(i)
+            if with_probe:
+                t_probed.append(timed(probed, device))
+            else:
+                t_plain.append(timed(plain, device))
+    return t_plain, t_probed
+
+
+def ce_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, probe=None) -> None:
+    """One backward of ``cross_entropy(model(x), y)`` from zeroed gradients; with a probe,
+    also what a user reads after each step (any work the probe defers until asked)."""
+    model.zero_grad(set_to_none=True)
+    nn.functional.cross_entropy(model(x), y).backward()
+    if probe is not None:
+        probe.hidden_grad_log10_norms()
 
 
 def max_grad_difference(a: nn.Module, b: nn.Module) -> float:

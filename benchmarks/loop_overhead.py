@@ -52,12 +52,12 @@ from pathlib import Path
 import torch
 from _bootstrap import import_rnn_diag  # noqa: E402
 from _measure import (  # noqa: E402
+    alternating_times,
     machine_line,
     max_grad_difference,
     memory_baseline,
     memory_peak,
     table,
-    timed,
 )
 from torch import nn
 from torch.distributions.categorical import Categorical
@@ -346,17 +346,10 @@ def measure_time(w: Workload, device: torch.device, warmup: int, repeats: int) -
             _seeded(i)
             _step(w, probed, data, opt_probed, probe)
         grad_diff_warm = max_grad_difference(plain, probed)
-        t_plain, t_probed = [], []
-        for i in range(repeats):
-            order = (False, True) if i % 2 == 0 else (True, False)
-            for with_probe in order:
-                _seeded(warmup + i)
-                if with_probe:
-                    t_probed.append(
-                        timed(lambda: _step(w, probed, data, opt_probed, probe), device)
-                    )
-                else:
-                    t_plain.append(timed(lambda: _step(w, plain, data, opt_plain), device))
+        t_plain, t_probed = alternating_times(
+            lambda: _step(w, plain, data, opt_plain),
+            lambda: _step(w, probed, data, opt_probed, probe), repeats, device,
+            before=lambda i: _seeded(warmup + i))
         grad_diff = max(grad_diff_warm, max_grad_difference(plain, probed))
         shapes = {}
         for name in probe.modules:

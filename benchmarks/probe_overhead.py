@@ -35,12 +35,13 @@ from pathlib import Path
 import torch
 from _bootstrap import import_rnn_diag  # noqa: E402
 from _measure import (  # noqa: E402
+    alternating_times,
+    ce_step,
     machine_line,
     max_grad_difference,
     memory_baseline,
     memory_peak,
     table,
-    timed,
 )
 from torch import nn
 
@@ -104,32 +105,18 @@ def _setup(cfg: Config, device: torch.device, seed: int = 0):
     return model, x, y
 
 
-def _step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, probe=None) -> None:
-    model.zero_grad(set_to_none=True)
-    loss = nn.functional.cross_entropy(model(x), y)
-    loss.backward()
-    if probe is not None:
-        # What a user reads after each step; includes any work the probe defers until asked.
-        probe.hidden_grad_log10_norms()
-
-
 def measure_time(cfg: Config, device: torch.device, warmup: int, repeats: int) -> dict:
     plain, x, y = _setup(cfg, device)
     probed = copy.deepcopy(plain)
     probe = rd.attach(probed)
     try:
         for _ in range(warmup):
-            _step(plain, x, y)
-            _step(probed, x, y, probe)
+            ce_step(plain, x, y)
+            ce_step(probed, x, y, probe)
         grad_diff = max_grad_difference(plain, probed)
-        t_plain, t_probed = [], []
-        for i in range(repeats):
-            order = (False, True) if i % 2 == 0 else (True, False)
-            for with_probe in order:
-                if with_probe:
-                    t_probed.append(timed(lambda: _step(probed, x, y, probe), device))
-                else:
-                    t_plain.append(timed(lambda: _step(plain, x, y), device))
+        t_plain, t_probed = alternating_times(lambda: ce_step(plain, x, y),
+                                              lambda: ce_step(probed, x, y, probe), repeats,
+                                              device)
     finally:
         probe.detach()
     pair_ratios = [p / q for p, q in zip(t_probed, t_plain)]
@@ -152,7 +139,7 @@ def _mem_child(cfg: Config, device: torch.device, with_probe: bool, steps: int =
     gc.collect()
     base, method = memory_baseline(device)
     for _ in range(steps):
-        _step(model, x, y, probe)
+        ce_step(model, x, y, probe)
     peak = memory_peak(device, method)
     if probe is not None:
         probe.detach()

@@ -23,7 +23,13 @@ from dataclasses import dataclass
 
 import torch
 from _bootstrap import import_rnn_diag  # noqa: E402
-from _measure import machine_line, max_grad_difference, table, timed  # noqa: E402
+from _measure import (  # noqa: E402
+    alternating_times,
+    ce_step,
+    machine_line,
+    max_grad_difference,
+    table,
+)
 from torch import nn
 
 rd = import_rnn_diag()
@@ -63,13 +69,6 @@ class Net(nn.Module):
         return self.head(self.layer(x)[:, -1])
 
 
-def _step(model, x, y, probe=None):
-    model.zero_grad(set_to_none=True)
-    nn.functional.cross_entropy(model(x), y).backward()
-    if probe is not None:
-        probe.hidden_grad_log10_norms()
-
-
 def measure(cfg: Config, repeats: int, warmup: int) -> dict:
     torch.manual_seed(0)
     plain = Net(cfg)
@@ -80,16 +79,11 @@ def measure(cfg: Config, repeats: int, warmup: int) -> dict:
     probe = rd.attach(probed, modules=["layer"])
     try:
         for _ in range(warmup):
-            _step(plain, x, y)
-            _step(probed, x, y, probe)
+            ce_step(plain, x, y)
+            ce_step(probed, x, y, probe)
         diff = max_grad_difference(plain, probed)
-        t_plain, t_probed = [], []
-        for i in range(repeats):
-            for with_probe in ((False, True) if i % 2 == 0 else (True, False)):
-                if with_probe:
-                    t_probed.append(timed(lambda: _step(probed, x, y, probe), cpu))
-                else:
-                    t_plain.append(timed(lambda: _step(plain, x, y), cpu))
+        t_plain, t_probed = alternating_times(lambda: ce_step(plain, x, y),
+                                              lambda: ce_step(probed, x, y, probe), repeats, cpu)
     finally:
         probe.detach()
     pairs = [p / q for p, q in zip(t_probed, t_plain)]

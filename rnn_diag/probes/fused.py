@@ -47,8 +47,9 @@ def replays_dropout(module: nn.RNNBase) -> bool:
     return module.training and module.dropout > 0 and module.num_layers > 1
 
 
-def save_rng_state(module: nn.RNNBase, inp) -> tuple[torch.device, Tensor]:
-    """The state of the generator the module's dropout will draw from (no draw is made)."""
+def save_rng_state(inp) -> tuple[torch.device, Tensor]:
+    """``(device, state)`` of the generator a module computing on ``inp`` (a tensor or a
+    PackedSequence) draws its dropout from; no draw is made."""
     data = inp.data if isinstance(inp, PackedSequence) else inp
     device = data.device
     if device.type == "cuda":

@@ -445,7 +445,7 @@ class Probe:
                     return None
                 link, via_output = classify_fused(None if hx is None else components(hx),
                                                   self._handed.get(name))
-                rng = save_rng_state(module, inp) if replays_dropout(module) else None
+                rng = save_rng_state(inp) if replays_dropout(module) else None
                 self._before_call[name] = (link, via_output, rng)
             except Exception as error:  # noqa: BLE001 - never raise into the user's forward
                 self._warn(name, "internal", f"the probe could not inspect a call ({error!r})")
@@ -546,7 +546,7 @@ class Probe:
             self._add_to_window(name, chain)
         x = args[0] if args else kwargs["input"]
         if chain.aliased:  # a custom cell is re-run by the analysis: replay its random draws
-            chain.rng.append(_rng_state(x))
+            chain.rng.append(save_rng_state(x))
         chain.inputs.append(x)
         return args, kwargs
 
@@ -635,7 +635,7 @@ class Probe:
                 return None
             try:
                 x = next((t for t in (*args, *kwargs.values()) if isinstance(t, Tensor)), None)
-                pending.append(None if x is None else _rng_state(x))
+                pending.append(None if x is None else save_rng_state(x))
             except Exception as error:  # noqa: BLE001
                 self._warn(name, "internal", f"the probe could not inspect a call ({error!r})")
             return None
@@ -909,13 +909,6 @@ def _describe(x) -> str:
             return _describe(x[0])
         return "(" + ", ".join(_describe(v) for v in x) + ")"
     return type(x).__name__
-
-
-def _rng_state(x: Tensor) -> tuple[torch.device, Tensor]:
-    """The state of the generator a module computing on ``x`` draws from (no draw is made)."""
-    if x.device.type == "cuda":
-        return x.device, torch.cuda.get_rng_state(x.device)
-    return x.device, torch.get_rng_state()
 
 
 def _in_backward() -> bool:

@@ -24,14 +24,14 @@ The terms are those of :mod:`rnn_diag.modules.regularizers`; they need cell rnn,
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from .types import NonNegativeInt, PositiveFloat, PositiveInt
 
-__all__ = ["FlossingConfig", "OrthogonalityPenaltyConfig", "Regularizer", "RegularizerSchedule",
-           "SpectralNormPenaltyConfig"]
+__all__ = ["KINDS", "FlossingConfig", "OrthogonalityPenaltyConfig", "Regularizer",
+           "RegularizerSchedule", "SpectralNormPenaltyConfig"]
 
 _Weight = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 _Real = Annotated[float, Field(allow_inf_nan=False)]
@@ -120,6 +120,12 @@ class OrthogonalityPenaltyConfig(_Term):
     kind: Literal["orthogonality_penalty"]
 
 
-Regularizer = Annotated[FlossingConfig | SpectralNormPenaltyConfig | OrthogonalityPenaltyConfig,
-                        Field(discriminator="kind")]
-"""One entry of ``train.regularizer``, told apart by its ``kind``."""
+#: Each ``kind`` and the model of its entry.
+KINDS: dict[str, type[BaseModel]] = {
+    "flossing": FlossingConfig,
+    "spectral_norm_penalty": SpectralNormPenaltyConfig,
+    "orthogonality_penalty": OrthogonalityPenaltyConfig,
+}
+
+Regularizer = Annotated[Union[tuple(KINDS.values())], Field(discriminator="kind")]  # noqa: UP007
+"""One entry of ``train.regularizer``, told apart by its ``kind`` (:data:`KINDS`)."""

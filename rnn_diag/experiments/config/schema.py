@@ -38,6 +38,7 @@ from .errors import (
     pydantic_problems,
     show_value,
 )
+from .regularizers import KINDS as REGULARIZER_KINDS
 from .regularizers import Regularizer, RegularizerSchedule
 from .types import PositiveFloat, PositiveInt
 from .types import not_bool as _not_bool
@@ -1061,13 +1062,11 @@ def valid_keys(loc: tuple, data: Any) -> list[str]:
     if loc == ("train", "divergence"):
         return list(DivergenceConfig.model_fields)
     if len(loc) == 3 and loc[:2] == ("train", "regularizer"):
-        kinds = {m.model_fields["kind"].annotation.__args__[0]: m
-                 for m in Regularizer.__origin__.__args__}
         try:
             item = data["train"]["regularizer"][loc[2]]
         except (KeyError, IndexError, TypeError):
             return []
-        model = kinds.get(item.get("kind")) if isinstance(item, dict) else None
+        model = REGULARIZER_KINDS.get(item.get("kind")) if isinstance(item, dict) else None
         return list(model.model_fields) if model else []
     if len(loc) == 4 and loc[:2] == ("train", "regularizer") and loc[3] == "schedule":
         return list(RegularizerSchedule.model_fields)
